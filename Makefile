@@ -1,0 +1,46 @@
+# Every target bootstraps its own virtualenv from pyproject.toml: a fresh clone needs only
+# Python >= 3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+VENV2 ?= .venv-genai2
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-genai2 demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The whole suite (unit, integration against the simulator/emulator/redis, DAG runs).
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The google-genai 2.x leg: what users with apache-airflow-providers-google installed run.
+$(VENV2)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(VENV2)/bin/pip install --quiet --upgrade pip
+	$(VENV2)/bin/pip install --quiet -e '.[dev]' 'google-genai>=1.66,<3'
+	touch $@
+
+test-genai2: $(VENV2)/.installed
+	$(VENV2)/bin/python -c "import google.genai as g; v=g.__version__; assert v.startswith(('1.','2.')), v; print('google-genai', v)"
+	$(VENV2)/bin/python -m pytest -q -m genai2 $(PYTEST_ARGS)
+
+# Runs the example DAG end to end on the embedded defaults; leaves images under .demo/output.
+demo: venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) -m bench
+
+lint: venv
+	$(VENV)/bin/ruff check airflow_banana dags tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(VENV2) .demo .pytest_cache .mypy_cache .ruff_cache

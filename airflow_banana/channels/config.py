@@ -1,0 +1,157 @@
+"""A channel's settings, parsed from the fields of its Airflow connection.
+
+Pure parsing with no Airflow import, so it is unit-testable and shared by the hook, the
+operators and the CLI. Secrets stay inside ``Secret`` and never reach ``repr``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_banana.exceptions import ConfigurationError, InsecureBaseUrlError
+from airflow_banana.models import DEFAULT_MODEL
+from airflow_banana.pricing import price_table
+from airflow_banana.secrets import Secret
+
+PROTOCOLS = ("gemini", "vertex", "openai")
+DEFAULT_BASE_URLS = {
+    "gemini": "https://generativelanguage.googleapis.com",
+    "vertex": "",  # the SDK derives it from location
+    "openai": "https://openrouter.ai/api/v1",
+}
+DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, *, channel: str, allow_insecure: bool = False) -> str:
+    """Refuse plain http to a non-loopback host (FAULTS.md S9): the key would cross the wire in clear."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"channel '{channel}': base URL {base_url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure:
+        raise InsecureBaseUrlError(
+            f"channel '{channel}': refusing plain-http base URL to non-loopback host {parts.hostname!r}; "
+            "use https, or set extra.allow_insecure_http=true if you really mean it"
+        )
+    return base_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Everything needed to build a channel; ``name`` is the Airflow connection id."""
+
+    name: str
+    protocol: str
+    base_url: str
+    api_key: Secret = field(repr=True)
+    model: str = DEFAULT_MODEL
+    prices: dict[str, float] = field(default_factory=dict)
+    rpm: float | None = None
+    ipm: float | None = None
+    max_concurrency: int = 4
+    project: str | None = None
+    location: str | None = None
+    credentials_info: Secret | None = None
+    billed_on_failure: bool = False
+    attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S
+    signatures: bool = True  # False: the channel drops thought signatures (OpenAI-shape relays)
+
+    @property
+    def lane(self) -> str:
+        return self.protocol
+
+
+def _number(extra: Mapping[str, Any], key: str, channel: str, *, integer: bool = False) -> Any:
+    value = extra.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"channel '{channel}': extra.{key} must be a number, got {value!r}") from err
+    if number <= 0:
+        raise ConfigurationError(f"channel '{channel}': extra.{key} must be positive, got {value!r}")
+    return number
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def parse_channel(
+    name: str,
+    *,
+    host: str | None,
+    password: str | None,
+    extra: Mapping[str, Any] | str | None,
+) -> ChannelConfig:
+    """Build a ``ChannelConfig`` from connection fields; every error names the connection."""
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ConfigurationError(f"channel '{name}': extra is not valid JSON: {err.msg}") from err
+    extra = dict(extra or {})
+    protocol = str(extra.get("protocol") or "gemini").lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigurationError(f"channel '{name}': extra.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    base_url = (host or "").strip() or DEFAULT_BASE_URLS[protocol]
+    if base_url and "://" not in base_url:
+        base_url = "https://" + base_url
+    allow_insecure = _flag(extra.get("allow_insecure_http", False))
+    if base_url:
+        base_url = check_base_url(base_url, channel=name, allow_insecure=allow_insecure)
+
+    credentials = extra.get("credentials") or extra.get("keyfile_dict") or extra.get("service_account_json")
+    if isinstance(credentials, Mapping):
+        credentials = json.dumps(credentials)
+    project = extra.get("project")
+    location = extra.get("location")
+    if protocol == "vertex" and not (project and location):
+        raise ConfigurationError(
+            f"channel '{name}': a vertex channel needs extra.project and extra.location "
+            "(without them the SDK posts to the bare base URL)"
+        )
+    if protocol != "vertex" and not password:
+        raise ConfigurationError(f"channel '{name}': the connection has no API key (password field)")
+
+    prices_raw = extra.get("prices") or {}
+    if not isinstance(prices_raw, Mapping):
+        raise ConfigurationError(f"channel '{name}': extra.prices must be an object like {{\"1K\": 0.05}}")
+    try:
+        prices = price_table(protocol, prices_raw)
+    except ConfigurationError as err:
+        raise ConfigurationError(f"channel '{name}': {err}") from err
+
+    return ChannelConfig(
+        name=name,
+        protocol=protocol,
+        base_url=base_url,
+        api_key=Secret(password or ""),
+        model=str(extra.get("model") or DEFAULT_MODEL),
+        prices=prices,
+        rpm=_number(extra, "rpm", name),
+        ipm=_number(extra, "ipm", name),
+        max_concurrency=_number(extra, "max_concurrency", name, integer=True) or 4,
+        project=str(project) if project else None,
+        location=str(location) if location else None,
+        credentials_info=Secret(str(credentials)) if credentials else None,
+        billed_on_failure=_flag(extra.get("billed_on_failure", False)),
+        attempt_timeout_s=_number(extra, "timeout", name) or DEFAULT_ATTEMPT_TIMEOUT_S,
+        signatures=protocol in ("gemini", "vertex") and not _flag(extra.get("drops_signatures", False)),
+    )

@@ -1,0 +1,120 @@
+"""The Airflow face of a channel: one ``banana`` connection = one channel.
+
+The connection holds everything secret (host = base URL, password = API key or Vertex access
+token, extra = protocol/model/prices/limits); operators and triggers pass only its id. The hook
+turns the connection into a ``ChannelConfig`` (pure parsing in ``channels.config``) and a
+``Channel``. google-genai is imported only when a Google channel actually makes a call, so
+importing this module in a DAG file is cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from airflow_banana.channels import build_channel
+from airflow_banana.channels.base import Channel
+from airflow_banana.channels.config import ChannelConfig, parse_channel
+from airflow_banana.channels.errors import scrub
+from airflow_banana.exceptions import BananaError
+
+EXTRA_EXAMPLE = {
+    "protocol": "gemini",
+    "model": "gemini-3-pro-image-preview",
+    "rpm": 10,
+    "prices": {"1K": 0.134},
+}
+
+
+class BananaChannelHook(BaseHook):
+    """Builds the channel of a ``banana`` connection.
+
+    :param banana_conn_id: the Airflow connection id; also the channel's name in reports.
+    """
+
+    conn_name_attr = "banana_conn_id"
+    default_conn_name = "banana_default"
+    conn_type = "banana"
+    hook_name = "Nano Banana channel"
+
+    def __init__(self, banana_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.banana_conn_id = banana_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Connection form: base URL + API key + JSON extra; nothing else applies to a channel."""
+        return {
+            "hidden_fields": ["schema", "login", "port"],
+            "relabeling": {"password": "API Key", "host": "Base URL"},
+            "placeholders": {
+                "host": "https://generativelanguage.googleapis.com (empty = the protocol's default; "
+                "https://openrouter.ai/api/v1 for openai)",
+                "password": "API key (vertex: optional OAuth access token; else extra.credentials or ADC)",
+                "extra": json.dumps(EXTRA_EXAMPLE),
+            },
+        }
+
+    def get_config(self) -> ChannelConfig:
+        """The parsed, validated channel settings of this connection."""
+        conn = self.get_connection(self.banana_conn_id)
+        extra: Any = conn.extra_dejson
+        raw = conn.extra
+        if not extra and isinstance(raw, str) and raw.strip() not in ("", "{}"):
+            # extra_dejson swallows invalid JSON into {}; hand the text over so the error says so.
+            extra = raw
+        elif isinstance(extra, dict):
+            # Older connection forms saved custom fields as "extra__banana__<field>".
+            prefix = f"extra__{self.conn_type}__"
+            extra = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in extra.items()}
+        return parse_channel(self.banana_conn_id, host=conn.host, password=conn.password, extra=extra)
+
+    def get_channel(self) -> Channel:
+        """A new channel for this connection; the caller owns it and must ``await aclose()``."""
+        return build_channel(self.get_config())
+
+    def get_conn(self) -> Channel:
+        return self.get_channel()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Prove the key and model work with a call that bills nothing.
+
+        gemini: ``models.get``; vertex: get the publisher model; openai: ``GET {base}/models``.
+        The message never contains the key.
+        """
+        secrets: list[str] = []
+        try:
+            config = self.get_config()
+            secrets = [config.api_key.reveal()]
+            if config.credentials_info is not None:
+                secrets.append(config.credentials_info.reveal())
+            return True, _run(_probe(build_channel(config)))
+        except BananaError as err:
+            return False, scrub(str(err), secrets)
+        except Exception as err:  # the UI shows this text: it must be useful and secret-free
+            return False, scrub(f"{type(err).__name__}: {err}", secrets)
+
+
+async def _probe(channel: Channel) -> str:
+    try:
+        probe = getattr(channel, "probe", None)
+        if probe is None:
+            return f"channel '{channel.name}' built (its protocol has no free probe call)"
+        result: str = await probe()
+        return result
+    finally:
+        await channel.aclose()
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine from sync code, even when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,44 @@
+"""Prompt manifests: the versioned schema, the streaming reader, the item model and reference images.
+
+Everything here runs before the first paid call, so a bad manifest costs nothing.
+"""
+
+from __future__ import annotations
+
+from airflow_banana.manifests.model import (
+    BUILTIN_DEFAULTS,
+    ManifestItem,
+    deadline_problem,
+    id_problem,
+    parse_duration,
+    resolve_deadline,
+)
+from airflow_banana.manifests.reader import (
+    MANIFEST_VERSION,
+    ManifestReadResult,
+    ManifestReject,
+    OnInvalid,
+    manifest_schema,
+    read_manifest,
+    validate_defaults,
+    write_manifest,
+)
+from airflow_banana.manifests.references import load_reference_images
+
+__all__ = [
+    "BUILTIN_DEFAULTS",
+    "MANIFEST_VERSION",
+    "ManifestItem",
+    "ManifestReadResult",
+    "ManifestReject",
+    "OnInvalid",
+    "deadline_problem",
+    "id_problem",
+    "load_reference_images",
+    "manifest_schema",
+    "parse_duration",
+    "read_manifest",
+    "resolve_deadline",
+    "validate_defaults",
+    "write_manifest",
+]

@@ -1,0 +1,84 @@
+"""Pieces every operator needs: channel configs from connections, XCom summaries, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.exceptions import BananaError, ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list[ChannelConfig]:
+    """Parse every channel connection up front: a bad one fails the task before any spend."""
+    from airflow_banana.hooks.channel import BananaChannelHook
+
+    ids = [conn_ids] if isinstance(conn_ids, str) else list(conn_ids)
+    if not ids:
+        raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
+    if len(set(ids)) != len(ids):
+        raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
+    return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+
+
+def budget_from(value: object, *, task_id: str) -> float | None:
+    """A USD budget from an argument that templating may have rendered as a string."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return None
+    try:
+        budget = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"{task_id}: budget_usd must be a number of USD, got {value!r}") from err
+    if budget < 0:
+        raise ConfigurationError(f"{task_id}: budget_usd must not be negative, got {budget}")
+    return budget
+
+
+def logical_date_of(context: Mapping[str, Any]) -> datetime:
+    """The run's logical date (relative deadlines count from it); now for runs without one."""
+    value = context.get("logical_date") or context.get("data_interval_start")
+    if value is None:
+        return datetime.now(UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def summary_for_xcom(report: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
+    """Small and secret-free: counts, spend and where the full report is."""
+    return {
+        "report_uri": report_uri,
+        "run_key": report["run_key"],
+        "items": dict(report["items"]),
+        "spent_usd": report["cost"]["spent_usd"],
+        "cost_per_success_usd": report["cost"]["cost_per_success_usd"],
+    }
+
+
+def failed_items_error(task_id: str, failed: int, report_uri: str) -> BananaError:
+    return BananaError(
+        f"{task_id}: {failed} item(s) ended without an image (reasons in {report_uri}); a retry "
+        "regenerates only those — finished items are skipped and not paid again"
+    )
+
+
+class AirflowMetrics:
+    """Airflow's Stats (statsd/otel as configured); a metrics failure never fails the task."""
+
+    def incr(self, name: str, count: int = 1) -> None:
+        try:
+            from airflow.sdk.observability.stats import Stats
+
+            Stats.incr(name, count)
+        except Exception:
+            log.debug("metrics: incr %s failed", name, exc_info=True)
+
+    def timing(self, name: str, seconds: float) -> None:
+        try:
+            from airflow.sdk.observability.stats import Stats
+
+            Stats.timing(name, seconds * 1000.0)
+        except Exception:
+            log.debug("metrics: timing %s failed", name, exc_info=True)

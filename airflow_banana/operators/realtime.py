@@ -1,0 +1,170 @@
+"""``RealtimeImageOperator``: a manifest's images through several channels, with failover.
+
+Thin by design: it resolves connections and storage, prepares the manifest (all checks before
+any spend), hands the items to the ``RealtimeEngine`` and writes the run report. XCom gets a
+small summary and the report URI — never image bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.identity import RunIdentity
+from airflow_banana.operators._common import (
+    AirflowMetrics,
+    budget_from,
+    failed_items_error,
+    load_channel_configs,
+    logical_date_of,
+    summary_for_xcom,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class RealtimeImageOperator(BaseOperator):
+    """Generate every image of a manifest through the given channels (Airflow connection ids).
+
+    :param manifest: URI of the prompt manifest (``gs://…`` or a local path), JSONL or JSON.
+    :param output_prefix: URI under which ``images/``, ``metadata/`` and ``runs/`` are written.
+    :param channels: connection ids of type ``banana``, one per channel.
+    :param gcp_conn_id: connection with GCS credentials; default: Application Default Credentials.
+    :param defaults: item field defaults (below the manifest's own defaults).
+    :param on_invalid: ``reject`` (fail on any bad line, nothing spent) or ``quarantine``
+        (write bad lines to ``rejects.jsonl`` and go on).
+    :param budget_usd: stop before spending more than this; unfinished items are reported.
+    :param priority: optional fixed channel order (connection ids) before cost order.
+    :param force: regenerate items even if already done with the same request fingerprint.
+    :param max_failed_items: the task fails when more items than this end without an image
+        (after the report is written); a retry then pays only for those items.
+    :param progress_interval_s: seconds between progress lines in the task log.
+    :param failover_alert_threshold: failovers per rolling hour above which to alert.
+    :param on_failover_alert: a notifier or callable, called with the task context plus
+        ``banana_alert`` (failovers in the last hour, channel, run key).
+    :param router_options: advanced ``RouterConfig`` fields (e.g. ``max_attempts_per_item``).
+    """
+
+    template_fields: Sequence[str] = ("manifest", "output_prefix", "channels", "defaults", "budget_usd", "priority")
+    template_fields_renderers = {"defaults": "json"}
+    ui_color = "#ffe135"
+
+    def __init__(
+        self,
+        *,
+        manifest: str,
+        output_prefix: str,
+        channels: Sequence[str],
+        gcp_conn_id: str | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        on_invalid: str = "reject",
+        budget_usd: float | None = None,
+        priority: Sequence[str] | None = None,
+        force: bool = False,
+        max_failed_items: int = 0,
+        progress_interval_s: float = 30.0,
+        failover_alert_threshold: int = 3,
+        on_failover_alert: Callable[..., Any] | None = None,
+        router_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.manifest = manifest
+        self.output_prefix = output_prefix
+        self.channels = channels
+        self.gcp_conn_id = gcp_conn_id
+        self.defaults = dict(defaults or {})
+        self.on_invalid = on_invalid
+        self.budget_usd = budget_usd
+        self.priority = list(priority or [])
+        self.force = force
+        self.max_failed_items = max_failed_items
+        self.progress_interval_s = progress_interval_s
+        self.failover_alert_threshold = failover_alert_threshold
+        self.on_failover_alert = on_failover_alert
+        self.router_options = dict(router_options or {})
+        if on_invalid not in ("reject", "quarantine"):
+            raise ConfigurationError(f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}")
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_banana.hooks.storage import storage_for
+        from airflow_banana.outputs import OutputStore
+        from airflow_banana.prepare import prepare_manifest
+        from airflow_banana.report import build_report
+
+        identity = RunIdentity.from_context(context)
+        self.budget_usd = budget_from(self.budget_usd, task_id=self.task_id)
+        configs = load_channel_configs(self.channels, task_id=self.task_id)
+        storage = storage_for(self.output_prefix, self.gcp_conn_id)
+        store = OutputStore(storage, self.output_prefix)
+        prepared = prepare_manifest(
+            self.manifest, storage, on_invalid=self.on_invalid,  # type: ignore[arg-type]
+            defaults=self.defaults, logical_date=logical_date_of(context),
+        )
+        if prepared.rejects_jsonl:
+            store.write_rejects(identity.run_key, prepared.rejects_jsonl)
+        self.log.info(
+            "run %s: %d item(s) from %s through channels %s",
+            identity.run_key, len(prepared.work), self.manifest, ", ".join(c.name for c in configs),
+        )
+        result = asyncio.run(self._run(configs, store, identity, prepared.work, context))
+        report = build_report(
+            result.outcomes, run_key=identity.run_key, lane="realtime",
+            started_at=result.started_at, finished_at=result.finished_at,
+            manifest=self.manifest, output_prefix=self.output_prefix, budget_usd=self.budget_usd,
+            breaker_openings=result.breaker_openings, rejects=prepared.rejected,
+        )
+        report_uri = store.write_report(identity.run_key, report)
+        self.log.info("report: %s", report_uri)
+        summary = summary_for_xcom(report, report_uri)
+        failed = report["items"]["failed"] + report["items"]["not_attempted"]
+        if failed > self.max_failed_items:
+            raise failed_items_error(self.task_id, failed, report_uri)
+        return summary
+
+    async def _run(self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context) -> Any:
+        from airflow_banana.channels import build_channel
+        from airflow_banana.realtime import RealtimeEngine, RealtimeSettings
+        from airflow_banana.routing import RouterConfig, SystemClock, router_for
+
+        try:
+            config = RouterConfig(
+                priority=tuple(self.priority), budget_usd=self.budget_usd,
+                failover_alert_threshold=self.failover_alert_threshold, **self.router_options,
+            )
+        except TypeError as err:
+            raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
+        router = router_for(configs, SystemClock(), random.Random(), config=config)
+        channels = {c.name: build_channel(c) for c in configs}
+        settings = RealtimeSettings(
+            force=self.force, progress_interval_s=self.progress_interval_s,
+            on_failover_alert=self._alert_callback(context),
+        )
+        engine = RealtimeEngine(
+            channels=channels, router=router, store=store, run_key=identity.run_key,
+            settings=settings, metrics=AirflowMetrics(),
+        )
+        try:
+            return await engine.run(work)
+        finally:
+            for channel in channels.values():
+                try:
+                    await channel.aclose()
+                except BananaError:
+                    self.log.debug("closing channel %s failed", channel.name, exc_info=True)
+
+    def _alert_callback(self, context: Context) -> Callable[[Mapping[str, Any]], None] | None:
+        notifier = self.on_failover_alert
+        if notifier is None:
+            return None
+
+        def call(info: Mapping[str, Any]) -> None:
+            notifier({**context, "banana_alert": dict(info)})
+
+        return call

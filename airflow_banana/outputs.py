@@ -1,0 +1,187 @@
+"""The output layout and its commit protocol, shared by the realtime, batch and editing lanes.
+
+Layout under an output prefix::
+
+    images/{id}.{png|jpg}        the image, stored with its TRUE type (sniffed, not declared)
+    metadata/{id}.json           the commit record: request fingerprint, attempts, cost, image facts
+    runs/{run_key}/report.json   the run report (+ report.md, rejects.jsonl)
+
+The metadata object is the commit record: an item counts as done only when its metadata says
+``succeeded`` for the same request fingerprint and the image it names exists. Image and metadata
+are written with generation preconditions, so two workers racing on one item cannot both win;
+the loser learns it and records the other's result instead of overwriting it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_banana.exceptions import PreconditionFailedError
+from airflow_banana.imaging import ImageInfo
+from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
+from airflow_banana.report import FAILED, SUCCEEDED, ItemOutcome, attempt_dicts, render_markdown
+from airflow_banana.storage import Storage, join_uri
+
+log = logging.getLogger(__name__)
+METADATA_VERSION = 1
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class OutputStore:
+    """Reads and writes one output prefix; every lane goes through it."""
+
+    def __init__(self, storage: Storage, prefix: str):
+        self.storage = storage
+        self.prefix = prefix.rstrip("/")
+
+    def image_uri(self, item_id: str, extension: str) -> str:
+        return join_uri(self.prefix, "images", f"{item_id}.{extension}")
+
+    def metadata_uri(self, item_id: str) -> str:
+        return join_uri(self.prefix, "metadata", f"{item_id}.json")
+
+    def run_uri(self, run_key: str, name: str) -> str:
+        return join_uri(self.prefix, "runs", run_key, name)
+
+    # -- idempotency
+    def done_record(self, item_id: str, fingerprint: str) -> dict[str, Any] | None:
+        """The item's committed metadata when it already succeeded for ``fingerprint``, else None."""
+        stat = self.storage.stat(self.metadata_uri(item_id))
+        if stat is None:
+            return None
+        record = self.storage.read_json(self.metadata_uri(item_id))
+        if record.get("status") != SUCCEEDED or record.get("request_fingerprint") != fingerprint:
+            return None
+        image = (record.get("image") or {}).get("uri")
+        if not image or not self.storage.exists(image):
+            return None
+        return dict(record)
+
+    # -- commits
+    def commit_success(
+        self,
+        request: ImageRequest,
+        result: GenerationResult,
+        info: ImageInfo,
+        outcome: ItemOutcome,
+        *,
+        lane: str,
+        run_key: str,
+        item_metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Write image then metadata; returns (image uri, whether this call won the commit).
+
+        Losing the race means another worker committed the same item first: its record stands
+        and ours is reported as a duplicate instead of overwriting a good image.
+        """
+        image_uri = self.image_uri(request.item_id, info.extension)
+        try:
+            self._replace(image_uri, result.image, content_type=info.mime_type)
+        except PreconditionFailedError:
+            log.warning("item '%s': another worker wrote %s first; keeping theirs", request.item_id, image_uri)
+            return image_uri, False
+        width, height = expected_pixels(request.image_size, request.aspect_ratio)
+        record = self._record(request, outcome, lane=lane, run_key=run_key, item_metadata=item_metadata)
+        record.update(
+            status=SUCCEEDED,
+            channel=result.channel,
+            finish_reason=result.finish_reason,
+            tokens=result.usage.as_dict(),
+            text=result.text,
+            image={
+                "uri": image_uri,
+                "sha256": result.sha256,
+                "mime_type": info.mime_type,
+                "declared_mime_type": result.declared_mime_type,
+                "width": info.width,
+                "height": info.height,
+                "expected_width": width,
+                "expected_height": height,
+                "size_matches": (info.width, info.height) == (width, height),
+                "bytes": len(result.image),
+            },
+        )
+        try:
+            self._replace(self.metadata_uri(request.item_id), record, json_value=True)
+        except PreconditionFailedError:
+            log.warning("item '%s': another worker committed its metadata first", request.item_id)
+            return image_uri, False
+        return image_uri, True
+
+    def commit_failure(
+        self,
+        request: ImageRequest,
+        outcome: ItemOutcome,
+        *,
+        lane: str,
+        run_key: str,
+        item_metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record why an item has no image — unless a success is already committed for it."""
+        if self.done_record(request.item_id, request.fingerprint()) is not None:
+            return
+        record = self._record(request, outcome, lane=lane, run_key=run_key, item_metadata=item_metadata)
+        record.update(status=outcome.status if outcome.status != SUCCEEDED else FAILED, reason=outcome.reason)
+        try:
+            self._replace(self.metadata_uri(request.item_id), record, json_value=True)
+        except PreconditionFailedError:
+            log.info("item '%s': metadata changed while recording a failure; leaving it", request.item_id)
+
+    def write_report(self, run_key: str, report: Mapping[str, Any]) -> str:
+        """report.json + report.md under runs/{run_key}/; returns the report.json URI."""
+        uri = self.run_uri(run_key, "report.json")
+        self.storage.write_json(uri, dict(report))
+        self.storage.write_text(
+            self.run_uri(run_key, "report.md"), render_markdown(report), content_type="text/markdown; charset=utf-8"
+        )
+        return uri
+
+    def write_rejects(self, run_key: str, jsonl: str) -> str:
+        uri = self.run_uri(run_key, "rejects.jsonl")
+        self.storage.write_text(uri, jsonl, content_type="application/x-ndjson")
+        return uri
+
+    # -- helpers
+    @staticmethod
+    def _record(
+        request: ImageRequest,
+        outcome: ItemOutcome,
+        *,
+        lane: str,
+        run_key: str,
+        item_metadata: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        return {
+            "metadata_version": METADATA_VERSION,
+            "item_id": request.item_id,
+            "request_fingerprint": request.fingerprint(),
+            "prompt": request.prompt,
+            "image_size": request.image_size,
+            "aspect_ratio": request.aspect_ratio,
+            "model": request.model,
+            "reference_images": [r.uri for r in request.reference_images],
+            "lane": lane,
+            "run_key": run_key,
+            "cost_usd": round(outcome.cost_usd, 6),
+            "attempts": attempt_dicts(outcome.attempts),
+            "latency_s": outcome.latency_s,
+            "written_at": utcnow_iso(),
+            "item_metadata": dict(item_metadata or {}),
+        }
+
+    def _replace(self, uri: str, value: Any, *, content_type: str | None = None, json_value: bool = False) -> None:
+        """Write ``uri`` only over the generation we saw (or only if absent): no blind overwrite."""
+        stat = self.storage.stat(uri)
+        kwargs: dict[str, Any] = (
+            {"if_absent": True} if stat is None else {"if_generation_match": stat.generation}
+        )
+        if json_value:
+            self.storage.write_json(uri, value, **kwargs)
+        else:
+            self.storage.write_bytes(uri, value, content_type=content_type, **kwargs)

@@ -1,0 +1,69 @@
+"""Everything checked before the first paid call: manifest, reference images, deadlines.
+
+Every lane starts here, so bad input fails (or is quarantined) before any money is spent:
+schema and id problems come from the manifest reader, reference-image problems (missing, not an
+image, too large) are found by loading every reference image up front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from airflow_banana.exceptions import ManifestError, ReferenceImageError
+from airflow_banana.manifests import ManifestItem, OnInvalid, load_reference_images, read_manifest
+from airflow_banana.realtime import WorkItem
+from airflow_banana.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedManifest:
+    uri: str
+    work: list[WorkItem]
+    items: list[ManifestItem]
+    rejects_jsonl: str  # empty when nothing was quarantined
+    rejected: int
+
+
+def prepare_manifest(
+    uri: str,
+    storage: Storage,
+    *,
+    on_invalid: OnInvalid = "reject",
+    defaults: Mapping[str, Any] | None = None,
+    logical_date: datetime,
+) -> PreparedManifest:
+    """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine."""
+    result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}))
+    rejects = [result.rejects_jsonl()] if result.rejects else []
+    work: list[WorkItem] = []
+    items: list[ManifestItem] = []
+    problems: list[str] = []
+    for item in result.items:
+        try:
+            refs = load_reference_images(item, storage)
+        except ReferenceImageError as err:
+            if on_invalid == "reject":
+                problems.append(str(err))
+                continue
+            rejects.append(json.dumps({"line": item.line, "item_id": item.id, "reason": str(err),
+                                       "field": "reference_images"}) + "\n")
+            continue
+        items.append(item)
+        work.append(WorkItem(request=item.to_request(refs), deadline=item.deadline_at(logical_date),
+                             item_metadata=item.metadata))
+    if problems:
+        raise ManifestError(
+            "reference images cannot be used, nothing was spent: " + "; ".join(problems[:20]), manifest=uri
+        )
+    rejected = len(result.rejects) + (len(rejects) - (1 if result.rejects else 0))
+    if rejected:
+        log.warning("%s: %d item(s) quarantined; see rejects.jsonl in the run folder", uri, rejected)
+    log.info("%s: %d item(s) ready", uri, len(work))
+    return PreparedManifest(uri=uri, work=work, items=items, rejects_jsonl="".join(rejects), rejected=rejected)

@@ -1,0 +1,339 @@
+"""The realtime lane's engine: drives items through the router and the channels, concurrently.
+
+All decisions (which channel, wait, give up) are the pure router's; this module only does the
+I/O around them on one asyncio loop: it calls channels, validates the image, commits it through
+the ``OutputStore`` and logs progress. Because no ``await`` happens inside a router call, every
+decision is atomic with respect to the other items in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from airflow_banana.channels.base import Channel
+from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError
+from airflow_banana.imaging import inspect_image
+from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
+from airflow_banana.outputs import OutputStore, utcnow_iso
+from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
+from airflow_banana.routing import (
+    AttemptRecord,
+    ChannelEvent,
+    GiveUp,
+    ItemProgress,
+    Router,
+    Wait,
+    describe,
+)
+from airflow_banana.routing import Attempt as AttemptDecision
+
+log = logging.getLogger(__name__)
+
+
+class Metrics(Protocol):
+    """What the engine emits; the operator adapts Airflow's Stats. Failures here never fail a run."""
+
+    def incr(self, name: str, count: int = 1) -> None: ...
+
+    def timing(self, name: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item ready to send: the request (reference images loaded) and its absolute deadline."""
+
+    request: ImageRequest
+    deadline: datetime | None = None
+    item_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RealtimeSettings:
+    lane: str = "realtime"
+    force: bool = False
+    max_in_flight: int | None = None  # task-wide; default: the sum of the channels' concurrency
+    progress_interval_s: float = 30.0
+    on_failover_alert: Callable[[Mapping[str, Any]], None] | None = None
+
+
+@dataclass
+class RunResult:
+    outcomes: list[ItemOutcome]
+    breaker_openings: dict[str, int]
+    started_at: str
+    finished_at: str
+
+
+def _attempt_view(record: AttemptRecord) -> Attempt:
+    outcome = "cancelled" if record.cancelled else (record.error_class.value if record.error_class else "success")
+    return Attempt(
+        channel=record.channel,
+        outcome=outcome,
+        latency_s=round(record.latency_s, 3),
+        cost_usd=record.cost_usd,
+        billed=record.billed,
+        status_code=record.status_code,
+        reason=record.reason,
+        started_at=datetime.fromtimestamp(record.started_at, UTC).isoformat(timespec="milliseconds")
+        if record.started_at > 1e9
+        else "",
+    )
+
+
+class RealtimeEngine:
+    """Generates ``WorkItem``s through ``channels`` as the ``router`` decides; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        channels: Mapping[str, Channel],
+        router: Router,
+        store: OutputStore,
+        run_key: str,
+        settings: RealtimeSettings | None = None,
+        metrics: Metrics | None = None,
+    ):
+        self.channels = channels
+        self.router = router
+        self.store = store
+        self.run_key = run_key
+        self.settings = settings or RealtimeSettings()
+        self.metrics = metrics
+        self.clock = router.clock
+        self._released = asyncio.Event()
+        self._done = 0
+        self._total = 0
+        self._spent = 0.0
+        self._started = self.clock.now()
+
+    # ------------------------------------------------------------------ public
+    async def run(self, work: Sequence[WorkItem]) -> RunResult:
+        started = utcnow_iso()
+        self._started = self.clock.now()
+        self._total = len(work)
+        outcomes: list[ItemOutcome | None] = [None] * len(work)
+        todo: list[int] = []
+        done_records = await asyncio.gather(*(self._already_done(w) for w in work))
+        for i, (w, record) in enumerate(zip(work, done_records, strict=True)):
+            if record is not None:
+                outcomes[i] = ItemOutcome(
+                    w.request.item_id, SKIPPED, w.request.image_size, image_uri=record["image"]["uri"],
+                    channel=record.get("channel"), reason="already done with the same request fingerprint",
+                )
+                self._done += 1
+            else:
+                todo.append(i)
+        if len(todo) < len(work):
+            log.info("%d of %d items already done in storage: skipped, nothing paid", len(work) - len(todo), len(work))
+
+        limit = self.settings.max_in_flight or sum(c.config.max_concurrency for c in self.channels.values())
+        slots = asyncio.Semaphore(max(1, limit))
+        progress = asyncio.create_task(self._progress_loop())
+        try:
+            results = await asyncio.gather(*(self._bounded(slots, work[i]) for i in todo))
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
+        for i, outcome in zip(todo, results, strict=True):
+            outcomes[i] = outcome
+        self._log_progress(final=True)
+        return RunResult(
+            outcomes=[o for o in outcomes if o is not None],
+            breaker_openings=self._breaker_openings(),
+            started_at=started,
+            finished_at=utcnow_iso(),
+        )
+
+    # ------------------------------------------------------------------ per item
+    async def _already_done(self, w: WorkItem) -> dict[str, Any] | None:
+        if self.settings.force:
+            return None
+        return await asyncio.to_thread(self.store.done_record, w.request.item_id, w.request.fingerprint())
+
+    async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
+        async with slots:
+            return await self._generate(w)
+
+    def _deadline_on_clock(self, deadline: datetime | None) -> float | None:
+        if deadline is None:
+            return None
+        return self.clock.now() + (deadline.timestamp() - time.time())
+
+    async def _generate(self, w: WorkItem) -> ItemOutcome:
+        request = w.request
+        item = ItemProgress.for_request(request, deadline=self._deadline_on_clock(w.deadline))
+        first_start: float | None = None
+        while True:
+            action = self.router.next_action(item)
+            if isinstance(action, GiveUp):
+                return await self._fail(w, item, action)
+            if isinstance(action, Wait):
+                await self._wait(action)
+                continue
+            first_start = first_start if first_start is not None else self.clock.now()
+            result = await self._attempt(item, request, action)
+            if result is None:
+                continue
+            latency = self.clock.now() - first_start
+            return await self._commit(w, item, result, latency)
+
+    async def _wait(self, action: Wait) -> None:
+        delay = max(0.0, action.until - self.clock.now())
+        if action.on_release:
+            self._released.clear()
+            try:
+                await asyncio.wait_for(self._released.wait(), timeout=delay or None)
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, item: ItemProgress, request: ImageRequest, action: AttemptDecision
+    ) -> GenerationResult | None:
+        """One call; returns the validated result, or None after reporting the failure."""
+        channel = self.channels[action.channel]
+        if action.failover:
+            self._incr("failovers")
+        if action.alert_failovers:
+            self._alert(action.channel)
+        events: tuple[ChannelEvent, ...] = ()
+        try:
+            result = await asyncio.wait_for(channel.generate(request), timeout=action.timeout_s)
+            await asyncio.to_thread(self._validate, request, result)
+        except TimeoutError:
+            log.warning("item '%s': channel '%s' gave no answer within %.0f s; failing over",
+                        request.item_id, action.channel, action.timeout_s)
+            events = self.router.report_timeout(item, action.permit)
+            return None
+        except ChannelError as err:
+            log.info("item '%s': %s", request.item_id, err)
+            events = self.router.report_failure(item, action.permit, err)
+            self._incr(f"errors.{err.error_class.value}")
+            return None
+        except asyncio.CancelledError:
+            self.router.report_cancelled(item, action.permit)
+            raise
+        finally:
+            self._after_report(events)
+        events = self.router.report_success(item, action.permit, cost_usd=result.cost_usd, latency_s=result.latency_s)
+        self._after_report(events)
+        self._spent += result.cost_usd
+        return result
+
+    def _validate(self, request: ImageRequest, result: GenerationResult) -> None:
+        """Never store what does not decode (FAULTS R8/R12); a wrong size is recorded, not fatal."""
+        try:
+            inspect_image(result.image)
+        except ImageValidationError as err:
+            raise ChannelError(
+                f"returned image is unusable ({err}); retrying",
+                channel=result.channel,
+                item_id=request.item_id,
+                error_class=ErrorClass.RETRYABLE,
+                reason="image does not decode",
+                billed=result.cost_usd > 0,
+            ) from err
+
+    async def _commit(self, w: WorkItem, item: ItemProgress, result: GenerationResult, latency: float) -> ItemOutcome:
+        request = w.request
+        info = await asyncio.to_thread(inspect_image, result.image)
+        outcome = ItemOutcome(
+            request.item_id, SUCCEEDED, request.image_size,
+            attempts=[_attempt_view(a) for a in item.attempts], channel=result.channel,
+            cost_usd=item.cost_usd, latency_s=round(latency, 3),
+            size_matches=(info.width, info.height) == expected_pixels(request.image_size, request.aspect_ratio),
+        )
+        if outcome.size_matches is False:
+            log.warning("item '%s': image is %dx%d, expected %s; stored and recorded as a size mismatch",
+                        request.item_id, info.width, info.height, expected_pixels(request.image_size, request.aspect_ratio))
+        image_uri, won = await asyncio.to_thread(
+            self.store.commit_success, request, result, info, outcome,
+            lane=self.settings.lane, run_key=self.run_key, item_metadata=w.item_metadata,
+        )
+        outcome.image_uri = image_uri
+        if not won:
+            outcome.reason = "another worker committed this item first; its image was kept"
+        self._done += 1
+        self._incr("images")
+        self._timing("image_latency", latency)
+        return outcome
+
+    async def _fail(self, w: WorkItem, item: ItemProgress, action: GiveUp) -> ItemOutcome:
+        request = w.request
+        status = NOT_ATTEMPTED if not item.attempts else FAILED
+        outcome = ItemOutcome(
+            request.item_id, status, request.image_size,
+            attempts=[_attempt_view(a) for a in item.attempts], cost_usd=item.cost_usd,
+            reason=f"{action.reason.value}: {action.detail}",
+        )
+        log.warning("item '%s': no image (%s)", request.item_id, outcome.reason)
+        await asyncio.to_thread(
+            self.store.commit_failure, request, outcome,
+            lane=self.settings.lane, run_key=self.run_key, item_metadata=w.item_metadata,
+        )
+        self._done += 1
+        self._incr("items_failed")
+        return outcome
+
+    # ------------------------------------------------------------------ observability
+    def _after_report(self, events: tuple[ChannelEvent, ...]) -> None:
+        self._released.set()  # a permit came back: items waiting on concurrency may go
+        for event in events:
+            self._incr(f"channel_events.{event.value}")
+
+    def _breaker_openings(self) -> dict[str, int]:
+        return {name: snap.openings for name, snap in self.router.states(self.clock.now()).items()}
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.progress_interval_s)
+            self._log_progress()
+
+    def _log_progress(self, *, final: bool = False) -> None:
+        try:
+            now = self.clock.now()
+            states = describe(self.router.states(now), now)
+            elapsed = max(now - self._started, 1e-9)
+            rate = self._done / elapsed * 60
+            left = self._total - self._done
+            eta = f"{left / (rate / 60):.0f} s" if rate > 0 and left else "–"
+            log.info(
+                "%s %d/%d items done (%.1f/min), spent $%.4f, ETA %s, channels: %s",
+                "finished:" if final else "progress:", self._done, self._total, rate, self._spent, eta, states,
+            )
+        except Exception:  # observability never fails the run
+            log.exception("progress logging failed")
+
+    def _alert(self, channel: str) -> None:
+        count = self.router.failovers_in_window()
+        log.warning("failover alert: %d failovers in the last hour (latest to channel '%s')", count, channel)
+        callback = self.settings.on_failover_alert
+        if callback is None:
+            return
+        try:
+            callback({"failovers_last_hour": count, "channel": channel, "run_key": self.run_key})
+        except Exception:
+            log.exception("failover alert callback failed; the run goes on")
+
+    def _incr(self, name: str) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.incr(f"banana.{name}")
+        except Exception:
+            log.debug("metrics incr failed", exc_info=True)
+
+    def _timing(self, name: str, seconds: float) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.timing(f"banana.{name}", seconds)
+        except Exception:
+            log.debug("metrics timing failed", exc_info=True)

@@ -1,0 +1,214 @@
+"""Run reports: what a run did, what it cost, and what is left — as JSON and as Markdown.
+
+Pure: built from the per-item outcomes every lane produces, rendered to text; the caller writes
+it to ``runs/{run_key}/report.json`` and ``report.md``. A person reading report.md should learn
+without tooling whether every image is there, what it cost, and why anything failed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_banana.pricing import GOOGLE_DIRECT
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"  # already done in storage with the same request fingerprint
+NOT_ATTEMPTED = "not_attempted"  # budget or deadline ran out before the item got a turn
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call to one channel for one item."""
+
+    channel: str
+    outcome: str  # "success" or an ErrorClass value
+    latency_s: float
+    cost_usd: float = 0.0
+    billed: bool = False
+    status_code: int | None = None
+    reason: str = ""
+    started_at: str = ""
+
+
+@dataclass
+class ItemOutcome:
+    """Where one item ended up; the report and the per-item metadata are built from it."""
+
+    item_id: str
+    status: str
+    image_size: str
+    attempts: list[Attempt] = field(default_factory=list)
+    channel: str | None = None
+    cost_usd: float = 0.0
+    reason: str = ""
+    image_uri: str | None = None
+    size_matches: bool | None = None
+    latency_s: float | None = None  # first attempt start to success
+
+    @property
+    def failovers(self) -> int:
+        channels = [a.channel for a in self.attempts]
+        return sum(1 for a, b in zip(channels, channels[1:], strict=False) if a != b)
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def build_report(
+    outcomes: Iterable[ItemOutcome],
+    *,
+    run_key: str,
+    lane: str,
+    started_at: str,
+    finished_at: str,
+    manifest: str | None = None,
+    output_prefix: str | None = None,
+    budget_usd: float | None = None,
+    breaker_openings: Mapping[str, int] | None = None,
+    rejects: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Aggregate per-item outcomes into the report dict written as report.json."""
+    items = list(outcomes)
+    counts = Counter(o.status for o in items)
+    paid = [o for o in items if o.status != SKIPPED]
+    spent = round(sum(o.cost_usd for o in paid), 6)
+    succeeded = [o for o in items if o.status == SUCCEEDED]
+    sizes = Counter(o.image_size for o in succeeded)
+    direct = sum(GOOGLE_DIRECT[s] * n for s, n in sizes.items())
+
+    channels: dict[str, dict[str, Any]] = {}
+    for outcome in paid:
+        for a in outcome.attempts:
+            ch = channels.setdefault(
+                a.channel, {"calls": 0, "successes": 0, "failures": 0, "spend_usd": 0.0, "errors": Counter()}
+            )
+            ch["calls"] += 1
+            ch["spend_usd"] += a.cost_usd
+            if a.outcome == "success":
+                ch["successes"] += 1
+            else:
+                ch["failures"] += 1
+                ch["errors"][a.outcome] += 1
+    for name, ch in channels.items():
+        ch["spend_usd"] = round(ch["spend_usd"], 6)
+        ch["errors"] = dict(ch["errors"])
+        ch["breaker_openings"] = (breaker_openings or {}).get(name, 0)
+    for name, n in (breaker_openings or {}).items():
+        if name not in channels:
+            channels[name] = {"calls": 0, "successes": 0, "failures": 0, "spend_usd": 0.0, "errors": {},
+                              "breaker_openings": n}
+
+    latencies = sorted(o.latency_s for o in succeeded if o.latency_s is not None)
+    calls = sum(len(o.attempts) for o in paid)
+    report: dict[str, Any] = {
+        "run_key": run_key,
+        "lane": lane,
+        "manifest": manifest,
+        "output_prefix": output_prefix,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "items": {
+            "total": len(items),
+            SUCCEEDED: counts[SUCCEEDED],
+            SKIPPED: counts[SKIPPED],
+            FAILED: counts[FAILED],
+            NOT_ATTEMPTED: counts[NOT_ATTEMPTED],
+            "rejected_in_manifest": rejects,
+        },
+        "cost": {
+            "spent_usd": spent,
+            "budget_usd": budget_usd,
+            "cost_per_success_usd": round(spent / len(succeeded), 6) if succeeded else None,
+            "google_direct_list_usd": round(direct, 6),
+            "savings_vs_direct_usd": round(direct - spent, 6),
+        },
+        "calls": {
+            "total": calls,
+            "per_success": round(calls / len(succeeded), 3) if succeeded else None,
+            "failovers": sum(o.failovers for o in paid),
+        },
+        "latency_s": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
+        "channels": channels,
+        "size_mismatches": sorted(o.item_id for o in succeeded if o.size_matches is False),
+        "failed_items": [
+            {"item_id": o.item_id, "status": o.status, "reason": o.reason}
+            for o in items
+            if o.status in (FAILED, NOT_ATTEMPTED)
+        ],
+    }
+    if extra:
+        report.update(extra)
+    return report
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"${value:,.4f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A human-readable report.md from the report dict."""
+    items, cost, calls, lat = report["items"], report["cost"], report["calls"], report["latency_s"]
+    lines = [
+        f"# Image run `{report['run_key']}` ({report['lane']})",
+        "",
+        f"- Manifest: `{report.get('manifest') or '–'}`",
+        f"- Output: `{report.get('output_prefix') or '–'}`",
+        f"- Started {report['started_at']}, finished {report['finished_at']}",
+        "",
+        "## Items",
+        "",
+        "| total | succeeded | skipped (already done) | failed | not attempted | rejected in manifest |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {items['total']} | {items[SUCCEEDED]} | {items[SKIPPED]} | {items[FAILED]} | "
+        f"{items[NOT_ATTEMPTED]} | {items['rejected_in_manifest']} |",
+        "",
+        "## Cost",
+        "",
+        f"- Spent: **{_money(cost['spent_usd'])}**"
+        + (f" of a {_money(cost['budget_usd'])} budget" if cost.get("budget_usd") is not None else ""),
+        f"- Cost per successful image: {_money(cost['cost_per_success_usd'])}",
+        f"- Google direct list price for the same images: {_money(cost['google_direct_list_usd'])}"
+        f" (saved {_money(cost['savings_vs_direct_usd'])})",
+        f"- Calls: {calls['total']} ({calls['per_success'] or '–'} per success), failovers: {calls['failovers']}",
+        f"- Latency per image: p50 {lat['p50'] if lat['p50'] is None else round(lat['p50'], 2)} s, "
+        f"p95 {lat['p95'] if lat['p95'] is None else round(lat['p95'], 2)} s",
+        "",
+    ]
+    if report["channels"]:
+        lines += [
+            "## Channels",
+            "",
+            "| channel | calls | successes | failures | spend | breaker openings | errors |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for name, ch in sorted(report["channels"].items()):
+            errors = ", ".join(f"{k}: {v}" for k, v in sorted(ch["errors"].items())) or "–"
+            lines.append(
+                f"| {name} | {ch['calls']} | {ch['successes']} | {ch['failures']} | "
+                f"{_money(ch['spend_usd'])} | {ch['breaker_openings']} | {errors} |"
+            )
+        lines.append("")
+    if report["size_mismatches"]:
+        lines += ["## Pixel size mismatches", "", *[f"- `{i}`" for i in report["size_mismatches"]], ""]
+    if report["failed_items"]:
+        lines += ["## Items without an image", "", "| item | status | reason |", "|---|---|---|"]
+        lines += [f"| `{f['item_id']}` | {f['status']} | {f['reason']} |" for f in report["failed_items"]]
+        lines.append("")
+    else:
+        lines += ["Every item has an image.", ""]
+    return "\n".join(lines)
+
+
+def attempt_dicts(attempts: Iterable[Attempt]) -> list[dict[str, Any]]:
+    return [asdict(a) for a in attempts]

@@ -1,0 +1,198 @@
+"""Per-channel circuit breaker as pure transitions on a plain record.
+
+Why not the reference design (3 consecutive failures -> open 60 s) or LiteLLM's >50 % rule
+alone: a 45 % 503 rate never trips a rate rule, a flapping channel keeps being re-tried at a
+fixed cadence, and a breaker that auto-closes lets every waiting caller stampede a recovering
+channel. Here:
+
+* CLOSED -> OPEN when, over the sliding window (default 60 s, bucketed), ``calls >= minimum_calls``
+  (10) and ``failures / calls >= failure_rate_threshold`` (0.5); or after ``consecutive_failures``
+  (5) failures in a row.
+* OPEN for ``d(n) = min(max_open_s, base_open_s * 2**n * (1 + jitter * u))`` with ``u`` uniform in
+  [-1, 1] from the injected RNG, ``n`` = reopen count (defaults 30 s, 300 s cap, jitter 0.2).
+  Each opening increments ``n``; a healthy stretch decays it by one per ``reopen_decay_s``
+  (600 s) measured from the last close, so a flapping channel waits longer each time but a
+  channel that was fine for an hour starts again from ``base_open_s``.
+* After ``open_until`` the breaker is HALF_OPEN: exactly one caller gets a probe lease
+  (``probe_id``), valid ``probe_lease_s`` so a crashed prober cannot wedge the channel; after the
+  lease expires the next caller gets a fresh lease and the old one is void.
+* The current probe's success -> CLOSED (window and consecutive count reset); its failure ->
+  OPEN for ``d(n)`` with the incremented ``n``. A neutral probe outcome (429, cancelled) only
+  returns the lease.
+* Outcomes of ordinary calls that were in flight when the breaker opened are ignored: they say
+  nothing about the channel now.
+
+What is a failure is decided by the caller (``state.breaker_verdict``): RETRYABLE, TIMEOUT and
+NO_IMAGE are failures; a success or ITEM_TERMINAL answer is a healthy call; 429s are handled by
+the retry-hint/bench closures and CHANNEL_FATAL disables the channel outright.
+
+The record is a flat dataclass so a Redis backend can hold the same fields in a hash and run the
+same transitions in Lua.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.routing.window import WindowCounts, window_add, window_clear, window_totals
+
+CALLS, FAILURES = 0, 1
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class BreakerEvent(enum.StrEnum):
+    OPENED = "breaker_opened"  # CLOSED -> OPEN
+    REOPENED = "breaker_reopened"  # HALF_OPEN probe failed -> OPEN
+    CLOSED = "breaker_closed"  # HALF_OPEN probe succeeded -> CLOSED
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_rate_threshold: float = 0.5
+    minimum_calls: int = 10
+    window_s: float = 60.0
+    bucket_s: float = 5.0
+    consecutive_failures: int = 5
+    base_open_s: float = 30.0
+    max_open_s: float = 300.0
+    jitter: float = 0.2
+    probe_lease_s: float = 130.0
+    reopen_decay_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.failure_rate_threshold <= 1:
+            raise ConfigurationError(f"breaker failure_rate_threshold must be in (0, 1], got {self}")
+        if self.minimum_calls < 1 or self.consecutive_failures < 1:
+            raise ConfigurationError(f"breaker minimum_calls and consecutive_failures must be >= 1: {self}")
+        if min(self.window_s, self.bucket_s, self.base_open_s, self.probe_lease_s, self.reopen_decay_s) <= 0:
+            raise ConfigurationError(f"breaker durations must be positive: {self}")
+        if self.max_open_s < self.base_open_s or not 0 <= self.jitter < 1:
+            raise ConfigurationError(f"breaker needs max_open_s >= base_open_s and 0 <= jitter < 1: {self}")
+
+
+@dataclass
+class BreakerRecord:
+    state: BreakerState = BreakerState.CLOSED
+    window: WindowCounts = field(default_factory=lambda: WindowCounts(arity=2))
+    consecutive_failures: int = 0
+    open_until: float = 0.0
+    reopen_count: int = 0
+    closed_at: float | None = None
+    probe_id: int = 0  # id of the latest lease granted
+    probe_lease_until: float | None = None  # None: no lease out
+    openings: int = 0
+
+
+@dataclass(frozen=True)
+class BreakerGate:
+    """Whether the breaker lets a call through now; ``probe`` means it would take the lease."""
+
+    allowed: bool
+    probe: bool = False
+    retry_at: float | None = None
+
+
+def open_duration(config: BreakerConfig, reopen_count: int, rng: random.Random) -> float:
+    """``min(max_open_s, base_open_s * 2**n * (1 + jitter * U(-1, 1)))``."""
+    exponent = min(reopen_count, 32)  # 2**32 * base is far past any cap; avoid float overflow
+    raw = config.base_open_s * (2.0**exponent) * (1.0 + config.jitter * rng.uniform(-1.0, 1.0))
+    return min(config.max_open_s, raw)
+
+
+def refresh(record: BreakerRecord, now: float) -> BreakerState:
+    """Apply the only time-driven transition, OPEN -> HALF_OPEN at ``open_until``."""
+    if record.state is BreakerState.OPEN and now >= record.open_until:
+        record.state = BreakerState.HALF_OPEN
+        record.probe_lease_until = None
+    return record.state
+
+
+def gate(record: BreakerRecord, now: float) -> BreakerGate:
+    """Would a call be let through at ``now``? Changes nothing but the time-driven refresh."""
+    state = refresh(record, now)
+    if state is BreakerState.CLOSED:
+        return BreakerGate(allowed=True)
+    if state is BreakerState.OPEN:
+        return BreakerGate(allowed=False, retry_at=record.open_until)
+    if record.probe_lease_until is not None and now < record.probe_lease_until:
+        return BreakerGate(allowed=False, retry_at=record.probe_lease_until)
+    return BreakerGate(allowed=True, probe=True)
+
+
+def take_probe(record: BreakerRecord, config: BreakerConfig, now: float) -> int:
+    """Grant the half-open probe lease (caller checked ``gate(...).probe``); returns its id."""
+    record.probe_id += 1
+    record.probe_lease_until = now + config.probe_lease_s
+    return record.probe_id
+
+
+def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
+    """Give the lease back without a verdict (429 on the probe, cancellation)."""
+    if probe_id is not None and record.state is BreakerState.HALF_OPEN and probe_id == record.probe_id:
+        record.probe_lease_until = None
+
+
+def _decayed_reopen_count(record: BreakerRecord, config: BreakerConfig, now: float) -> int:
+    if record.closed_at is None:
+        return record.reopen_count
+    steps = int((now - record.closed_at) // config.reopen_decay_s)
+    return max(0, record.reopen_count - steps)
+
+
+def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
+    record.state = BreakerState.OPEN
+    record.open_until = now + open_duration(config, count, rng)
+    record.reopen_count = count + 1
+    record.probe_lease_until = None
+    record.consecutive_failures = 0
+    record.openings += 1
+    window_clear(record.window)
+
+
+def record_result(
+    record: BreakerRecord,
+    config: BreakerConfig,
+    now: float,
+    *,
+    failure: bool,
+    probe_id: int | None,
+    rng: random.Random,
+) -> BreakerEvent | None:
+    """Feed one verdict (``failure`` True/False) from a call; returns the transition, if any.
+
+    ``probe_id`` is the lease id the call held (None for ordinary calls).
+    """
+    state = refresh(record, now)
+    if state is not BreakerState.CLOSED:
+        if probe_id is None or probe_id != record.probe_id or state is not BreakerState.HALF_OPEN:
+            return None  # a late ordinary result, or a stale probe whose lease was replaced
+        if failure:
+            _open(record, config, now, rng, record.reopen_count)
+            return BreakerEvent.REOPENED
+        record.state = BreakerState.CLOSED
+        record.closed_at = now
+        record.probe_lease_until = None
+        record.consecutive_failures = 0
+        window_clear(record.window)
+        return BreakerEvent.CLOSED
+
+    window_add(record.window, now, CALLS, bucket_s=config.bucket_s, window_s=config.window_s)
+    if not failure:
+        record.consecutive_failures = 0
+        return None
+    window_add(record.window, now, FAILURES, bucket_s=config.bucket_s, window_s=config.window_s)
+    record.consecutive_failures += 1
+    calls, failures = window_totals(record.window, now, bucket_s=config.bucket_s, window_s=config.window_s)
+    tripped_by_rate = calls >= config.minimum_calls and failures >= config.failure_rate_threshold * calls
+    if tripped_by_rate or record.consecutive_failures >= config.consecutive_failures:
+        _open(record, config, now, rng, _decayed_reopen_count(record, config, now))
+        return BreakerEvent.OPENED
+    return None

@@ -1,0 +1,668 @@
+"""The realtime router: which channel an item tries next, or why it waits or gives up.
+
+The engine loop this is built for (single asyncio thread; no awaits happen inside a router
+call, so every decision is atomic)::
+
+    item = ItemProgress.for_request(request, deadline=clock.now() + 600)
+    while True:
+        action = router.next_action(item)
+        if isinstance(action, GiveUp): record the failure (action.reason, action.detail); break
+        if isinstance(action, Wait): sleep until action.until (wake early on a permit release
+                                     if action.on_release); continue
+        try:    result = await asyncio.wait_for(channel[action.channel].generate(request), action.timeout_s)
+        except  TimeoutError:      router.report_timeout(item, action.permit)
+        except  ChannelError as e: router.report_failure(item, action.permit, e)
+        except  CancelledError:    router.report_cancelled(item, action.permit); raise
+        else:   router.report_success(item, action.permit, cost_usd=result.cost_usd); break
+        if action.alert_failovers: alert
+
+Ordering (``rank``): channels named in ``RouterConfig.priority`` first, in that order; the rest
+by expected cost per successful image ``price(image_size) / p`` where
+``p = (s + a) / (s + f + a + b)`` is the channel's recent success rate (exponentially decayed
+counts ``s``, ``f`` from the backend) smoothed by a Beta(a, b) prior (a=4.5, b=0.5: a fresh
+channel is assumed 90 % good with the weight of 5 calls, so it is neither free nor infinite).
+Costs within ``tie_epsilon`` (2 %, relative to the cheapest of the group) tie, and ties go to
+the lower latency EWMA, then the name.
+
+Item lifecycle (``next_action``), in order:
+
+1. the last attempt was ITEM_TERMINAL (400, blocked prompt, IMAGE_SAFETY) -> give up, no
+   failover: the same model sits behind every channel;
+2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
+3. ``max_attempts_per_item`` reached, or the deadline passed -> give up;
+4. a retry with the run's retry budget spent -> give up;
+5. candidates = channels not disabled for the run and on which this item has not timed out
+   (a silent channel is abandoned after ONE timeout); none -> give up;
+6. in rank order, skipping channels the budget cannot cover (spent + uncertain + reserved +
+   price <= budget) and channels this item is backing off from, take the first permit.
+   After a RETRYABLE/NO_IMAGE failure the item avoids that channel for a full-jitter backoff
+   ``U(0, min(retry_backoff_max_s, retry_backoff_base_s * 2**(k-1)))``, ``k`` = its failures
+   there, so it fails over at once and does not hammer the channel that just failed it;
+7. no permit -> wait until the earliest ``retry_at`` (capped by the deadline; a concurrency
+   block also wakes on a release), or give up now when nothing can open before the deadline
+   or the budget can never cover any channel.
+
+With ``max_wait_for_cheaper_s > 0`` an item waits for a cheaper channel that frees within that
+time instead of taking a dearer one now (cost over throughput; the default 0 keeps every
+channel busy for throughput).
+
+Money: ``Attempt`` reserves the channel's price; the report settles it (billed cost, or the
+price as "uncertain" after a timeout or cancellation, when the provider may still bill).
+429s close the channel until ``now + retry_after`` (``default_retry_after_s`` without a hint);
+a per-day quota benches it until the next midnight America/Los_Angeles from the wall clock
+(``quota_day_length_s`` overrides the day for the time-compressed simulator).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationError, ErrorClass
+from airflow_banana.models import IMAGE_SIZES, ImageRequest
+from airflow_banana.pricing import price_table
+from airflow_banana.routing.breaker import BreakerConfig
+from airflow_banana.routing.budget import RetryBudget, RetryBudgetConfig, SpendBudget
+from airflow_banana.routing.clock import QUOTA_TIMEZONE, Clock, SystemClock, WallClock, next_daily_reset
+from airflow_banana.routing.failover import FailoverCounter
+from airflow_banana.routing.limiter import LimitConfig
+from airflow_banana.routing.state import (
+    ChannelEvent,
+    ChannelPolicy,
+    ChannelSnapshot,
+    ChannelStateBackend,
+    Denial,
+    DenialReason,
+    InMemoryStateBackend,
+    Outcome,
+    Permit,
+)
+from airflow_banana.routing.throttle import ThrottleConfig
+
+_BACKOFF_CLASSES = (ErrorClass.RETRYABLE, ErrorClass.NO_IMAGE)
+# Waiting "on a throttle" or "for money" is not waiting for a cheaper channel to open.
+_NOT_WORTH_WAITING = (DenialReason.THROTTLED, DenialReason.UNAFFORDABLE)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    priority: tuple[str, ...] = ()
+    tie_epsilon: float = 0.02
+    prior_successes: float = 4.5
+    prior_failures: float = 0.5
+    default_latency_s: float = 30.0
+    max_no_image_retries: int = 2
+    max_attempts_per_item: int = 10
+    default_retry_after_s: float = 10.0
+    retry_backoff_base_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    max_wait_for_cheaper_s: float = 0.0
+    release_poll_s: float = 1.0
+    budget_usd: float | None = None
+    timeouts_count_against_budget: bool = True
+    retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+    failover_alert_threshold: int = 3
+    failover_window_s: float = 3600.0
+    quota_timezone: str = QUOTA_TIMEZONE
+    quota_day_length_s: float | None = None
+    quota_day_origin_s: float = 0.0
+    timeout_grace_s: float = 10.0  # a permit / probe lease outlives the attempt timeout by this
+    stats_half_life_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.prior_successes <= 0 or self.prior_failures <= 0:
+            raise ConfigurationError("router prior_successes and prior_failures must be positive")
+        if self.tie_epsilon < 0 or self.max_no_image_retries < 0 or self.max_attempts_per_item < 1:
+            raise ConfigurationError(f"invalid router config: {self}")
+        if min(self.release_poll_s, self.default_latency_s, self.retry_backoff_base_s) <= 0:
+            raise ConfigurationError(f"router durations must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt of one item, as it goes into the item's metadata."""
+
+    channel: str
+    started_at: float
+    ended_at: float
+    error_class: ErrorClass | None  # None: success (unless cancelled)
+    latency_s: float
+    cost_usd: float
+    billed: bool
+    probe: bool = False
+    status_code: int | None = None
+    reason: str = ""
+    retry_not_before: float | None = None
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None and not self.cancelled
+
+
+@dataclass
+class ItemProgress:
+    """The router's view of one item; the engine keeps it and passes it to every call."""
+
+    item_id: str
+    image_size: str = "1K"
+    deadline: float | None = None  # on the router's clock
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @classmethod
+    def for_request(cls, request: ImageRequest, *, deadline: float | None = None) -> ItemProgress:
+        return cls(item_id=request.item_id, image_size=request.image_size, deadline=deadline)
+
+    @property
+    def succeeded(self) -> bool:
+        return any(a.ok for a in self.attempts)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Make one call on ``channel`` now, within ``timeout_s``, then report it with ``permit``."""
+
+    channel: str
+    permit: Permit
+    price_usd: float
+    timeout_s: float
+    retry: bool
+    failover: bool
+    alert_failovers: bool  # failovers in the rolling window just exceeded the threshold
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing can start now; ask again at ``until`` (or on a permit release if ``on_release``)."""
+
+    until: float
+    reason: str
+    on_release: bool
+    denials: tuple[Denial, ...]
+
+
+class GiveUpReason(enum.StrEnum):
+    ITEM_TERMINAL = "item_terminal"
+    NO_IMAGE = "no_image"
+    DEADLINE = "deadline"
+    BUDGET = "budget"
+    RETRY_BUDGET = "retry_budget"
+    NO_CHANNEL = "no_channel"
+    MAX_ATTEMPTS = "max_attempts"
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The item fails for good; ``detail`` is the human-readable why for the report."""
+
+    reason: GiveUpReason
+    detail: str
+    error_class: ErrorClass | None = None
+
+
+Decision = Attempt | Wait | GiveUp
+
+
+@dataclass(frozen=True)
+class RankedChannel:
+    channel: str
+    price_usd: float
+    success_rate: float
+    expected_cost_usd: float
+    latency_s: float
+    priority: int | None
+    snapshot: ChannelSnapshot
+
+    @property
+    def available_at(self) -> float | None:
+        return self.snapshot.available_at
+
+    @property
+    def blocked_by(self) -> DenialReason | None:
+        return self.snapshot.blocked_by
+
+
+@dataclass(frozen=True)
+class _Open:
+    price: float
+    probe: bool
+
+
+def policy_for(
+    channel: ChannelConfig,
+    config: RouterConfig,
+    *,
+    breaker: BreakerConfig | None = None,
+    throttle: ThrottleConfig | None = None,
+) -> ChannelPolicy:
+    """A channel's backend policy from its connection settings (rpm/ipm/concurrency/timeout)."""
+    ttl = channel.attempt_timeout_s + config.timeout_grace_s
+    base = breaker or BreakerConfig()
+    return ChannelPolicy(
+        breaker=replace(base, probe_lease_s=ttl),
+        limits=LimitConfig(rpm=channel.rpm, ipm=channel.ipm, max_concurrency=channel.max_concurrency),
+        throttle=throttle or ThrottleConfig(),
+        permit_ttl_s=ttl,
+        stats_half_life_s=config.stats_half_life_s,
+    )
+
+
+class Router:
+    """Pure decisions over a ``ChannelStateBackend``; see the module docstring."""
+
+    def __init__(
+        self,
+        channels: Sequence[ChannelConfig],
+        *,
+        clock: Clock,
+        rng: random.Random,
+        backend: ChannelStateBackend,
+        config: RouterConfig | None = None,
+        wall_clock: WallClock | None = None,
+        breaker: BreakerConfig | None = None,
+        throttle: ThrottleConfig | None = None,
+    ) -> None:
+        if not channels:
+            raise ConfigurationError("the router needs at least one channel")
+        names = [c.name for c in channels]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"channel names must be unique, got {names}")
+        self.config = config or RouterConfig()
+        unknown = [p for p in self.config.priority if p not in names]
+        if unknown:
+            raise ConfigurationError(f"priority names unknown channels {unknown}; channels are {names}")
+        self.clock = clock
+        self.wall_clock: WallClock = wall_clock or (clock if isinstance(clock, WallClock) else SystemClock())
+        self.rng = rng
+        self.backend = backend
+        self.channels: dict[str, ChannelConfig] = {c.name: c for c in channels}
+        self._prices: dict[str, dict[str, float]] = {
+            c.name: {**price_table(c.protocol), **c.prices} for c in channels
+        }
+        for channel in channels:
+            backend.register(
+                channel.name, policy_for(channel, self.config, breaker=breaker, throttle=throttle)
+            )
+        self.retry_budget = RetryBudget(self.config.retry_budget)
+        self.spend = SpendBudget(self.config.budget_usd)
+        self.failovers = FailoverCounter(
+            threshold=self.config.failover_alert_threshold, window_s=self.config.failover_window_s
+        )
+        self._open: dict[str, _Open] = {}
+
+    # ------------------------------------------------------------ views
+
+    def price(self, channel: str, image_size: str) -> float:
+        if image_size not in IMAGE_SIZES:
+            raise ConfigurationError(f"unknown image size {image_size!r}; use one of {IMAGE_SIZES}")
+        return self._prices[channel][image_size]
+
+    def rank(self, image_size: str, now: float | None = None) -> list[RankedChannel]:
+        """Every channel in preference order, each with its availability."""
+        now = self.clock.now() if now is None else now
+        cfg = self.config
+        priority = {name: i for i, name in enumerate(cfg.priority)}
+        ranked = []
+        for name in self.channels:
+            snap = self.backend.snapshot(name, now)
+            rate = (snap.recent_successes + cfg.prior_successes) / (
+                snap.recent_successes + snap.recent_failures + cfg.prior_successes + cfg.prior_failures
+            )
+            price = self.price(name, image_size)
+            latency = snap.latency_ewma_s if snap.latency_ewma_s is not None else cfg.default_latency_s
+            ranked.append(RankedChannel(name, price, rate, price / rate, latency, priority.get(name), snap))
+        fixed = sorted((r for r in ranked if r.priority is not None), key=lambda r: r.priority or 0)
+        rest = sorted(
+            (r for r in ranked if r.priority is None), key=lambda r: (r.expected_cost_usd, r.latency_s)
+        )
+        ordered = list(fixed)
+        group: list[RankedChannel] = []
+        for r in rest:
+            if group and r.expected_cost_usd > group[0].expected_cost_usd * (1 + cfg.tie_epsilon) + 1e-12:
+                ordered.extend(sorted(group, key=lambda g: (g.latency_s, g.channel)))
+                group = []
+            group.append(r)
+        ordered.extend(sorted(group, key=lambda g: (g.latency_s, g.channel)))
+        return ordered
+
+    def states(self, now: float | None = None) -> dict[str, ChannelSnapshot]:
+        """Snapshot of every channel, for progress lines and the run report."""
+        now = self.clock.now() if now is None else now
+        return {name: self.backend.snapshot(name, now) for name in self.channels}
+
+    # ------------------------------------------------------------ decisions
+
+    def next_action(self, item: ItemProgress, now: float | None = None) -> Decision:
+        """What ``item`` does next: ``Attempt`` (permit taken), ``Wait`` or ``GiveUp``."""
+        now = self.clock.now() if now is None else now
+        cfg = self.config
+        attempts = [a for a in item.attempts if not a.cancelled]
+        if any(a.ok for a in attempts):
+            raise BananaError(f"item '{item.item_id}' already has an image; the engine must not ask again")
+        last = attempts[-1] if attempts else None
+        if last is not None and last.error_class is ErrorClass.ITEM_TERMINAL:
+            return GiveUp(
+                GiveUpReason.ITEM_TERMINAL,
+                f"item '{item.item_id}': {last.reason} on channel '{last.channel}'; not failed over "
+                "(the same model is behind every channel)",
+                ErrorClass.ITEM_TERMINAL,
+            )
+        no_image = sum(1 for a in attempts if a.error_class is ErrorClass.NO_IMAGE)
+        if no_image > cfg.max_no_image_retries:
+            return GiveUp(
+                GiveUpReason.NO_IMAGE,
+                f"item '{item.item_id}': {no_image} answers without an image "
+                f"(limit {cfg.max_no_image_retries} retries); last: {last.reason if last else ''}",
+                ErrorClass.NO_IMAGE,
+            )
+        if len(attempts) >= cfg.max_attempts_per_item:
+            return GiveUp(
+                GiveUpReason.MAX_ATTEMPTS,
+                f"item '{item.item_id}': {len(attempts)} attempts made, the per-item limit; "
+                f"last: {last.error_class if last else ''} {last.reason if last else ''}",
+                last.error_class if last else None,
+            )
+        if item.deadline is not None and now >= item.deadline:
+            return GiveUp(
+                GiveUpReason.DEADLINE,
+                f"item '{item.item_id}': deadline passed after {len(attempts)} attempts",
+                last.error_class if last else None,
+            )
+        retry = bool(attempts)
+        if retry and not self.retry_budget.can_retry():
+            budget = self.retry_budget
+            return GiveUp(
+                GiveUpReason.RETRY_BUDGET,
+                f"item '{item.item_id}': run retry budget spent ({budget.retries} retries for "
+                f"{budget.first_attempts} first attempts)",
+                last.error_class if last else None,
+            )
+
+        ranked = self.rank(item.image_size, now)
+        live = [r for r in ranked if not r.snapshot.disabled]
+        if not live:
+            reasons = "; ".join(f"{r.channel}: {r.snapshot.disabled_reason}" for r in ranked)
+            return GiveUp(
+                GiveUpReason.NO_CHANNEL,
+                f"item '{item.item_id}': every channel is disabled ({reasons})",
+                ErrorClass.CHANNEL_FATAL,
+            )
+        timed_out = {a.channel for a in attempts if a.error_class is ErrorClass.TIMEOUT}
+        candidates = [r for r in live if r.channel not in timed_out]
+        if not candidates:
+            return GiveUp(
+                GiveUpReason.NO_CHANNEL,
+                f"item '{item.item_id}': timed out on every usable channel ({sorted(timed_out)})",
+                ErrorClass.TIMEOUT,
+            )
+
+        denials: list[Denial] = []
+        for ranked_channel in candidates:
+            result = self._try(item, ranked_channel, now)
+            if isinstance(result, Permit):
+                return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
+            denials.append(result)
+            if (
+                cfg.max_wait_for_cheaper_s > 0
+                and result.reason not in _NOT_WORTH_WAITING
+                and result.retry_at is not None
+                and result.retry_at - now <= cfg.max_wait_for_cheaper_s
+            ):
+                return Wait(
+                    result.retry_at, f"waiting for cheaper channel '{result.channel}'", False, tuple(denials)
+                )
+        return self._wait_or_give_up(item, denials, now, last)
+
+    def _try(self, item: ItemProgress, ranked: RankedChannel, now: float) -> Permit | Denial:
+        price = ranked.price_usd
+        if not self.spend.can_afford(price):
+            spend = self.spend
+            settled = spend.spent_usd + spend.uncertain_usd
+            fits_later = spend.limit_usd is None or settled + price <= spend.limit_usd
+            return Denial(
+                ranked.channel,
+                DenialReason.UNAFFORDABLE,
+                None if fits_later else math.inf,
+                f"${price:.4f} does not fit the remaining budget ${spend.remaining_usd or 0.0:.4f}",
+            )
+        not_before = max(
+            (a.retry_not_before for a in item.attempts if a.channel == ranked.channel and a.retry_not_before),
+            default=None,
+        )
+        if not_before is not None and not_before > now:
+            return Denial(
+                ranked.channel, DenialReason.ITEM_BACKOFF, not_before, "backing off after a failure"
+            )
+        return self.backend.try_acquire(ranked.channel, now)
+
+    def _dispatch(
+        self,
+        item: ItemProgress,
+        ranked: RankedChannel,
+        permit: Permit,
+        now: float,
+        *,
+        retry: bool,
+        last: AttemptRecord | None,
+    ) -> Attempt:
+        self.spend.reserve(permit.permit_id, ranked.price_usd)  # affordability checked in _try
+        self.retry_budget.record(retry=retry)
+        self._open[permit.permit_id] = _Open(ranked.price_usd, permit.probe)
+        timeout = self.channels[ranked.channel].attempt_timeout_s
+        if item.deadline is not None:
+            timeout = min(timeout, item.deadline - now)
+        failover = last is not None and not last.ok and last.channel != ranked.channel
+        alert = self.failovers.record(now) if failover else False
+        return Attempt(ranked.channel, permit, ranked.price_usd, timeout, retry, failover, alert)
+
+    def _wait_or_give_up(
+        self, item: ItemProgress, denials: list[Denial], now: float, last: AttemptRecord | None
+    ) -> Wait | GiveUp:
+        summary = "; ".join(
+            f"{d.channel}: {d.reason}" + ("" if d.retry_at is None else f" until +{d.retry_at - now:.1f}s")
+            for d in denials
+        )
+        last_class = last.error_class if last else None
+        on_release = any(d.retry_at is None for d in denials)
+        finite = [d.retry_at for d in denials if d.retry_at is not None and not math.isinf(d.retry_at)]
+        if not finite and not on_release:
+            return GiveUp(
+                GiveUpReason.BUDGET,
+                f"item '{item.item_id}': no channel fits the task budget ({summary})",
+                last_class,
+            )
+        until = min(finite) if finite else now + self.config.release_poll_s
+        if item.deadline is not None and not on_release and until >= item.deadline:
+            return GiveUp(
+                GiveUpReason.DEADLINE,
+                f"item '{item.item_id}': no channel is available before the deadline ({summary})",
+                last_class,
+            )
+        if on_release:
+            until = min(until, now + self.config.release_poll_s)
+        if item.deadline is not None:
+            until = min(until, item.deadline)
+        return Wait(until, summary, on_release, tuple(denials))
+
+    # ------------------------------------------------------------ reports
+
+    def _close(
+        self,
+        item: ItemProgress,
+        permit: Permit,
+        outcome: Outcome,
+        now: float,
+        *,
+        billed: bool,
+        uncertain: float = 0.0,
+        status_code: int | None = None,
+        retry_not_before: float | None = None,
+    ) -> tuple[ChannelEvent, ...]:
+        opened = self._open.pop(permit.permit_id, None)
+        if opened is None:
+            return ()  # reported before: one attempt is recorded once
+        events = self.backend.record(permit, outcome, now)
+        self.spend.settle(permit.permit_id, spent=outcome.cost_usd, uncertain=uncertain)
+        item.attempts.append(
+            AttemptRecord(
+                channel=permit.channel,
+                started_at=permit.acquired_at,
+                ended_at=now,
+                error_class=outcome.error_class,
+                latency_s=outcome.latency_s,
+                cost_usd=outcome.cost_usd,
+                billed=billed,
+                probe=opened.probe,
+                status_code=status_code,
+                reason=outcome.detail,
+                retry_not_before=retry_not_before,
+                cancelled=outcome.cancelled,
+            )
+        )
+        return events
+
+    def _price_of(self, permit: Permit) -> float:
+        opened = self._open.get(permit.permit_id)
+        return opened.price if opened else 0.0
+
+    def report_success(
+        self,
+        item: ItemProgress,
+        permit: Permit,
+        *,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+        now: float | None = None,
+    ) -> tuple[ChannelEvent, ...]:
+        """The attempt produced an image; ``cost_usd`` defaults to the channel's price."""
+        now = self.clock.now() if now is None else now
+        if permit.permit_id not in self._open:
+            return ()
+        cost = self._price_of(permit) if cost_usd is None else cost_usd
+        latency = now - permit.acquired_at if latency_s is None else latency_s
+        return self._close(item, permit, Outcome(None, latency, cost), now, billed=cost > 0)
+
+    def report_failure(
+        self,
+        item: ItemProgress,
+        permit: Permit,
+        error: ChannelError,
+        *,
+        latency_s: float | None = None,
+        now: float | None = None,
+    ) -> tuple[ChannelEvent, ...]:
+        """The attempt failed with ``error``; its ``error_class`` decides everything."""
+        now = self.clock.now() if now is None else now
+        if permit.permit_id not in self._open:
+            return ()  # reported before
+        cfg = self.config
+        error_class = error.error_class
+        price = self._price_of(permit)
+        latency = now - permit.acquired_at if latency_s is None else latency_s
+        closed_until: float | None = None
+        if error_class is ErrorClass.RATE_LIMITED:
+            delay = cfg.default_retry_after_s if error.retry_after is None else max(0.0, error.retry_after)
+            closed_until = now + delay
+        elif error_class is ErrorClass.QUOTA_EXHAUSTED:
+            wall = self.wall_clock.wall()
+            reset = next_daily_reset(
+                wall,
+                timezone=cfg.quota_timezone,
+                day_length_s=cfg.quota_day_length_s,
+                day_origin_s=cfg.quota_day_origin_s,
+            )
+            closed_until = now + max(reset - wall, error.retry_after or 0.0)
+        retry_not_before = None
+        if error_class in _BACKOFF_CLASSES:
+            here = [a for a in item.attempts if a.channel == permit.channel]
+            k = 1 + sum(1 for a in here if a.error_class in _BACKOFF_CLASSES)
+            cap = min(cfg.retry_backoff_max_s, cfg.retry_backoff_base_s * 2.0 ** min(k - 1, 32))
+            retry_not_before = now + self.rng.uniform(0.0, cap)
+        cost = price if error.billed else 0.0
+        uncertain = 0.0
+        if error_class is ErrorClass.TIMEOUT and not error.billed and cfg.timeouts_count_against_budget:
+            uncertain = price
+        outcome = Outcome(error_class, latency, cost, closed_until, detail=error.reason)
+        return self._close(
+            item,
+            permit,
+            outcome,
+            now,
+            billed=error.billed,
+            uncertain=uncertain,
+            status_code=error.status_code,
+            retry_not_before=retry_not_before,
+        )
+
+    def report_timeout(
+        self, item: ItemProgress, permit: Permit, *, now: float | None = None
+    ) -> tuple[ChannelEvent, ...]:
+        """The attempt got no answer within its timeout (the engine abandoned it)."""
+        now = self.clock.now() if now is None else now
+        error = ChannelError(
+            f"no answer within {now - permit.acquired_at:.1f} s; failing over",
+            channel=permit.channel,
+            item_id=item.item_id,
+            error_class=ErrorClass.TIMEOUT,
+            reason="attempt timeout",
+        )
+        return self.report_failure(item, permit, error, now=now)
+
+    def report_cancelled(
+        self, item: ItemProgress, permit: Permit, *, now: float | None = None
+    ) -> tuple[ChannelEvent, ...]:
+        """The engine cancelled the attempt (shutdown); its price stays counted as uncertain."""
+        now = self.clock.now() if now is None else now
+        price = self._price_of(permit)
+        outcome = Outcome(None, now - permit.acquired_at, 0.0, cancelled=True, detail="cancelled")
+        return self._close(item, permit, outcome, now, billed=False, uncertain=price)
+
+    def failovers_in_window(self, now: float | None = None) -> int:
+        return self.failovers.count(self.clock.now() if now is None else now)
+
+
+def router_for(
+    channels: Iterable[ChannelConfig],
+    clock: Clock,
+    rng: random.Random,
+    backend: ChannelStateBackend | None = None,
+    *,
+    config: RouterConfig | None = None,
+    wall_clock: WallClock | None = None,
+    breaker: BreakerConfig | None = None,
+    throttle: ThrottleConfig | None = None,
+) -> Router:
+    """A router over ``channels`` with an in-memory backend unless one is given."""
+    return Router(
+        list(channels),
+        clock=clock,
+        rng=rng,
+        backend=backend if backend is not None else InMemoryStateBackend(rng),
+        config=config,
+        wall_clock=wall_clock,
+        breaker=breaker,
+        throttle=throttle,
+    )
+
+
+def describe(snapshots: Mapping[str, ChannelSnapshot], now: float) -> str:
+    """One short line of channel states for progress logs, e.g. ``relay=closed gemini=open(+12s)``."""
+    parts = []
+    for name, snap in snapshots.items():
+        if snap.disabled:
+            parts.append(f"{name}=disabled")
+        elif snap.blocked_by is None:
+            parts.append(f"{name}={snap.breaker}")
+        elif snap.available_at is None:
+            parts.append(f"{name}={snap.blocked_by}")
+        else:
+            parts.append(f"{name}={snap.blocked_by}(+{max(0.0, snap.available_at - now):.0f}s)")
+    return " ".join(parts)

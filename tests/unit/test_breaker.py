@@ -1,0 +1,230 @@
+"""Circuit breaker transitions on a plain record, driven by hand-picked times."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.routing.breaker import (
+    BreakerConfig,
+    BreakerEvent,
+    BreakerRecord,
+    BreakerState,
+    gate,
+    open_duration,
+    record_result,
+    release_probe,
+    take_probe,
+)
+
+CFG = BreakerConfig(jitter=0.0)
+
+
+class FixedRandom(random.Random):
+    """``uniform(a, b)`` returns the point at ``fraction`` of the way from a to b."""
+
+    def __init__(self, fraction: float = 0.5) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
+
+
+RNG = FixedRandom()
+
+
+def feed(record: BreakerRecord, pattern: str, now: float, cfg: BreakerConfig = CFG, step: float = 0.1):
+    """Feed 'F'/'S' verdicts starting at ``now``; returns the events and the final time."""
+    events = []
+    for verdict in pattern:
+        event = record_result(record, cfg, now, failure=verdict == "F", probe_id=None, rng=RNG)
+        if event:
+            events.append(event)
+        now += step
+    return events, now
+
+
+def trip(record: BreakerRecord, now: float = 100.0, cfg: BreakerConfig = CFG) -> float:
+    events, _ = feed(record, "F" * cfg.consecutive_failures, now, cfg, step=0.0)
+    assert events == [BreakerEvent.OPENED]
+    return now
+
+
+def test_four_consecutive_failures_do_not_trip_the_fifth_does() -> None:
+    record = BreakerRecord()
+    events, now = feed(record, "FFFF", 100.0)
+    assert events == [] and record.state is BreakerState.CLOSED
+    assert record_result(record, CFG, now, failure=True, probe_id=None, rng=RNG) is BreakerEvent.OPENED
+    assert record.state is BreakerState.OPEN
+    assert record.open_until == pytest.approx(now + 30.0)
+    assert record.openings == 1
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    record = BreakerRecord()
+    events, _ = feed(record, "FFFFSFFFF", 100.0)
+    assert events == [] and record.consecutive_failures == 4
+
+
+def test_failure_rate_trips_at_threshold_with_minimum_volume() -> None:
+    record = BreakerRecord()
+    # alternate so consecutive failures never reach 5; 10th call is the 5th failure = 50 %
+    events, _ = feed(record, "SFSFSFSFS", 100.0)
+    assert events == []
+    assert record_result(record, CFG, 101.0, failure=True, probe_id=None, rng=RNG) is BreakerEvent.OPENED
+
+
+def test_high_failure_rate_below_minimum_volume_does_not_trip() -> None:
+    record = BreakerRecord()
+    events, now = feed(record, "FFSFFSFFS", 100.0)  # 9 calls, 67 % failures
+    assert events == [] and record.state is BreakerState.CLOSED
+    assert record_result(record, CFG, now, failure=True, probe_id=None, rng=RNG) is BreakerEvent.OPENED
+
+
+def test_peak_profile_45_percent_failures_never_trips_the_rate_rule() -> None:
+    record = BreakerRecord()
+    pattern = "FSFSFSFSSS" * 2 + "FSFSFSFSFSS"  # 13 of 31 = 42 %, and 9/20 = 45 % at the 20th
+    events, _ = feed(record, pattern * 4, 100.0, step=0.5)
+    assert events == [] and record.state is BreakerState.CLOSED
+
+
+def test_failures_leave_the_sliding_window() -> None:
+    record = BreakerRecord()
+    feed(record, "FFFFSFFFFS", 100.0, step=0.1)  # 8/10 failures, but never at a failure with volume
+    # 70 s later the old calls are out of the 60 s window: a few new failures do not trip on rate
+    events, _ = feed(record, "SSSSSF", 170.0)
+    assert events == [] and record.state is BreakerState.CLOSED
+
+
+def test_open_duration_formula_grows_with_reopenings_and_is_capped() -> None:
+    cfg = BreakerConfig(base_open_s=30.0, max_open_s=300.0, jitter=0.2)
+    mid = FixedRandom(0.5)  # u = 0
+    assert [open_duration(cfg, n, mid) for n in range(6)] == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
+    assert open_duration(cfg, 0, FixedRandom(0.0)) == pytest.approx(24.0)  # u = -1
+    assert open_duration(cfg, 0, FixedRandom(1.0)) == pytest.approx(36.0)  # u = +1
+    assert open_duration(cfg, 3, FixedRandom(1.0)) == pytest.approx(288.0)  # 240 * 1.2, under the cap
+    assert open_duration(cfg, 4, FixedRandom(0.0)) == 300.0  # 480 * 0.8 = 384, capped
+    assert open_duration(cfg, 10_000, mid) == 300.0  # no float overflow
+    rng = random.Random(7)
+    samples = [open_duration(cfg, 1, rng) for _ in range(200)]
+    assert min(samples) >= 48.0 and max(samples) <= 72.0 and len(set(samples)) > 100
+
+
+def test_open_until_then_half_open_lets_exactly_one_probe() -> None:
+    record = BreakerRecord()
+    trip(record, 100.0)
+    assert gate(record, 129.9).allowed is False
+    assert gate(record, 129.9).retry_at == pytest.approx(130.0)
+    first = gate(record, 130.0)
+    assert first.allowed and first.probe and record.state is BreakerState.HALF_OPEN
+    probe_id = take_probe(record, CFG, 130.0)
+    for t in (130.0, 131.0, 200.0):
+        denied = gate(record, t)
+        assert not denied.allowed and denied.retry_at == pytest.approx(130.0 + CFG.probe_lease_s)
+    assert probe_id == record.probe_id
+
+
+def test_probe_success_closes_and_resets_counters() -> None:
+    record = BreakerRecord()
+    trip(record)
+    gate(record, 130.0)
+    probe = take_probe(record, CFG, 130.0)
+    assert record_result(record, CFG, 131.0, failure=False, probe_id=probe, rng=RNG) is BreakerEvent.CLOSED
+    assert record.state is BreakerState.CLOSED and record.consecutive_failures == 0
+    assert record.window.buckets == {}
+    assert gate(record, 131.0).allowed and not gate(record, 131.0).probe
+
+
+def test_probe_failure_reopens_for_longer() -> None:
+    record = BreakerRecord()
+    trip(record)  # 30 s
+    gate(record, 130.0)
+    probe = take_probe(record, CFG, 130.0)
+    assert record_result(record, CFG, 135.0, failure=True, probe_id=probe, rng=RNG) is BreakerEvent.REOPENED
+    assert record.state is BreakerState.OPEN and record.open_until == pytest.approx(135.0 + 60.0)
+    gate(record, 195.0)
+    probe = take_probe(record, CFG, 195.0)
+    record_result(record, CFG, 196.0, failure=True, probe_id=probe, rng=RNG)
+    assert record.open_until == pytest.approx(196.0 + 120.0)
+    assert record.openings == 3
+
+
+def test_expired_probe_lease_is_replaced_and_the_stale_probe_is_ignored() -> None:
+    record = BreakerRecord()
+    trip(record)
+    gate(record, 130.0)
+    stale = take_probe(record, CFG, 130.0)
+    expiry = 130.0 + CFG.probe_lease_s
+    assert not gate(record, expiry - 0.01).allowed
+    assert gate(record, expiry).probe
+    fresh = take_probe(record, CFG, expiry)
+    assert fresh != stale
+    assert record_result(record, CFG, expiry + 1, failure=False, probe_id=stale, rng=RNG) is None
+    assert record.state is BreakerState.HALF_OPEN
+    assert record_result(record, CFG, expiry + 2, failure=False, probe_id=fresh, rng=RNG) is BreakerEvent.CLOSED
+
+
+def test_late_ordinary_results_while_open_or_half_open_change_nothing() -> None:
+    record = BreakerRecord()
+    trip(record)
+    until = record.open_until
+    assert record_result(record, CFG, 110.0, failure=True, probe_id=None, rng=RNG) is None
+    assert record_result(record, CFG, 111.0, failure=False, probe_id=None, rng=RNG) is None
+    assert record.state is BreakerState.OPEN and record.open_until == until
+    gate(record, 130.0)
+    take_probe(record, CFG, 130.0)
+    assert record_result(record, CFG, 131.0, failure=False, probe_id=None, rng=RNG) is None
+    assert record.state is BreakerState.HALF_OPEN
+
+
+def test_released_probe_lets_the_next_caller_probe() -> None:
+    record = BreakerRecord()
+    trip(record)
+    gate(record, 130.0)
+    probe = take_probe(record, CFG, 130.0)
+    release_probe(record, probe + 1)  # not the holder: nothing happens
+    assert not gate(record, 130.5).allowed
+    release_probe(record, probe)
+    assert gate(record, 130.5).probe
+
+
+def test_reopen_count_decays_after_a_healthy_stretch() -> None:
+    cfg = BreakerConfig(jitter=0.0, reopen_decay_s=600.0)
+    record = BreakerRecord()
+    trip(record, 100.0, cfg)  # n=0 -> 30 s, count 1
+    gate(record, 130.0)
+    probe = take_probe(record, cfg, 130.0)
+    record_result(record, cfg, 130.0, failure=True, probe_id=probe, rng=RNG)  # 60 s, count 2
+    gate(record, 190.0)
+    probe = take_probe(record, cfg, 190.0)
+    record_result(record, cfg, 190.0, failure=False, probe_id=probe, rng=RNG)  # closed at 190
+    assert record.reopen_count == 2
+    trip(record, 200.0, cfg)  # soon after: keeps growing -> 120 s
+    assert record.open_until == pytest.approx(320.0)
+    gate(record, 320.0)
+    probe = take_probe(record, cfg, 320.0)
+    record_result(record, cfg, 320.0, failure=False, probe_id=probe, rng=RNG)  # closed, count 3
+    trip(record, 320.0 + 1200.0, cfg)  # two decay periods later: n = 3 - 2 = 1 -> 60 s
+    assert record.open_until == pytest.approx(1520.0 + 60.0)
+    assert record.reopen_count == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"failure_rate_threshold": 0.0},
+        {"failure_rate_threshold": 1.5},
+        {"minimum_calls": 0},
+        {"consecutive_failures": 0},
+        {"base_open_s": 0.0},
+        {"max_open_s": 10.0},
+        {"jitter": 1.0},
+        {"probe_lease_s": -1.0},
+    ],
+)
+def test_invalid_breaker_config_is_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        BreakerConfig(**kwargs)

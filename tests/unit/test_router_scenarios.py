@@ -1,0 +1,203 @@
+"""Fault scenarios (FAULTS.md R1-R3, R6, R13, R14) through the router in a discrete-event loop.
+
+The loop below is the engine contract in miniature: ask ``next_action``, run the call (here a
+scripted channel on a FakeClock), report the outcome. It proves the decisions compose: nothing
+is lost, every failure has a reason, and traffic goes where the issue says it should.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.exceptions import ChannelError, ErrorClass
+from airflow_banana.routing import (
+    Attempt,
+    FakeClock,
+    GiveUp,
+    ItemProgress,
+    Router,
+    RouterConfig,
+    Wait,
+    router_for,
+)
+from airflow_banana.secrets import Secret
+
+# (channel, now) -> (error class or None, latency s, retry_after)
+Behaviour = Callable[[str, float], tuple[ErrorClass | None, float, float | None]]
+
+
+def chan(name: str, protocol: str, **kwargs: object) -> ChannelConfig:
+    return ChannelConfig(name=name, protocol=protocol, base_url="http://127.0.0.1:9", api_key=Secret("k"), **kwargs)  # type: ignore[arg-type]
+
+
+RELAY = chan("relay", "openai", attempt_timeout_s=30.0, max_concurrency=8)
+DIRECT = chan("direct", "gemini", attempt_timeout_s=30.0, max_concurrency=8)
+
+
+@dataclass
+class Run:
+    router: Router
+    done: dict[str, str] = field(default_factory=dict)  # item -> channel
+    failed: dict[str, GiveUp] = field(default_factory=dict)
+    calls: list[tuple[float, float, str, bool]] = field(default_factory=list)  # start, end, channel, probe
+    items: dict[str, ItemProgress] = field(default_factory=dict)
+
+
+def simulate(
+    behaviour: Behaviour,
+    *,
+    n_items: int = 200,
+    parallel: int = 8,
+    deadline_s: float | None = 900.0,
+    channels: tuple[ChannelConfig, ...] = (RELAY, DIRECT),
+    seed: int = 7,
+    **config: object,
+) -> Run:
+    clock = FakeClock(0.0)
+    rng = random.Random(seed)
+    router = router_for(list(channels), clock, rng, config=RouterConfig(**config))  # type: ignore[arg-type]
+    run = Run(router)
+    seq = itertools.count()
+    events: list[tuple[float, int, str, object]] = []
+    queue = [f"item-{i:04d}" for i in range(n_items)]
+
+    def start_next(now: float) -> None:
+        if queue:
+            item_id = queue.pop(0)
+            deadline = None if deadline_s is None else now + deadline_s
+            run.items[item_id] = ItemProgress(item_id, "2K", deadline)
+            heapq.heappush(events, (now, next(seq), item_id, None))
+
+    for _ in range(parallel):
+        start_next(0.0)
+    steps = 0
+    while events:
+        steps += 1
+        assert steps < 200_000, "simulation does not terminate"
+        now, _, item_id, payload = heapq.heappop(events)
+        clock.set(max(now, clock.now()))
+        now = clock.now()
+        item = run.items[item_id]
+        if isinstance(payload, tuple):
+            payload, (error_class, _, retry_after) = payload
+            assert isinstance(payload, Attempt)
+            run.calls.append((payload.permit.acquired_at, now, payload.channel, payload.permit.probe))
+            if error_class is None:
+                router.report_success(item, payload.permit)
+                run.done[item_id] = payload.channel
+                start_next(now)
+                continue
+            if error_class is ErrorClass.TIMEOUT:
+                router.report_timeout(item, payload.permit)
+            else:
+                router.report_failure(
+                    item,
+                    payload.permit,
+                    ChannelError("x", channel=payload.channel, error_class=error_class, retry_after=retry_after),
+                )
+        action = router.next_action(item, now)
+        if isinstance(action, Attempt):
+            result = behaviour(action.channel, now)
+            latency = min(result[1], action.timeout_s)
+            heapq.heappush(events, (now + latency, next(seq), item_id, (action, result)))
+        elif isinstance(action, Wait):
+            heapq.heappush(events, (max(action.until, now + 1e-3), next(seq), item_id, None))
+        else:
+            run.failed[item_id] = action
+            start_next(now)
+    assert len(run.done) + len(run.failed) == n_items  # nothing lost
+    return run
+
+
+def calls_to(run: Run, channel: str, start: float = 0.0, end: float = float("inf")) -> int:
+    return sum(1 for s, _, c, _ in run.calls if c == channel and start <= s < end)
+
+
+def test_r1_peak_profile_every_item_done_mostly_on_the_cheap_channel() -> None:
+    rng = random.Random(1)
+
+    def peak(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        if channel == "relay" and rng.random() < 0.45:
+            return ErrorClass.RETRYABLE, 1.0, None
+        return None, 8.0, None
+
+    run = simulate(peak)
+    assert len(run.done) == 200 and not run.failed
+    on_relay = sum(1 for c in run.done.values() if c == "relay")
+    assert on_relay > 100  # the cheap channel still carries most images
+    assert len(run.calls) / len(run.done) < 2.0  # calls per success stay bounded
+    assert run.router.states()["relay"].openings == 0 or on_relay > 100
+
+
+def test_r2_dead_channel_opens_once_and_probes_one_at_a_time() -> None:
+    def dead_relay(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        return (ErrorClass.RETRYABLE, 0.5, None) if channel == "relay" else (None, 8.0, None)
+
+    run = simulate(dead_relay)
+    assert len(run.done) == 200 and set(run.done.values()) == {"direct"}
+    relay = [(s, e) for s, e, c, p in run.calls if c == "relay"]
+    assert len(relay) <= 5 + 8  # the tripping failures (+ in-flight stragglers) and the probes
+    probes = sorted((s, e) for s, e, c, p in run.calls if c == "relay" and p)
+    assert probes and all(a[1] <= b[0] for a, b in itertools.pairwise(probes))  # never two at once
+    assert run.router.states()["relay"].openings >= 2  # failed probes reopen it
+
+
+def test_r3_no_call_before_the_retry_delay_ends() -> None:
+    hinted: list[float] = []
+
+    def hint_once(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        if channel == "relay" and 5.0 <= now and not hinted:
+            hinted.append(now)
+            return ErrorClass.RATE_LIMITED, 0.2, 26.0
+        return None, 4.0, None
+
+    run = simulate(hint_once, n_items=150)
+    assert hinted and len(run.done) == 150
+    t = hinted[0] + 0.2  # the 429 answer arrives after its 0.2 s latency
+    assert calls_to(run, "relay", t, t + 26.0) == 0
+    assert calls_to(run, "direct", t, t + 26.0) > 0
+    assert calls_to(run, "relay", t + 26.0) > 0
+
+
+def test_r6_silent_channel_times_out_once_per_item_then_fails_over() -> None:
+    def silent_relay(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        return (ErrorClass.TIMEOUT, 1e9, None) if channel == "relay" else (None, 8.0, None)
+
+    run = simulate(silent_relay, n_items=60)
+    assert len(run.done) == 60
+    for item in run.items.values():
+        assert sum(1 for a in item.attempts if a.channel == "relay") <= 1
+        assert all(a.latency_s <= 30.0 + 1e-6 for a in item.attempts)
+
+
+def test_r13_all_channels_down_fails_cleanly_after_the_deadline() -> None:
+    def down(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        return ErrorClass.RETRYABLE, 1.0, None
+
+    run = simulate(down, n_items=40, deadline_s=300.0)
+    assert not run.done and len(run.failed) == 40
+    reasons = {g.reason for g in run.failed.values()}
+    assert reasons <= {"deadline", "retry_budget", "max_attempts"}
+    assert all(g.detail for g in run.failed.values())
+    # a storm does not multiply load: total calls stay near items x (1 + retry ratio)
+    assert len(run.calls) <= 40 * 2 + 10 + 16
+
+
+def test_r14_flapping_primary_is_back_in_use_soon_after_recovery() -> None:
+    def flapping(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
+        if channel == "relay" and 20.0 <= now < 80.0:
+            return ErrorClass.RETRYABLE, 0.5, None
+        return None, 4.0, None
+
+    run = simulate(flapping, n_items=400, parallel=8)
+    assert len(run.done) == 400
+    assert calls_to(run, "direct", 25.0, 80.0) > 0  # served from the other channel during the outage
+    recovered = min(s for s, _, c, _ in run.calls if c == "relay" and s >= 80.0)
+    assert recovered < 80.0 + 130.0  # the probe comes within one (grown, capped) open period
+    late = [c for s, _, c, _ in run.calls if s > recovered + 30.0]
+    assert late and late.count("relay") / len(late) > 0.5  # most traffic is back on the cheap one
