@@ -84,7 +84,9 @@ class OutputStore:
         try:
             self._replace(image_uri, result.image, content_type=info.mime_type)
         except PreconditionFailedError:
-            log.warning("item '%s': another worker wrote %s first; keeping theirs", request.item_id, image_uri)
+            log.warning(
+                "item '%s': another worker wrote %s first; keeping theirs", request.item_id, image_uri
+            )
             return image_uri, False
         width, height = expected_pixels(request.image_size, request.aspect_ratio)
         record = self._record(request, outcome, lane=lane, run_key=run_key, item_metadata=item_metadata)
@@ -138,7 +140,9 @@ class OutputStore:
         uri = self.run_uri(run_key, "report.json")
         self.storage.write_json(uri, dict(report))
         self.storage.write_text(
-            self.run_uri(run_key, "report.md"), render_markdown(report), content_type="text/markdown; charset=utf-8"
+            self.run_uri(run_key, "report.md"),
+            render_markdown(report),
+            content_type="text/markdown; charset=utf-8",
         )
         return uri
 
@@ -175,7 +179,9 @@ class OutputStore:
             "item_metadata": dict(item_metadata or {}),
         }
 
-    def _replace(self, uri: str, value: Any, *, content_type: str | None = None, json_value: bool = False) -> None:
+    def _replace(
+        self, uri: str, value: Any, *, content_type: str | None = None, json_value: bool = False
+    ) -> None:
         """Write ``uri`` only over the generation we saw (or only if absent): no blind overwrite."""
         stat = self.storage.stat(uri)
         kwargs: dict[str, Any] = (

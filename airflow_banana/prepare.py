@@ -52,12 +52,21 @@ def prepare_manifest(
             if on_invalid == "reject":
                 problems.append(str(err))
                 continue
-            rejects.append(json.dumps({"line": item.line, "item_id": item.id, "reason": str(err),
-                                       "field": "reference_images"}) + "\n")
+            rejects.append(
+                json.dumps(
+                    {"line": item.line, "item_id": item.id, "reason": str(err), "field": "reference_images"}
+                )
+                + "\n"
+            )
             continue
         items.append(item)
-        work.append(WorkItem(request=item.to_request(refs), deadline=item.deadline_at(logical_date),
-                             item_metadata=item.metadata))
+        work.append(
+            WorkItem(
+                request=item.to_request(refs),
+                deadline=item.deadline_at(logical_date),
+                item_metadata=item.metadata,
+            )
+        )
     if problems:
         raise ManifestError(
             "reference images cannot be used, nothing was spent: " + "; ".join(problems[:20]), manifest=uri
@@ -66,4 +75,6 @@ def prepare_manifest(
     if rejected:
         log.warning("%s: %d item(s) quarantined; see rejects.jsonl in the run folder", uri, rejected)
     log.info("%s: %d item(s) ready", uri, len(work))
-    return PreparedManifest(uri=uri, work=work, items=items, rejects_jsonl="".join(rejects), rejected=rejected)
+    return PreparedManifest(
+        uri=uri, work=work, items=items, rejects_jsonl="".join(rejects), rejected=rejected
+    )

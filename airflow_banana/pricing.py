@@ -41,7 +41,9 @@ def price_table(lane: str, overrides: Mapping[str, object] | None = None) -> dic
     return table
 
 
-def attempt_cost(table: Mapping[str, float], image_size: str, *, succeeded: bool, billed_on_failure: bool) -> float:
+def attempt_cost(
+    table: Mapping[str, float], image_size: str, *, succeeded: bool, billed_on_failure: bool
+) -> float:
     """What one attempt costs: the image price on success, on failure only where the channel bills it."""
     if succeeded or billed_on_failure:
         return table[image_size]

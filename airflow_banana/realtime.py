@@ -9,6 +9,7 @@ decision is atomic with respect to the other items in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from airflow_banana.imaging import inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.outputs import OutputStore, utcnow_iso
 from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
+from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
     AttemptRecord,
     ChannelEvent,
@@ -31,7 +33,6 @@ from airflow_banana.routing import (
     Wait,
     describe,
 )
-from airflow_banana.routing import Attempt as AttemptDecision
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class RunResult:
 
 
 def _attempt_view(record: AttemptRecord) -> Attempt:
-    outcome = "cancelled" if record.cancelled else (record.error_class.value if record.error_class else "success")
+    outcome = (
+        "cancelled" if record.cancelled else (record.error_class.value if record.error_class else "success")
+    )
     return Attempt(
         channel=record.channel,
         outcome=outcome,
@@ -123,14 +126,22 @@ class RealtimeEngine:
         for i, (w, record) in enumerate(zip(work, done_records, strict=True)):
             if record is not None:
                 outcomes[i] = ItemOutcome(
-                    w.request.item_id, SKIPPED, w.request.image_size, image_uri=record["image"]["uri"],
-                    channel=record.get("channel"), reason="already done with the same request fingerprint",
+                    w.request.item_id,
+                    SKIPPED,
+                    w.request.image_size,
+                    image_uri=record["image"]["uri"],
+                    channel=record.get("channel"),
+                    reason="already done with the same request fingerprint",
                 )
                 self._done += 1
             else:
                 todo.append(i)
         if len(todo) < len(work):
-            log.info("%d of %d items already done in storage: skipped, nothing paid", len(work) - len(todo), len(work))
+            log.info(
+                "%d of %d items already done in storage: skipped, nothing paid",
+                len(work) - len(todo),
+                len(work),
+            )
 
         limit = self.settings.max_in_flight or sum(c.config.max_concurrency for c in self.channels.values())
         slots = asyncio.Semaphore(max(1, limit))
@@ -187,10 +198,8 @@ class RealtimeEngine:
         delay = max(0.0, action.until - self.clock.now())
         if action.on_release:
             self._released.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), timeout=delay or None)
-            except TimeoutError:
-                pass
         else:
             await asyncio.sleep(delay)
 
@@ -208,8 +217,12 @@ class RealtimeEngine:
             result = await asyncio.wait_for(channel.generate(request), timeout=action.timeout_s)
             await asyncio.to_thread(self._validate, request, result)
         except TimeoutError:
-            log.warning("item '%s': channel '%s' gave no answer within %.0f s; failing over",
-                        request.item_id, action.channel, action.timeout_s)
+            log.warning(
+                "item '%s': channel '%s' gave no answer within %.0f s; failing over",
+                request.item_id,
+                action.channel,
+                action.timeout_s,
+            )
             events = self.router.report_timeout(item, action.permit)
             return None
         except ChannelError as err:
@@ -222,7 +235,9 @@ class RealtimeEngine:
             raise
         finally:
             self._after_report(events)
-        events = self.router.report_success(item, action.permit, cost_usd=result.cost_usd, latency_s=result.latency_s)
+        events = self.router.report_success(
+            item, action.permit, cost_usd=result.cost_usd, latency_s=result.latency_s
+        )
         self._after_report(events)
         self._spent += result.cost_usd
         return result
@@ -241,21 +256,39 @@ class RealtimeEngine:
                 billed=result.cost_usd > 0,
             ) from err
 
-    async def _commit(self, w: WorkItem, item: ItemProgress, result: GenerationResult, latency: float) -> ItemOutcome:
+    async def _commit(
+        self, w: WorkItem, item: ItemProgress, result: GenerationResult, latency: float
+    ) -> ItemOutcome:
         request = w.request
         info = await asyncio.to_thread(inspect_image, result.image)
         outcome = ItemOutcome(
-            request.item_id, SUCCEEDED, request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts], channel=result.channel,
-            cost_usd=item.cost_usd, latency_s=round(latency, 3),
-            size_matches=(info.width, info.height) == expected_pixels(request.image_size, request.aspect_ratio),
+            request.item_id,
+            SUCCEEDED,
+            request.image_size,
+            attempts=[_attempt_view(a) for a in item.attempts],
+            channel=result.channel,
+            cost_usd=item.cost_usd,
+            latency_s=round(latency, 3),
+            size_matches=(info.width, info.height)
+            == expected_pixels(request.image_size, request.aspect_ratio),
         )
         if outcome.size_matches is False:
-            log.warning("item '%s': image is %dx%d, expected %s; stored and recorded as a size mismatch",
-                        request.item_id, info.width, info.height, expected_pixels(request.image_size, request.aspect_ratio))
+            log.warning(
+                "item '%s': image is %dx%d, expected %s; stored and recorded as a size mismatch",
+                request.item_id,
+                info.width,
+                info.height,
+                expected_pixels(request.image_size, request.aspect_ratio),
+            )
         image_uri, won = await asyncio.to_thread(
-            self.store.commit_success, request, result, info, outcome,
-            lane=self.settings.lane, run_key=self.run_key, item_metadata=w.item_metadata,
+            self.store.commit_success,
+            request,
+            result,
+            info,
+            outcome,
+            lane=self.settings.lane,
+            run_key=self.run_key,
+            item_metadata=w.item_metadata,
         )
         outcome.image_uri = image_uri
         if not won:
@@ -269,14 +302,21 @@ class RealtimeEngine:
         request = w.request
         status = NOT_ATTEMPTED if not item.attempts else FAILED
         outcome = ItemOutcome(
-            request.item_id, status, request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts], cost_usd=item.cost_usd,
+            request.item_id,
+            status,
+            request.image_size,
+            attempts=[_attempt_view(a) for a in item.attempts],
+            cost_usd=item.cost_usd,
             reason=f"{action.reason.value}: {action.detail}",
         )
         log.warning("item '%s': no image (%s)", request.item_id, outcome.reason)
         await asyncio.to_thread(
-            self.store.commit_failure, request, outcome,
-            lane=self.settings.lane, run_key=self.run_key, item_metadata=w.item_metadata,
+            self.store.commit_failure,
+            request,
+            outcome,
+            lane=self.settings.lane,
+            run_key=self.run_key,
+            item_metadata=w.item_metadata,
         )
         self._done += 1
         self._incr("items_failed")
@@ -306,7 +346,13 @@ class RealtimeEngine:
             eta = f"{left / (rate / 60):.0f} s" if rate > 0 and left else "–"
             log.info(
                 "%s %d/%d items done (%.1f/min), spent $%.4f, ETA %s, channels: %s",
-                "finished:" if final else "progress:", self._done, self._total, rate, self._spent, eta, states,
+                "finished:" if final else "progress:",
+                self._done,
+                self._total,
+                rate,
+                self._spent,
+                eta,
+                states,
             )
         except Exception:  # observability never fails the run
             log.exception("progress logging failed")

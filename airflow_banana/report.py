@@ -7,6 +7,7 @@ without tooling whether every image is there, what it cost, and why anything fai
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,7 +54,7 @@ class ItemOutcome:
     @property
     def failovers(self) -> int:
         channels = [a.channel for a in self.attempts]
-        return sum(1 for a, b in zip(channels, channels[1:], strict=False) if a != b)
+        return sum(1 for a, b in itertools.pairwise(channels) if a != b)
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -106,8 +107,14 @@ def build_report(
         ch["breaker_openings"] = (breaker_openings or {}).get(name, 0)
     for name, n in (breaker_openings or {}).items():
         if name not in channels:
-            channels[name] = {"calls": 0, "successes": 0, "failures": 0, "spend_usd": 0.0, "errors": {},
-                              "breaker_openings": n}
+            channels[name] = {
+                "calls": 0,
+                "successes": 0,
+                "failures": 0,
+                "spend_usd": 0.0,
+                "errors": {},
+                "breaker_openings": n,
+            }
 
     latencies = sorted(o.latency_s for o in succeeded if o.latency_s is not None)
     calls = sum(len(o.attempts) for o in paid)
@@ -156,6 +163,10 @@ def _money(value: float | None) -> str:
     return "–" if value is None else f"${value:,.4f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """A human-readable report.md from the report dict."""
     items, cost, calls, lat = report["items"], report["cost"], report["calls"], report["latency_s"]
@@ -180,9 +191,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- Cost per successful image: {_money(cost['cost_per_success_usd'])}",
         f"- Google direct list price for the same images: {_money(cost['google_direct_list_usd'])}"
         f" (saved {_money(cost['savings_vs_direct_usd'])})",
-        f"- Calls: {calls['total']} ({calls['per_success'] or '–'} per success), failovers: {calls['failovers']}",
-        f"- Latency per image: p50 {lat['p50'] if lat['p50'] is None else round(lat['p50'], 2)} s, "
-        f"p95 {lat['p95'] if lat['p95'] is None else round(lat['p95'], 2)} s",
+        f"- Calls: {calls['total']} ({calls['per_success'] or '–'} per success), "
+        f"failovers: {calls['failovers']}",
+        f"- Latency per image: p50 {_seconds(lat['p50'])}, p95 {_seconds(lat['p95'])}",
         "",
     ]
     if report["channels"]:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from airflow_banana.storage import open_storage
 from airflow_banana.testing import FaultProfile, Simulator, SimulatorConfig
@@ -26,7 +27,7 @@ DEMO = ROOT / ".demo"
 BUCKET = "banana-demo"
 DAG_ID = "banana_catalog_realtime"
 # Fake keys for the simulator only; real keys belong in Airflow connections, never in code.
-CHANNELS = {
+CHANNELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "banana_relay": ("openai", "demo-relay-key", {"prices": {"1K": 0.05, "2K": 0.05, "4K": 0.05}, "rpm": 60}),
     "banana_gemini": ("gemini", "demo-gemini-key", {"rpm": 30}),
     "banana_vertex": ("vertex", "demo-vertex-token", {"rpm": 30}),
@@ -81,10 +82,14 @@ def main() -> int:
     print((reports[-1].parent / "report.md").read_text())
     print("=" * 72)
     print(f"items: {report['items']}")
-    print(f"spent ${report['cost']['spent_usd']:.4f}; Google direct list price "
-          f"${report['cost']['google_direct_list_usd']:.4f}")
-    print(f"simulator ledger: {len(billable)} billable generations, "
-          f"{len(fingerprints) - len(set(fingerprints))} paid twice")
+    print(
+        f"spent ${report['cost']['spent_usd']:.4f}; Google direct list price "
+        f"${report['cost']['google_direct_list_usd']:.4f}"
+    )
+    print(
+        f"simulator ledger: {len(billable)} billable generations, "
+        f"{len(fingerprints) - len(set(fingerprints))} paid twice"
+    )
     print(f"\n{copied} files copied. Open the images in: {out / 'images'}")
     print(f"per-item metadata: {out / 'metadata'}; report: {reports[-1].parent / 'report.md'}")
     return 0

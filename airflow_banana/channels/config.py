@@ -109,7 +109,9 @@ def parse_channel(
     extra = dict(extra or {})
     protocol = str(extra.get("protocol") or "gemini").lower()
     if protocol not in PROTOCOLS:
-        raise ConfigurationError(f"channel '{name}': extra.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigurationError(
+            f"channel '{name}': extra.protocol must be one of {PROTOCOLS}, got {protocol!r}"
+        )
     base_url = (host or "").strip() or DEFAULT_BASE_URLS[protocol]
     if base_url and "://" not in base_url:
         base_url = "https://" + base_url

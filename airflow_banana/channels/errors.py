@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ChannelError, ErrorClass
 
 # finishReason values that mean "the model will not draw this": the same model sits behind every
@@ -358,6 +359,21 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     for pattern in _KEY_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
     return text
+
+
+def config_secrets(config: ChannelConfig) -> list[str]:
+    """Every string that must never be shown: the key/token and the key file's private parts."""
+    values = [config.api_key.reveal()]
+    if config.credentials_info is not None:
+        raw = config.credentials_info.reveal()
+        values.append(raw)
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = None
+        if isinstance(info, dict):
+            values.extend(str(info[k]) for k in ("private_key", "private_key_id") if info.get(k))
+    return [v for v in values if v]
 
 
 def scrub_exception(err: BaseException, secrets: Iterable[str]) -> None:

@@ -33,6 +33,7 @@ from airflow_banana.channels.errors import (
     classify_exception,
     classify_http,
     classify_outcome,
+    config_secrets,
     malformed,
     scrub,
     scrub_exception,
@@ -221,7 +222,7 @@ def result_from_parsed(
     latency_s: float,
 ) -> GenerationResult:
     """A ``GenerationResult`` from a successful parse; raises ``ChannelError`` for everything else."""
-    secrets = _secrets(config)
+    secrets = config_secrets(config)
     verdict = parsed.failure()
     if verdict is not None:
         raise to_channel_error(
@@ -256,13 +257,6 @@ def result_from_parsed(
         content=parsed.content,
         latency_s=latency_s,
     )
-
-
-def _secrets(config: ChannelConfig) -> list[str]:
-    values = [config.api_key.reveal()]
-    if config.credentials_info is not None:
-        values.append(config.credentials_info.reveal())
-    return [v for v in values if v]
 
 
 # ----------------------------------------------------------------------------- the channel
@@ -308,7 +302,7 @@ class GeminiChannel:
             return service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM_SCOPE])
         except (ValueError, KeyError, TypeError) as err:
             # The error text of a bad key file might quote it: report the type, scrub the cause.
-            scrub_exception(err, _secrets(config))
+            scrub_exception(err, config_secrets(config))
             raise ConfigurationError(
                 f"channel '{config.name}': extra.credentials is not a usable service-account JSON "
                 f"({type(err).__name__}); fix the connection, nothing was sent"
@@ -413,7 +407,7 @@ class GeminiChannel:
                 channel=self.name,
                 item_id=request.item_id,
                 billed_on_failure=self.config.billed_on_failure,
-                secrets=_secrets(self.config),
+                secrets=config_secrets(self.config),
             ) from err
         result = result_from_parsed(parsed, config=self.config, request=request, latency_s=latency)
         log.debug(
@@ -435,16 +429,14 @@ class GeminiChannel:
 
     async def _call(self, invoke: Callable[[Any], Any], *, item_id: str | None) -> dict[str, Any]:
         """Run one SDK call under the hard timeout; return its JSON dump or raise ``ChannelError``."""
-        secrets = _secrets(self.config)
+        secrets = config_secrets(self.config)
         try:
             client = self._get_client()
             response = await asyncio.wait_for(
                 invoke(client), timeout=self.config.attempt_timeout_s + _HARD_CAP_MARGIN_S
             )
             dumped = response.model_dump(mode="json", exclude_none=True)
-        except ChannelError:
-            raise
-        except ConfigurationError:
+        except (ChannelError, ConfigurationError):
             raise
         except Exception as err:
             verdict = self._classify(err)
@@ -476,5 +468,5 @@ class GeminiChannel:
         # named, so a persistent one shows up in the report instead of vanishing.
         return Classification(
             ErrorClass.RETRYABLE,
-            scrub(f"unexpected {type(err).__name__}: {err}"[:300], _secrets(self.config)),
+            scrub(f"unexpected {type(err).__name__}: {err}"[:300], config_secrets(self.config)),
         )

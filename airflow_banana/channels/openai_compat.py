@@ -34,6 +34,7 @@ from airflow_banana.channels.errors import (
     classify_exception,
     classify_http,
     classify_outcome,
+    config_secrets,
     malformed,
     scrub_exception,
     to_channel_error,
@@ -202,11 +203,6 @@ def parse_completion(body: Any) -> ParsedCompletion:
     )
 
 
-def _secrets(config: ChannelConfig) -> list[str]:
-    key = config.api_key.reveal()
-    return [key] if key else []
-
-
 # ----------------------------------------------------------------------------- the channel
 
 
@@ -253,7 +249,7 @@ class OpenAICompatChannel:
             channel=self.name,
             item_id=item_id,
             billed_on_failure=self.config.billed_on_failure,
-            secrets=_secrets(self.config),
+            secrets=config_secrets(self.config),
         )
 
     async def _send(self, method: str, url: str, *, item_id: str | None, **kwargs: Any) -> httpx.Response:
@@ -267,7 +263,7 @@ class OpenAICompatChannel:
             verdict = classify_exception(err) or Classification(
                 ErrorClass.RETRYABLE, f"unexpected {type(err).__name__}"
             )
-            scrub_exception(err, _secrets(self.config))
+            scrub_exception(err, config_secrets(self.config))
             raise self._fail(verdict, item_id) from err
         return response
 

@@ -19,7 +19,7 @@ from airflow.sdk import BaseHook
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
-from airflow_banana.channels.errors import scrub
+from airflow_banana.channels.errors import config_secrets, scrub
 from airflow_banana.exceptions import BananaError
 
 EXTRA_EXAMPLE = {
@@ -89,9 +89,7 @@ class BananaChannelHook(BaseHook):
         secrets: list[str] = []
         try:
             config = self.get_config()
-            secrets = [config.api_key.reveal()]
-            if config.credentials_info is not None:
-                secrets.append(config.credentials_info.reveal())
+            secrets = config_secrets(config)
             return True, _run(_probe(build_channel(config)))
         except BananaError as err:
             return False, scrub(str(err), secrets)

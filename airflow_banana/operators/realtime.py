@@ -51,7 +51,14 @@ class RealtimeImageOperator(BaseOperator):
     :param router_options: advanced ``RouterConfig`` fields (e.g. ``max_attempts_per_item``).
     """
 
-    template_fields: Sequence[str] = ("manifest", "output_prefix", "channels", "defaults", "budget_usd", "priority")
+    template_fields: Sequence[str] = (
+        "manifest",
+        "output_prefix",
+        "channels",
+        "defaults",
+        "budget_usd",
+        "priority",
+    )
     template_fields_renderers = {"defaults": "json"}
     ui_color = "#ffe135"
 
@@ -90,7 +97,9 @@ class RealtimeImageOperator(BaseOperator):
         self.on_failover_alert = on_failover_alert
         self.router_options = dict(router_options or {})
         if on_invalid not in ("reject", "quarantine"):
-            raise ConfigurationError(f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}")
+            raise ConfigurationError(
+                f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
+            )
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.hooks.storage import storage_for
@@ -104,21 +113,33 @@ class RealtimeImageOperator(BaseOperator):
         storage = storage_for(self.output_prefix, self.gcp_conn_id)
         store = OutputStore(storage, self.output_prefix)
         prepared = prepare_manifest(
-            self.manifest, storage, on_invalid=self.on_invalid,  # type: ignore[arg-type]
-            defaults=self.defaults, logical_date=logical_date_of(context),
+            self.manifest,
+            storage,
+            on_invalid=self.on_invalid,  # type: ignore[arg-type]
+            defaults=self.defaults,
+            logical_date=logical_date_of(context),
         )
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
         self.log.info(
             "run %s: %d item(s) from %s through channels %s",
-            identity.run_key, len(prepared.work), self.manifest, ", ".join(c.name for c in configs),
+            identity.run_key,
+            len(prepared.work),
+            self.manifest,
+            ", ".join(c.name for c in configs),
         )
         result = asyncio.run(self._run(configs, store, identity, prepared.work, context))
         report = build_report(
-            result.outcomes, run_key=identity.run_key, lane="realtime",
-            started_at=result.started_at, finished_at=result.finished_at,
-            manifest=self.manifest, output_prefix=self.output_prefix, budget_usd=self.budget_usd,
-            breaker_openings=result.breaker_openings, rejects=prepared.rejected,
+            result.outcomes,
+            run_key=identity.run_key,
+            lane="realtime",
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+            manifest=self.manifest,
+            output_prefix=self.output_prefix,
+            budget_usd=self.budget_usd,
+            breaker_openings=result.breaker_openings,
+            rejects=prepared.rejected,
         )
         report_uri = store.write_report(identity.run_key, report)
         self.log.info("report: %s", report_uri)
@@ -128,27 +149,36 @@ class RealtimeImageOperator(BaseOperator):
             raise failed_items_error(self.task_id, failed, report_uri)
         return summary
 
-    async def _run(self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context) -> Any:
+    async def _run(
+        self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context
+    ) -> Any:
         from airflow_banana.channels import build_channel
         from airflow_banana.realtime import RealtimeEngine, RealtimeSettings
         from airflow_banana.routing import RouterConfig, SystemClock, router_for
 
         try:
             config = RouterConfig(
-                priority=tuple(self.priority), budget_usd=self.budget_usd,
-                failover_alert_threshold=self.failover_alert_threshold, **self.router_options,
+                priority=tuple(self.priority),
+                budget_usd=self.budget_usd,
+                failover_alert_threshold=self.failover_alert_threshold,
+                **self.router_options,
             )
         except TypeError as err:
             raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
         router = router_for(configs, SystemClock(), random.Random(), config=config)
         channels = {c.name: build_channel(c) for c in configs}
         settings = RealtimeSettings(
-            force=self.force, progress_interval_s=self.progress_interval_s,
+            force=self.force,
+            progress_interval_s=self.progress_interval_s,
             on_failover_alert=self._alert_callback(context),
         )
         engine = RealtimeEngine(
-            channels=channels, router=router, store=store, run_key=identity.run_key,
-            settings=settings, metrics=AirflowMetrics(),
+            channels=channels,
+            router=router,
+            store=store,
+            run_key=identity.run_key,
+            settings=settings,
+            metrics=AirflowMetrics(),
         )
         try:
             return await engine.run(work)

@@ -67,6 +67,23 @@ class BreakerConfig:
     probe_lease_s: float = 130.0
     reopen_decay_s: float = 600.0
 
+    @classmethod
+    def tolerant(cls, **overrides: float) -> BreakerConfig:
+        """Rides out a random ~45 % failure rate instead of routing around it (70 %, 20 calls, 8 in a row).
+
+        With the defaults, independent 45 % failures cross 50 % in a 10-call window, or run 5 in a
+        row, every minute or so; each trip shuts the cheap channel for 30 s and more (a probe
+        fails 45 % of the time, doubling the next opening). Where failed calls are free (Google
+        bills only images), riding it out is cheaper: in the R1 scenario test it cut the cost
+        of 200 images from about $25 to $12.
+        """
+        settings: dict[str, float] = {
+            "failure_rate_threshold": 0.7,
+            "minimum_calls": 20,
+            "consecutive_failures": 8,
+        }
+        return cls(**{**settings, **overrides})  # type: ignore[arg-type]
+
     def __post_init__(self) -> None:
         if not 0 < self.failure_rate_threshold <= 1:
             raise ConfigurationError(f"breaker failure_rate_threshold must be in (0, 1], got {self}")

@@ -4,8 +4,8 @@ The engine (one asyncio task, or later many workers) only ever performs three wh
 transitions per channel, each atomic:
 
 * ``try_acquire(channel, now, images=1) -> Permit | Denial``: all gates checked, then all
-  effects committed together (half-open probe lease, rate-limit slots, in-flight slot,
-  throttle request count). A ``Denial`` says why and ``retry_at``, the earliest time asking
+  effects committed together (half-open probe lease, rate-limit slots, in-flight slot).
+  A ``Denial`` says why and ``retry_at``, the earliest time asking
   again can succeed (``None``: when some in-flight permit is released; ``inf``: never).
 * ``record(permit, outcome, now) -> events``: releases the permit (idempotent: a second record
   of the same permit is ignored) and feeds breaker, throttle, closures and statistics.
@@ -16,11 +16,13 @@ until the daily reset) -> retry hint (429 ``RetryInfo``: no permit before ``now 
 -> breaker (OPEN, or HALF_OPEN with the probe lease out) -> concurrency (``in_flight <
 max_concurrency``; a permit expires after ``permit_ttl_s`` so a crashed caller cannot leak its
 slot) -> rate limits (GCRA on requests and images per minute) -> adaptive throttle (random; the
-probe bypasses it). Only when every gate passes is anything committed.
+probe bypasses it). Only when every gate passes is anything committed (probe lease, rate slots,
+in-flight slot); a throttle rejection only bumps the channel's ``throttled`` counter.
 
 How each outcome counts (``OUTCOME_RULES``)::
 
     outcome          breaker     throttle accept   success-rate stats   closure
+                                 (every non-cancelled outcome is a throttle request)
     success          healthy     yes               success              -
     ITEM_TERMINAL    healthy     yes               -                    -
     NO_IMAGE         failure     yes (a 200)       failure              -
@@ -308,16 +310,9 @@ def acquire(
     verdict = evaluate(channel, record, policy, now, images)
     if isinstance(verdict, Denial):
         return verdict
-    if not verdict.probe:
-        admitted = thr.admit(record.throttle, policy.throttle, now, rng)
-        thr.count_request(record.throttle, policy.throttle, now)
-        if not admitted:
-            record.throttled += 1
-            return Denial(
-                channel, DenialReason.THROTTLED, now + policy.throttle.recheck_s, "adaptive throttling"
-            )
-    else:
-        thr.count_request(record.throttle, policy.throttle, now)
+    if not verdict.probe and not thr.admit(record.throttle, policy.throttle, now, rng):
+        record.throttled += 1
+        return Denial(channel, DenialReason.THROTTLED, now + policy.throttle.recheck_s, "adaptive throttling")
     probe_id = brk.take_probe(record.breaker, policy.breaker, now) if verdict.probe else None
     if policy.limits.rpm is not None:
         gcra_commit(record.rpm, policy.limits.rpm, now)
@@ -388,6 +383,7 @@ def apply_outcome(
             # the probe proved the outage over; its failures must not keep throttling a healthy
             # channel for the rest of the window (R14: back on the cheap primary soon)
             window_clear(record.throttle.window)
+    thr.count_request(record.throttle, policy.throttle, now)
     if rule.throttle_accept:
         thr.count_accept(record.throttle, policy.throttle, now)
     if rule.stats_success is not None:

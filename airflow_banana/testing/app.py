@@ -25,6 +25,9 @@ from airflow_banana.testing.wire import Caller, RawSendMiddleware
 # Order matters only for routes: extension modules come first so they can claim paths.
 ROUTE_MODULES: list[str] = [
     "airflow_banana.testing.admin",
+    "airflow_banana.testing.files_routes",
+    "airflow_banana.testing.batch_routes",
+    "airflow_banana.testing.vertex_batch",
     "airflow_banana.testing.gemini_routes",
     "airflow_banana.testing.openai_compat",
 ]

@@ -2,7 +2,8 @@
 
 Tests prove "nothing lost, nothing paid twice" from it: a billable entry carries the request
 fingerprint computed exactly as ``airflow_banana.models.ImageRequest.fingerprint()``. Entries name
-a key only by its key id (a profile name or a short hash), never the key itself.
+a key only by its key id (a profile name or a short hash), never the key itself. Batch job
+creations are recorded too (``jobs``), so a test can prove that a retried task made ONE paid job.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._billable: list[dict[str, Any]] = []
+        self._jobs: list[dict[str, Any]] = []
 
     def record_request(
         self, *, key_id: str, method: str, path: str, status: int, latency_ms: float, fault: str | None
@@ -67,12 +69,44 @@ class Ledger:
         with self._lock:
             self._billable.append(entry)
 
+    def record_job(
+        self,
+        *,
+        key_id: str,
+        surface: str,
+        name: str,
+        display_name: str,
+        labels: dict[str, str],
+        request_count: int,
+        model: str,
+        source: str,
+    ) -> None:
+        """A batch job was created (creation is not idempotent on Google's side either)."""
+        entry = {
+            "ts": self._clock(),
+            "key_id": key_id,
+            "surface": surface,
+            "name": name,
+            "display_name": display_name,
+            "labels": dict(labels),
+            "request_count": request_count,
+            "model": model,
+            "source": source,
+        }
+        with self._lock:
+            self._jobs.append(entry)
+
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
             return {
                 "requests": [dict(e) for e in self._requests],
                 "billable": [dict(e) for e in self._billable],
+                "jobs": [dict(e) for e in self._jobs],
             }
+
+    def jobs(self, key_id: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in self._jobs if key_id is None or e["key_id"] == key_id]
 
     def billable(self, key_id: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -82,3 +116,4 @@ class Ledger:
         with self._lock:
             self._requests.clear()
             self._billable.clear()
+            self._jobs.clear()

@@ -26,6 +26,8 @@ class SimulatorState:
     signer: SignatureIssuer = field(init=False)
     # Free-form room for route modules added later (batch jobs, uploaded files...).
     extras: dict[str, Any] = field(default_factory=dict)
+    # Called by ``reset`` so route modules can drop their own state (batch jobs, uploaded files).
+    reset_hooks: list[Callable[[], None]] = field(default_factory=list)
     stopping: bool = False
 
     def __post_init__(self) -> None:
@@ -37,6 +39,11 @@ class SimulatorState:
         return self.faults.key_id(key)
 
     def reset(self, *, faults: bool = False) -> None:
-        """Clear the ledger, quotas and outage clocks; with ``faults`` restore start-up profiles."""
+        """Clear the ledger, quotas and outage clocks; with ``faults`` restore start-up profiles.
+
+        Route modules' reset hooks run first, so nothing they do afterwards lands in the ledger.
+        """
+        for hook in self.reset_hooks:
+            hook()
         self.ledger.clear()
         self.faults.reset(faults=faults)

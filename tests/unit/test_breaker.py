@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -164,7 +165,9 @@ def test_expired_probe_lease_is_replaced_and_the_stale_probe_is_ignored() -> Non
     assert fresh != stale
     assert record_result(record, CFG, expiry + 1, failure=False, probe_id=stale, rng=RNG) is None
     assert record.state is BreakerState.HALF_OPEN
-    assert record_result(record, CFG, expiry + 2, failure=False, probe_id=fresh, rng=RNG) is BreakerEvent.CLOSED
+    assert (
+        record_result(record, CFG, expiry + 2, failure=False, probe_id=fresh, rng=RNG) is BreakerEvent.CLOSED
+    )
 
 
 def test_late_ordinary_results_while_open_or_half_open_change_nothing() -> None:
@@ -225,6 +228,6 @@ def test_reopen_count_decays_after_a_healthy_stretch() -> None:
         {"probe_lease_s": -1.0},
     ],
 )
-def test_invalid_breaker_config_is_refused(kwargs: dict[str, float]) -> None:
+def test_invalid_breaker_config_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         BreakerConfig(**kwargs)

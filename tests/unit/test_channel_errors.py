@@ -13,6 +13,7 @@ from airflow_banana.channels.errors import (
     classify_exception,
     classify_http,
     classify_outcome,
+    config_secrets,
     malformed,
     parse_duration,
     parse_retry_after_header,
@@ -447,3 +448,21 @@ def test_every_error_class_has_a_next_step(error_class: ErrorClass) -> None:
     )
     assert err.error_class is error_class
     assert "; " in str(err)
+
+
+def test_config_secrets_include_key_file_private_parts() -> None:
+    from airflow_banana.channels.config import parse_channel
+
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEabc\n-----END PRIVATE KEY-----\n"
+    creds = {"type": "service_account", "private_key": pem, "private_key_id": "kid-123456"}
+    config = parse_channel(
+        "vx",
+        host=None,
+        password="tok-abcdef",
+        extra={"protocol": "vertex", "project": "p", "location": "l", "credentials": creds},
+    )
+    secrets = config_secrets(config)
+    assert "tok-abcdef" in secrets and pem in secrets and "kid-123456" in secrets
+    leaked = f"bad key file {json.dumps(creds)} and raw {pem}"
+    cleaned = scrub(leaked, secrets)
+    assert "MIIEabc" not in cleaned and "kid-123456" not in cleaned

@@ -66,4 +66,4 @@ def test_limit_config_validation() -> None:
     assert LimitConfig().max_concurrency == 4
     for bad in ({"rpm": 0}, {"ipm": -1}, {"burst": 0}, {"max_concurrency": 0}):
         with pytest.raises(ConfigurationError):
-            LimitConfig(**bad)  # type: ignore[arg-type]
+            LimitConfig(**bad)

@@ -33,7 +33,11 @@ KEY = "sk-test-DO-NOT-LEAK"
 
 def chan(name: str, protocol: str = "gemini", **kwargs: object) -> ChannelConfig:
     return ChannelConfig(
-        name=name, protocol=protocol, base_url="http://127.0.0.1:9", api_key=Secret(KEY), **kwargs  # type: ignore[arg-type]
+        name=name,
+        protocol=protocol,
+        base_url="http://127.0.0.1:9",
+        api_key=Secret(KEY),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -82,7 +86,7 @@ def fail(router: Router, item: ItemProgress, error_class: ErrorClass, **kwargs: 
 
 
 def test_fresh_channels_rank_by_price_with_the_prior() -> None:
-    router, clock = make_router()
+    router, _clock = make_router()
     ranked = router.rank("2K")
     assert [r.channel for r in ranked] == ["relay", "direct", "vertex"]  # direct/vertex tie -> name
     assert ranked[0].success_rate == pytest.approx(0.9)
@@ -95,7 +99,11 @@ def test_a_failing_cheap_channel_drops_below_a_reliable_dear_one() -> None:
     clock = FakeClock()
     lenient = BreakerConfig(consecutive_failures=1_000, minimum_calls=1_000)
     router = router_for(
-        [RELAY, DIRECT, VERTEX], clock, random.Random(1), breaker=lenient, throttle=ThrottleConfig(enabled=False)
+        [RELAY, DIRECT, VERTEX],
+        clock,
+        random.Random(1),
+        breaker=lenient,
+        throttle=ThrottleConfig(enabled=False),
     )
     backend = router.backend
     now = clock.now()
@@ -117,6 +125,7 @@ def test_ties_go_to_the_faster_channel() -> None:
     now = clock.now()
     for name, latency in (("direct", 20.0), ("vertex", 5.0)):
         p = router.backend.try_acquire(name, now)
+        assert isinstance(p, Permit)
         router.backend.record(p, Outcome(None, latency, 0.134), now)
     assert [r.channel for r in router.rank("1K", now)] == ["relay", "vertex", "direct"]
 
@@ -173,7 +182,7 @@ def test_first_attempt_takes_the_cheapest_and_success_settles_the_price() -> Non
         router.next_action(item)
 
 
-def test_retryable_failure_fails_over_at_once_and_backs_off_the_failed_channel() -> None:
+def test_retryable_failure_retries_the_cheap_channel_after_a_short_backoff() -> None:
     router, clock = make_router()
     item = ItemProgress("x")
     first = fail(router, item, ErrorClass.RETRYABLE, status_code=503)
@@ -182,12 +191,36 @@ def test_retryable_failure_fails_over_at_once_and_backs_off_the_failed_channel()
     assert record.status_code == 503 and not record.billed and record.cost_usd == 0.0
     assert record.retry_not_before is not None
     assert clock.now() <= record.retry_not_before <= clock.now() + 1.0  # U(0, 1 s) for k = 1
+    waiting = router.next_action(item)
+    assert isinstance(waiting, Wait) and waiting.until == record.retry_not_before
+    assert waiting.denials[0].reason is DenialReason.ITEM_BACKOFF
+    clock.set(waiting.until)
+    again = attempt(router, item)
+    assert again.channel == "relay" and again.retry and not again.failover
+
+
+def test_retryable_failure_fails_over_when_the_backoff_is_longer_than_the_patience() -> None:
+    router, clock = make_router(max_wait_for_retry_s=0.0)
+    item = ItemProgress("x")
+    fail(router, item, ErrorClass.RETRYABLE, status_code=503)
     second = attempt(router, item)
     assert second.channel == "direct" and second.retry and second.failover
     router.report_failure(item, second.permit, err("direct", ErrorClass.RETRYABLE))
     clock.advance(1.0)  # relay's backoff for this item is over
     third = attempt(router, item)
     assert third.channel == "relay" and third.failover
+
+
+def test_no_waiting_for_a_backoff_on_a_channel_that_is_blocked_anyway() -> None:
+    router, clock = make_router([RELAY, DIRECT])
+    item = ItemProgress("x")
+    fail(router, item, ErrorClass.RETRYABLE)
+    for _ in range(4):  # four more failures in a row trip relay's breaker
+        action = router.backend.try_acquire("relay", clock.now())
+        assert isinstance(action, Permit)
+        router.backend.record(action, Outcome(ErrorClass.RETRYABLE), clock.now())
+    assert router.states()["relay"].breaker == "open"
+    assert attempt(router, item).channel == "direct"
 
 
 def test_backoff_grows_with_failures_on_the_same_channel() -> None:
@@ -243,7 +276,7 @@ def test_a_silent_channel_is_abandoned_for_the_item_after_one_timeout() -> None:
         router.report_failure(item, nxt.permit, err(nxt.channel, ErrorClass.RETRYABLE))
     # other items still use the relay
     assert attempt(router, ItemProgress("other")).channel == "relay"
-    only, clock2 = make_router([RELAY])
+    only, _clock2 = make_router([RELAY])
     solo = ItemProgress("solo")
     action = attempt(only, solo)
     only.report_timeout(solo, action.permit)
@@ -308,7 +341,9 @@ def test_daily_quota_benches_until_midnight_pacific() -> None:
 
 
 def test_daily_quota_day_can_be_compressed_for_the_simulator() -> None:
-    router, clock = make_router(quota_day_length_s=600.0, quota_day_origin_s=FakeClock.DEFAULT_WALL_START - 100)
+    router, clock = make_router(
+        quota_day_length_s=600.0, quota_day_origin_s=FakeClock.DEFAULT_WALL_START - 100
+    )
     t0 = clock.now()
     fail(router, ItemProgress("x"), ErrorClass.QUOTA_EXHAUSTED)
     assert router.states(t0)["relay"].benched_until == pytest.approx(t0 + 500)
@@ -355,7 +390,7 @@ def test_concurrency_block_waits_for_a_release() -> None:
 
 def test_client_rate_limit_fails_over_by_default_and_waits_for_cheaper_if_asked() -> None:
     relay = chan("relay", "openai", rpm=30.0)
-    router, clock = make_router([relay, DIRECT])
+    router, _clock = make_router([relay, DIRECT])
     assert attempt(router, ItemProgress("a")).channel == "relay"
     assert attempt(router, ItemProgress("b")).channel == "direct"  # throughput: use every channel
     patient, clock2 = make_router([relay, DIRECT], max_wait_for_cheaper_s=5.0)
@@ -401,7 +436,9 @@ def test_billed_failures_and_timeouts_count_against_the_budget() -> None:
 
 
 def test_retry_budget_stops_retry_storms() -> None:
-    router, clock = make_router([RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
+    router, _clock = make_router(
+        [RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1), max_wait_for_retry_s=0.0
+    )
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE)
     fail(router, item, ErrorClass.RETRYABLE)  # the one allowed retry
@@ -412,7 +449,7 @@ def test_retry_budget_stops_retry_storms() -> None:
 
 
 def test_max_attempts_per_item() -> None:
-    router, clock = make_router(max_attempts_per_item=2)
+    router, _clock = make_router(max_attempts_per_item=2, max_wait_for_retry_s=0.0)
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE)
     fail(router, item, ErrorClass.RETRYABLE)
@@ -433,7 +470,9 @@ def test_cancelled_attempt_is_recorded_and_not_a_retry() -> None:
 
 def test_failover_alert_fires_once_per_window_above_the_threshold() -> None:
     lenient = BreakerConfig(consecutive_failures=100, minimum_calls=100)
-    router, clock = make_router([RELAY, DIRECT], breaker=lenient, failover_alert_threshold=3)
+    router, clock = make_router(
+        [RELAY, DIRECT], breaker=lenient, failover_alert_threshold=3, max_wait_for_retry_s=0.0
+    )
     alerts = []
     for i in range(6):
         item = ItemProgress(f"i{i}")

@@ -11,8 +11,8 @@ from airflow_banana.routing import FakeClock, SystemClock, next_daily_reset
 from airflow_banana.routing.clock import Clock, WallClock
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 def test_fake_clock_moves_only_forward_and_drags_the_wall_clock() -> None:

@@ -39,6 +39,7 @@ def pol(**kwargs: object) -> ChannelPolicy:
     """A policy with a jitter-free breaker and no throttle unless the test says otherwise."""
     return ChannelPolicy(**{"breaker": NO_JITTER, "throttle": NO_THROTTLE, **kwargs})  # type: ignore[arg-type]
 
+
 OK = Outcome(None, latency_s=2.0, cost_usd=0.05)
 FAIL = Outcome(ErrorClass.RETRYABLE, latency_s=1.0)
 
@@ -47,7 +48,9 @@ FAIL = Outcome(ErrorClass.RETRYABLE, latency_s=1.0)
 def make(request: pytest.FixtureRequest) -> Callable[..., ChannelStateBackend]:
     factory = BACKENDS[request.param]
 
-    def build(policy: ChannelPolicy | None = None, seed: int = 1, **more: ChannelPolicy) -> ChannelStateBackend:
+    def build(
+        policy: ChannelPolicy | None = None, seed: int = 1, **more: ChannelPolicy
+    ) -> ChannelStateBackend:
         backend = factory(random.Random(seed))
         backend.register("a", policy or pol())
         for name, extra in more.items():
@@ -218,7 +221,9 @@ def test_failed_probe_reopens_longer_and_expired_lease_is_reissued(
     trip(backend, T0)
     probe = permit(backend.try_acquire("a", T0 + 30))
     assert backend.record(probe, FAIL, T0 + 31) == (ChannelEvent.BREAKER_REOPENED,)
-    assert denial(backend.try_acquire("a", T0 + 31), DenialReason.BREAKER_OPEN).retry_at == pytest.approx(T0 + 91)
+    assert denial(backend.try_acquire("a", T0 + 31), DenialReason.BREAKER_OPEN).retry_at == pytest.approx(
+        T0 + 91
+    )
     crashed = permit(backend.try_acquire("a", T0 + 91))
     assert crashed.probe
     denial(backend.try_acquire("a", T0 + 91 + 49.9), DenialReason.PROBE_IN_FLIGHT)

@@ -90,4 +90,4 @@ def test_zero_probability_always_admits_and_disabled_never_rejects() -> None:
 def test_invalid_config() -> None:
     for bad in ({"k": 0.5}, {"window_s": 0}, {"bucket_s": -1}, {"recheck_s": 0}):
         with pytest.raises(ConfigurationError):
-            ThrottleConfig(**bad)  # type: ignore[arg-type]
+            ThrottleConfig(**bad)

@@ -1,0 +1,173 @@
+"""OutputStore commit protocol on local disk and on the GCS emulator: idempotent, race-safe."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+from airflow_banana.imaging import inspect_image
+from airflow_banana.models import GenerationResult, ImageRequest
+from airflow_banana.outputs import OutputStore
+from airflow_banana.report import FAILED, SUCCEEDED, Attempt, ItemOutcome, build_report, render_markdown
+from airflow_banana.storage import open_storage
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (0, 90, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(params=["local", "gs"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return OutputStore(open_storage(), str(tmp_path / "out"))
+    bucket = request.getfixturevalue("gcs_bucket")
+    return OutputStore(open_storage(), f"gs://{bucket}/out")
+
+
+def _result(request: ImageRequest, size: tuple[int, int] = (1024, 1024)) -> GenerationResult:
+    return GenerationResult(
+        image=_png(size),
+        mime_type="image/png",
+        declared_mime_type="image/png",
+        channel="relay",
+        cost_usd=0.05,
+    )
+
+
+def _outcome(request: ImageRequest) -> ItemOutcome:
+    return ItemOutcome(
+        request.item_id,
+        SUCCEEDED,
+        request.image_size,
+        channel="relay",
+        cost_usd=0.05,
+        attempts=[Attempt("gemini", "retryable", 0.2), Attempt("relay", "success", 1.0, 0.05, True)],
+    )
+
+
+def test_commit_then_done_record(store: OutputStore) -> None:
+    req = ImageRequest("mug", "a mug")
+    assert store.done_record("mug", req.fingerprint()) is None
+    result = _result(req)
+    uri, won = store.commit_success(
+        req, result, inspect_image(result.image), _outcome(req), lane="realtime", run_key="r1"
+    )
+    assert won and uri.endswith("images/mug.png")
+    record = store.done_record("mug", req.fingerprint())
+    assert record is not None
+    assert record["image"]["size_matches"] is True and record["image"]["sha256"] == result.sha256
+    assert [a["outcome"] for a in record["attempts"]] == ["retryable", "success"]
+    # a changed prompt is a different purchase: not done
+    assert store.done_record("mug", ImageRequest("mug", "a blue mug").fingerprint()) is None
+
+
+def test_failure_never_overwrites_a_success(store: OutputStore) -> None:
+    req = ImageRequest("mug", "a mug")
+    result = _result(req)
+    store.commit_success(
+        req, result, inspect_image(result.image), _outcome(req), lane="realtime", run_key="r1"
+    )
+    store.commit_failure(
+        req, ItemOutcome("mug", FAILED, "1K", reason="deadline"), lane="realtime", run_key="r2"
+    )
+    assert store.done_record("mug", req.fingerprint()) is not None
+
+
+def test_failure_is_recorded_then_replaced_by_success(store: OutputStore) -> None:
+    req = ImageRequest("mug", "a mug")
+    store.commit_failure(
+        req, ItemOutcome("mug", FAILED, "1K", reason="item_terminal: blocked"), lane="realtime", run_key="r1"
+    )
+    meta = store.storage.read_json(store.metadata_uri("mug"))
+    assert meta["status"] == FAILED and "blocked" in meta["reason"]
+    result = _result(req)
+    _, won = store.commit_success(
+        req, result, inspect_image(result.image), _outcome(req), lane="realtime", run_key="r2"
+    )
+    assert won and store.done_record("mug", req.fingerprint()) is not None
+
+
+def test_size_mismatch_is_recorded(store: OutputStore) -> None:
+    req = ImageRequest("wide", "a banner", aspect_ratio="16:9")
+    result = _result(req, size=(1000, 500))
+    store.commit_success(
+        req, result, inspect_image(result.image), _outcome(req), lane="realtime", run_key="r1"
+    )
+    image = store.storage.read_json(store.metadata_uri("wide"))["image"]
+    assert image["size_matches"] is False and (image["expected_width"], image["expected_height"]) == (
+        1376,
+        768,
+    )
+
+
+def test_two_concurrent_committers_exactly_one_wins(store: OutputStore) -> None:
+    req = ImageRequest("race", "contested")
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def commit() -> None:
+        result = _result(req)
+        info = inspect_image(result.image)
+        barrier.wait()
+        results.append(
+            store.commit_success(req, result, info, _outcome(req), lane="realtime", run_key="r")[1]
+        )
+
+    threads = [threading.Thread(target=commit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, True]
+    assert store.done_record("race", req.fingerprint()) is not None
+
+
+def test_report_json_and_markdown(store: OutputStore) -> None:
+    outcomes = [
+        ItemOutcome(
+            "a",
+            SUCCEEDED,
+            "1K",
+            [Attempt("relay", "retryable", 1.0), Attempt("gemini", "success", 2.0, 0.134, True)],
+            channel="gemini",
+            cost_usd=0.134,
+            latency_s=3.0,
+            size_matches=True,
+        ),
+        ItemOutcome("b", "skipped", "2K"),
+        ItemOutcome(
+            "c",
+            FAILED,
+            "4K",
+            [Attempt("relay", "item_terminal", 0.5)],
+            reason="item_terminal: prompt blocked",
+        ),
+    ]
+    report = build_report(
+        outcomes,
+        run_key="r",
+        lane="realtime",
+        started_at="s",
+        finished_at="f",
+        budget_usd=1.0,
+        breaker_openings={"relay": 2},
+    )
+    assert (
+        report["items"]["succeeded"] == 1
+        and report["items"]["skipped"] == 1
+        and report["items"]["failed"] == 1
+    )
+    assert report["cost"]["spent_usd"] == 0.134
+    assert report["calls"]["failovers"] == 1 and report["calls"]["total"] == 3
+    assert report["channels"]["relay"]["breaker_openings"] == 2
+    assert report["channels"]["relay"]["errors"] == {"retryable": 1, "item_terminal": 1}
+    md = render_markdown(report)
+    assert "prompt blocked" in md and "| relay |" in md and "$0.1340" in md
+    uri = store.write_report("r", report)
+    assert store.storage.read_json(uri)["run_key"] == "r"
+    assert "Items without an image" in store.storage.read_text(store.run_uri("r", "report.md"))
