@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -53,8 +54,123 @@ def _simulator_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", help="manifest URI (gs://… or a local path), JSONL or JSON")
+    parser.add_argument("--now", help="plan as of this ISO time with timezone (default: now)")
+    parser.add_argument(
+        "--logical-date", help="relative deadlines ('+6h') count from this ISO time (default: --now)"
+    )
+    parser.add_argument(
+        "--batch-turnaround",
+        help="batch turnaround to plan with, e.g. 24h (default: recorded history at --confidence, else 24h)",
+    )
+    parser.add_argument(
+        "--output-prefix",
+        help="read batch turnaround history and recent success rates here, and leave out items "
+        "already done there (read only; nothing is written)",
+    )
+    parser.add_argument("--default-deadline", help="deadline of items without one, e.g. +6h or an ISO time")
+    parser.add_argument("--confidence", type=float, default=0.95, help="deadline confidence (default 0.95)")
+    parser.add_argument(
+        "--batch-backend",
+        choices=["developer", "vertex", "none"],
+        default="developer",
+        help="batch backend when --batch-channel is not given (none: realtime only)",
+    )
+    parser.add_argument("--batch-channel", help="connection id the batch lane submits through")
+    parser.add_argument(
+        "--realtime-latency", help="dispatch-to-image time of the realtime channels, e.g. 30s (default 60s)"
+    )
+    parser.add_argument("--gcp-conn-id", help="Airflow connection with GCS credentials (default: ADC)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+
+
+def _plan_args(parser: argparse.ArgumentParser) -> None:
+    _plan_common_args(parser)
+    parser.add_argument(
+        "--channels", required=True, help="comma-separated realtime channel connection ids (type banana)"
+    )
+
+
+def _estimate_args(parser: argparse.ArgumentParser) -> None:
+    _plan_common_args(parser)
+    parser.add_argument(
+        "--channels",
+        default="",
+        help="comma-separated realtime channel connection ids (else realtime finish times are unknown)",
+    )
+
+
+def _dry_run(args: argparse.Namespace) -> Any:
+    """Read the manifest and compute the plan; nothing is written and nothing is spent."""
+    from airflow_banana.operators.plan import dry_run_plan
+
+    channels = [c.strip() for c in str(args.channels or "").split(",") if c.strip()]
+    return dry_run_plan(
+        args.manifest,
+        channels,
+        batch_channel=args.batch_channel,
+        batch_backend=None if args.batch_backend == "none" else args.batch_backend,
+        now=args.now,
+        logical_date=args.logical_date,
+        batch_turnaround=args.batch_turnaround,
+        output_prefix=args.output_prefix,
+        default_deadline=args.default_deadline,
+        confidence=args.confidence,
+        gcp_conn_id=args.gcp_conn_id,
+        realtime_latency=args.realtime_latency,
+    )
+
+
+def _plan_run(args: argparse.Namespace) -> int:
+    import json
+
+    from airflow_banana.exceptions import BananaError
+
+    try:
+        computed = _dry_run(args)
+    except BananaError as err:
+        print(f"airflow-banana plan: {err}", file=sys.stderr)
+        return 2
+    plan = computed.plan
+    if args.json:
+        print(json.dumps({**plan.summary(), "skipped_done": len(computed.skipped_done)}, indent=2))
+    else:
+        print(plan.describe())
+        if computed.skipped_done:
+            print(f"\nAlready done under the output prefix (left out): {len(computed.skipped_done)} item(s)")
+        print("\nDry run: nothing was written and nothing was spent.")
+    return 0 if plan.feasible else 1
+
+
+def _estimate_run(args: argparse.Namespace) -> int:
+    import json
+
+    from airflow_banana.exceptions import BananaError
+    from airflow_banana.operators.plan import estimate_scenarios, render_estimate
+
+    try:
+        computed = _dry_run(args)
+        scenarios = estimate_scenarios(computed)
+    except BananaError as err:
+        print(f"airflow-banana estimate: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(scenarios, indent=2))
+    else:
+        print(render_estimate(scenarios))
+        print("\nDry run: nothing was written and nothing was spent.")
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[str, AddArgs, Run]] = {
     "simulator": ("serve the offline Gemini simulator in the foreground", _simulator_args, _simulator_run),
+    "plan": ("dry run: route a manifest by deadline (realtime vs batch), no spend", _plan_args, _plan_run),
+    "estimate": (
+        "dry run: cost and finish times of all-realtime, all-batch and the deadline plan",
+        _estimate_args,
+        _estimate_run,
+    ),
 }
 
 

@@ -168,6 +168,12 @@ class RealtimeEngine:
         return await asyncio.to_thread(self.store.done_record, w.request.item_id, w.request.fingerprint())
 
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
+        config = self.router.config
+        if config.deadline_aware and (w.deadline is not None or config.default_deadline_s is not None):
+            # The deadline-aware router plans over every waiting item (queue places decide who
+            # waits for the cheap channel and who spills now), so these items must all be
+            # visible to it; channel permits bound the calls, queue places spread the wake-ups.
+            return await self._generate(w)
         async with slots:
             return await self._generate(w)
 
@@ -179,6 +185,13 @@ class RealtimeEngine:
     async def _generate(self, w: WorkItem) -> ItemOutcome:
         request = w.request
         item = ItemProgress.for_request(request, deadline=self._deadline_on_clock(w.deadline))
+        try:
+            return await self._drive(w, item)
+        finally:
+            self.router.forget(item)  # a cancelled item must not hold a queue place
+
+    async def _drive(self, w: WorkItem, item: ItemProgress) -> ItemOutcome:
+        request = w.request
         first_start: float | None = None
         while True:
             action = self.router.next_action(item)
@@ -218,7 +231,7 @@ class RealtimeEngine:
             await asyncio.to_thread(self._validate, request, result)
         except TimeoutError:
             log.warning(
-                "item '%s': channel '%s' gave no answer within %.0f s; failing over",
+                "item '%s': channel '%s' gave no answer within %.1f s; failing over",
                 request.item_id,
                 action.channel,
                 action.timeout_s,

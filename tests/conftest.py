@@ -25,6 +25,7 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 pytest_plugins = [
     "airflow_banana.testing.simulator_fixtures",
     "airflow_banana.testing.gcs_fixtures",
+    "airflow_banana.testing.redis_fixtures",
 ]
 
 

@@ -44,13 +44,17 @@ def wire_request(request: ImageRequest) -> dict[str, Any]:
     """A GenerateContentRequest as wire JSON (camelCase, standard base64)."""
     parts: list[dict[str, Any]] = [{"text": request.prompt}]
     for ref in request.reference_images:
-        parts.append({"inlineData": {"mimeType": ref.mime_type, "data": base64.b64encode(ref.data).decode("ascii")}})
+        parts.append(
+            {"inlineData": {"mimeType": ref.mime_type, "data": base64.b64encode(ref.data).decode("ascii")}}
+        )
     return {"contents": [{"role": "user", "parts": parts}], "generationConfig": generation_config(request)}
 
 
 def jsonl_line(request: ImageRequest) -> str:
     """One input line ``{"key": id, "request": {...}}`` with its newline (Developer file and Vertex GCS)."""
-    return json.dumps({"key": request.item_id, "request": wire_request(request)}, separators=(",", ":")) + "\n"
+    return (
+        json.dumps({"key": request.item_id, "request": wire_request(request)}, separators=(",", ":")) + "\n"
+    )
 
 
 def jsonl_lines(requests: Iterable[ImageRequest]) -> Iterator[str]:
@@ -59,7 +63,7 @@ def jsonl_lines(requests: Iterable[ImageRequest]) -> Iterator[str]:
 
 
 def inline_request(request: ImageRequest) -> dict[str, Any]:
-    """An ``InlinedRequest`` dict for ``client.batches.create(src=[...])``; contents as realtime sends them."""
+    """An ``InlinedRequest`` dict for ``batches.create(src=[...])``; contents as realtime sends them."""
     config: dict[str, Any] = {
         "response_modalities": ["TEXT", "IMAGE"],
         "image_config": {"aspect_ratio": request.aspect_ratio, "image_size": request.image_size},

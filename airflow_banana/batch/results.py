@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import Any
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.channels.gemini import parse_generate_response, result_from_parsed
@@ -176,9 +176,18 @@ class Harvester:
         done = self.store.done_record(request.item_id, request.fingerprint())
         if done is not None:
             self.result.outcomes[request.item_id] = ItemOutcome(
-                request.item_id, SUCCEEDED, request.image_size, channel=config.name, cost_usd=price,
-                image_uri=(done.get("image") or {}).get("uri"), reason="harvested by an earlier try of this task",
-                attempts=[Attempt(channel=config.name, outcome="success", latency_s=0.0, cost_usd=price, billed=True)],
+                request.item_id,
+                SUCCEEDED,
+                request.image_size,
+                channel=config.name,
+                cost_usd=price,
+                image_uri=(done.get("image") or {}).get("uri"),
+                reason="harvested by an earlier try of this task",
+                attempts=[
+                    Attempt(
+                        channel=config.name, outcome="success", latency_s=0.0, cost_usd=price, billed=True
+                    )
+                ],
                 size_matches=(done.get("image") or {}).get("size_matches"),
             )
             return
@@ -197,13 +206,29 @@ class Harvester:
             return
         size_matches = (info.width, info.height) == expected_pixels(request.image_size, request.aspect_ratio)
         outcome = ItemOutcome(
-            request.item_id, SUCCEEDED, request.image_size, channel=config.name, cost_usd=result.cost_usd,
-            attempts=[Attempt(channel=config.name, outcome="success", latency_s=0.0, cost_usd=result.cost_usd,
-                              billed=True)],
+            request.item_id,
+            SUCCEEDED,
+            request.image_size,
+            channel=config.name,
+            cost_usd=result.cost_usd,
+            attempts=[
+                Attempt(
+                    channel=config.name,
+                    outcome="success",
+                    latency_s=0.0,
+                    cost_usd=result.cost_usd,
+                    billed=True,
+                )
+            ],
             size_matches=size_matches,
         )
         image_uri, won = self.store.commit_success(
-            request, result, info, outcome, lane=LANE, run_key=self.run_key,
+            request,
+            result,
+            info,
+            outcome,
+            lane=LANE,
+            run_key=self.run_key,
             item_metadata=self.item_metadata.get(request.item_id),
         )
         outcome.image_uri = image_uri
@@ -214,7 +239,10 @@ class Harvester:
     def failure_outcome(self, item_id: str, reason: str, *, status: str = FAILED) -> ItemOutcome:
         request = self.requests[item_id]
         return ItemOutcome(
-            item_id, status, request.image_size, reason=reason,
+            item_id,
+            status,
+            request.image_size,
+            reason=reason,
             attempts=[Attempt(channel=self.config.name, outcome="failed", latency_s=0.0, reason=reason)],
         )
 
@@ -239,25 +267,32 @@ def iter_stream_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 @contextlib.contextmanager
-def http_lines(url: str, headers: Mapping[str, str], *, timeout_s: float = 300.0) -> Iterator[Iterator[bytes]]:
-    """Stream a downloaded result file line by line (the SDK's download reads it whole in 2.x)."""
+def http_lines(
+    url: str, headers: Mapping[str, str], *, timeout_s: float = 300.0
+) -> Iterator[Iterator[bytes]]:
+    """Stream a downloaded result file line by line (the SDK's download reads it whole in 2.x).
+
+    Error texts are scrubbed of the header values (the key) in case a server echoes them.
+    """
     import httpx
 
+    from airflow_banana.channels.errors import scrub
+
+    where = url.split("?")[0]
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=30.0)) as client:
-            with client.stream("GET", url, headers=dict(headers)) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise StorageError(
-                        f"downloading batch results {url.split('?')[0]} failed with HTTP "
-                        f"{response.status_code}: {response.text[:200]}; a retry downloads again"
-                    )
-                yield iter_stream_lines(response.iter_bytes(1024 * 1024))
+        with (
+            httpx.Client(timeout=httpx.Timeout(timeout_s, connect=30.0)) as client,
+            client.stream("GET", url, headers=dict(headers)) as response,
+        ):
+            if response.status_code != 200:
+                response.read()
+                raise StorageError(
+                    f"downloading batch results {where} failed with HTTP "
+                    f"{response.status_code}: {scrub(response.text[:200], headers.values())}; "
+                    "a retry downloads again"
+                )
+            yield iter_stream_lines(response.iter_bytes(1024 * 1024))
     except httpx.HTTPError as err:
         raise StorageError(
-            f"downloading batch results {url.split('?')[0]} failed ({type(err).__name__}); a retry downloads again"
+            f"downloading batch results {where} failed ({type(err).__name__}); a retry downloads again"
         ) from err
-
-
-def open_binary_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    return split_lines(stream)

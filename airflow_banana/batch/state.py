@@ -88,7 +88,9 @@ class BatchJobRecord:
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as err:
-            raise BatchJobError(f"batch job record is not readable ({err}); delete it or rerun with force") from err
+            raise BatchJobError(
+                f"batch job record is not readable ({err}); delete it or rerun with force"
+            ) from err
 
 
 class JobStateStore:
@@ -123,7 +125,9 @@ class JobStateStore:
                 generation = self.storage.write_json(self.uri, record.as_dict(), if_absent=True)
             else:
                 if self._generation is None:
-                    raise BatchJobError(f"{self.uri}: no generation known; load() the record before updating it")
+                    raise BatchJobError(
+                        f"{self.uri}: no generation known; load() the record before updating it"
+                    )
                 generation = self.storage.write_json(
                     self.uri, record.as_dict(), if_generation_match=self._generation
                 )

@@ -2,8 +2,9 @@
 
 One attempt per call: the SDK's own retries are switched off (``retry_options=None``) because
 retry and failover belong to the router, which sees every channel at once. The google-genai
-import is lazy (first use), so importing this module, the hooks or the DAGs stays cheap and
-the pure parsing below is testable without building a client.
+import happens when a channel is constructed (``build_channel``, before any attempt), never at
+module import, so importing this module, the hooks or the DAGs stays cheap and the pure parsing
+below is testable without building a client.
 
 Works with google-genai 2.x and 3.x (>=1.66,<4): only APIs present in both are used
 (``Client(vertexai=...)``, ``HttpOptions``, ``aio.models.generate_content``/``get``,
@@ -265,8 +266,8 @@ def result_from_parsed(
 class GeminiChannel:
     """A ``Channel`` over google-genai's async client, for the ``gemini`` and ``vertex`` protocols.
 
-    The SDK client is built on first use and kept in an attribute (a temporary client is closed
-    under the caller's feet); ``aclose()`` closes it.
+    The SDK client is built in ``__init__`` (so no attempt pays the SDK import) and kept in an
+    attribute (a temporary client is closed under the caller's feet); ``aclose()`` closes it.
     """
 
     def __init__(self, config: ChannelConfig, *, clock: Callable[[], float] = time.monotonic):
@@ -282,6 +283,18 @@ class GeminiChannel:
         self._service_account: Any = (
             self._service_account_credentials() if config.credentials_info is not None else None
         )
+        # Built now, not in the first generate(): importing google-genai and building the client
+        # takes ~0.5 s of CPU on the event loop, which would stall every item in flight and eat
+        # into the first attempt's timeout. build_channel runs before any attempt starts.
+        # (Importing airflow_banana still imports no SDK: only constructing a channel does.)
+        try:
+            self._get_client()
+        except ConfigurationError:
+            raise
+        except Exception as err:
+            # e.g. Vertex with no application-default credentials on this host: keep the old
+            # behaviour, the first call retries the construction and reports a classified error
+            log.debug("channel %s: client not built yet (%s); retried at the first call", config.name, err)
 
     @property
     def name(self) -> str:

@@ -51,7 +51,10 @@ def signature_bytes(part: Mapping[str, Any]) -> bytes | None:
 
 def part_kind(part: Mapping[str, Any]) -> str:
     """How Google names a part in its error: ``Image``, ``Function call`` or ``Text``."""
-    if _field(part, "inline_data", "inlineData") is not None or _field(part, "file_data", "fileData") is not None:
+    if (
+        _field(part, "inline_data", "inlineData") is not None
+        or _field(part, "file_data", "fileData") is not None
+    ):
         return "Image"
     if _field(part, "function_call", "functionCall") is not None:
         return "Function call"

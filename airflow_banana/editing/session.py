@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -142,7 +143,9 @@ class GenerationSettings:
         if self.image_size not in IMAGE_SIZES:
             raise ConfigurationError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
         if self.aspect_ratio not in ASPECT_RATIOS:
-            raise ConfigurationError(f"aspect_ratio must be one of {ASPECT_RATIOS}, got {self.aspect_ratio!r}")
+            raise ConfigurationError(
+                f"aspect_ratio must be one of {ASPECT_RATIOS}, got {self.aspect_ratio!r}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -351,7 +354,9 @@ def materialize(
                 )
             assert isinstance(inline, Mapping)
             new_inline = {k: v for k, v in inline.items() if k != "data_ref"}
-            new_inline["data"] = _encode(raw, str(ref.get("encoding", "base64url")), bool(ref.get("padded", True)))
+            new_inline["data"] = _encode(
+                raw, str(ref.get("encoding", "base64url")), bool(ref.get("padded", True))
+            )
             # Key order as the SDK dumps it (data, mime_type) so the copy reads like the original.
             ordered = {"data": new_inline.pop("data"), **new_inline}
             new_parts.append({**part, key: ordered})
@@ -401,7 +406,9 @@ class SessionStore:
         try:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise StorageError(f"edit session {uri}: the document is not valid JSON; nothing was sent") from err
+            raise StorageError(
+                f"edit session {uri}: the document is not valid JSON; nothing was sent"
+            ) from err
         if not isinstance(doc, Mapping) or doc.get("format") != SESSION_FORMAT:
             raise ConfigurationError(f"{uri} is not an airflow-banana edit session document")
         if int(doc.get("version", 0)) > SESSION_VERSION:
@@ -411,7 +418,9 @@ class SessionStore:
             )
         session_id = str(doc["session_id"])
         try:
-            history, blobs = materialize(doc.get("history") or [], fetch=self.storage.read_bytes, session=session_id)
+            history, blobs = materialize(
+                doc.get("history") or [], fetch=self.storage.read_bytes, session=session_id
+            )
             session = EditSession(
                 session_id=session_id,
                 uri=uri,
@@ -429,7 +438,8 @@ class SessionStore:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise StorageError(
-                f"edit session {uri}: the document is malformed ({type(err).__name__}: {err}); nothing was sent"
+                f"edit session {uri}: the document is malformed ({type(err).__name__}: {err}); "
+                "nothing was sent"
             ) from err
         return session
 
@@ -459,10 +469,9 @@ class SessionStore:
             if digest in blobs:
                 return blobs[digest]
             uri = self.blob_uri(session, data, mime_type)
-            try:
+            # Content-addressed: an existing object of this name already holds these bytes.
+            with contextlib.suppress(PreconditionFailedError):
                 self.storage.write_bytes(uri, data, content_type=mime_type, if_absent=True)
-            except PreconditionFailedError:
-                pass  # content-addressed: an existing object of this name holds these bytes
             blobs[digest] = uri
             return uri
 

@@ -49,6 +49,9 @@ class RealtimeImageOperator(BaseOperator):
     :param on_failover_alert: a notifier or callable, called with the task context plus
         ``banana_alert`` (failovers in the last hour, channel, run key).
     :param router_options: advanced ``RouterConfig`` fields (e.g. ``max_attempts_per_item``).
+    :param redis_conn_id: a ``redis`` connection through which every worker shares breakers,
+        rate limits and quotas (also accepted as ``redis_conn_id`` in a channel's extra);
+        default: per-process state. If Redis is unreachable the task goes on with local state.
     """
 
     template_fields: Sequence[str] = (
@@ -79,6 +82,7 @@ class RealtimeImageOperator(BaseOperator):
         failover_alert_threshold: int = 3,
         on_failover_alert: Callable[..., Any] | None = None,
         router_options: Mapping[str, Any] | None = None,
+        redis_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +100,7 @@ class RealtimeImageOperator(BaseOperator):
         self.failover_alert_threshold = failover_alert_threshold
         self.on_failover_alert = on_failover_alert
         self.router_options = dict(router_options or {})
+        self.redis_conn_id = redis_conn_id
         if on_invalid not in ("reject", "quarantine"):
             raise ConfigurationError(
                 f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
@@ -165,7 +170,16 @@ class RealtimeImageOperator(BaseOperator):
             )
         except TypeError as err:
             raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
-        router = router_for(configs, SystemClock(), random.Random(), config=config)
+        from airflow_banana.hooks.redis import BananaRedisHook, redis_conn_id_for
+
+        rng = random.Random()
+        redis_conn_id = redis_conn_id_for(self.redis_conn_id, [c.name for c in configs], task_id=self.task_id)
+        if redis_conn_id:
+            # shared state needs a timebase every worker agrees on: epoch seconds
+            backend = BananaRedisHook(redis_conn_id).get_backend(rng)
+            router = router_for(configs, SystemClock(shared=True), rng, backend, config=config)
+        else:
+            router = router_for(configs, SystemClock(), rng, config=config)
         channels = {c.name: build_channel(c) for c in configs}
         settings = RealtimeSettings(
             force=self.force,

@@ -51,6 +51,38 @@ immediate failover. With ``max_wait_for_cheaper_s > 0`` an item also waits for a
 blocked by its rate limit, concurrency or a retry hint (cost over throughput; the default 0
 keeps every channel busy for throughput).
 
+Deadline-aware spill (items with a deadline, ``deadline_aware=True``, the default): "every
+image on time for the least money". Instead of step 6's first-permit rule, the item goes
+through the candidates in rank (cost) order and takes the cheapest one it can still finish on
+in time, waiting for it if it is blocked::
+
+    L(c)      = deadline_latency_factor (2) * latency EWMA of c     (a p95-ish call time)
+    start(c)  = now                              if c can give a permit now
+              = base(c) + ahead(c) * T(c) / p(c) otherwise
+    base(c)   = when c unblocks (rate slot, retry hint, breaker, item backoff; for a
+                concurrency block: now + T(c))
+    ahead(c)  = items already queued for c in front of this one (FIFO by arrival)
+    T(c)      = seconds per call c can take: max(limiter interval, L_ewma(c) / max_concurrency)
+    fits(c)   = start(c) + L(c) + deadline_margin_s <= deadline
+
+The first fitting channel that is free now gets the attempt. A fitting channel that is blocked
+is waited for -- the item joins its queue and sleeps until ``min(optimistic start, latest
+start on c, latest switch)``, where the latest switch is the last moment the NEXT fitting
+channel in cost order could still be started and finish in time
+(``deadline - margin - L(next) - wait(next)``). When that moment comes and ``c`` is still
+blocked, waiting no longer fits and the item spills to the next channel. So an item never
+misses a deadline it could have met by spilling now just because it waited (to the accuracy
+of the latency estimate; ``deadline_margin_s`` absorbs the rest). ``p(c)`` (recent success
+rate) makes the queue estimate pessimistic for the feasibility test (failures consume slots
+too); the wake-up time uses the optimistic ``ahead * T`` so a freed slot is not left idle.
+Queue positions spread wake-ups (the head also wakes on a release), so N waiting items cost
+O(N) router calls per slot, not O(N) per release. ``forget(item)`` drops a cancelled item's
+place. When no channel fits, the item falls back to the rules above (best effort: whatever is
+open, cheapest first). Items without a deadline (and no ``default_deadline_s``) keep the rules
+above: ``max_wait_for_cheaper_s`` (default 0: throughput first). ``default_deadline_s`` gives
+every item without its own deadline one, relative to the router's creation (the run start):
+stating how long you can wait is what buys the cheapest schedule.
+
 Money: ``Attempt`` reserves the channel's price; the report settles it (billed cost, or the
 price as "uncertain" after a timeout or cancellation, when the provider may still bill).
 429s close the channel until ``now + retry_after`` (``default_retry_after_s`` without a hint);
@@ -60,7 +92,9 @@ a per-day quota benches it until the next midnight America/Los_Angeles from the 
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,6 +152,11 @@ class RouterConfig:
     quota_day_origin_s: float = 0.0
     timeout_grace_s: float = 10.0  # a permit / probe lease outlives the attempt timeout by this
     stats_half_life_s: float = 300.0
+    deadline_aware: bool = True  # items with a deadline: cheapest channel that still makes it
+    deadline_margin_s: float = 10.0
+    deadline_latency_factor: float = 2.0  # latency EWMA x this ~ p95 of a call
+    default_deadline_s: float | None = None  # deadline for items without one, from the run start
+    rate_guard_s: float = 0.5  # limiter window 60 s + this: no 429 from transit jitter at the cap
 
     def __post_init__(self) -> None:
         if self.prior_successes <= 0 or self.prior_failures <= 0:
@@ -126,6 +165,10 @@ class RouterConfig:
             raise ConfigurationError(f"invalid router config: {self}")
         if min(self.release_poll_s, self.default_latency_s, self.retry_backoff_base_s) <= 0:
             raise ConfigurationError(f"router durations must be positive: {self}")
+        if self.deadline_margin_s < 0 or self.deadline_latency_factor <= 0:
+            raise ConfigurationError(f"router deadline margin/latency factor out of range: {self}")
+        if self.default_deadline_s is not None and self.default_deadline_s <= 0:
+            raise ConfigurationError(f"router default_deadline_s must be positive: {self}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +201,7 @@ class ItemProgress:
     image_size: str = "1K"
     deadline: float | None = None  # on the router's clock
     attempts: list[AttemptRecord] = field(default_factory=list)
+    queued: tuple[str, int] | None = field(default=None, repr=False)  # (channel, place) while waiting
 
     @classmethod
     def for_request(cls, request: ImageRequest, *, deadline: float | None = None) -> ItemProgress:
@@ -256,7 +300,12 @@ def policy_for(
     base = breaker or (BreakerConfig() if channel.billed_on_failure else BreakerConfig.tolerant())
     return ChannelPolicy(
         breaker=replace(base, probe_lease_s=ttl),
-        limits=LimitConfig(rpm=channel.rpm, ipm=channel.ipm, max_concurrency=channel.max_concurrency),
+        limits=LimitConfig(
+            rpm=channel.rpm,
+            ipm=channel.ipm,
+            max_concurrency=channel.max_concurrency,
+            guard_s=config.rate_guard_s,
+        ),
         throttle=throttle or ThrottleConfig(),
         permit_ttl_s=ttl,
         stats_half_life_s=config.stats_half_life_s,
@@ -295,10 +344,15 @@ class Router:
         self._prices: dict[str, dict[str, float]] = {
             c.name: {**price_table(c.protocol), **c.prices} for c in channels
         }
+        self._policies: dict[str, ChannelPolicy] = {}
         for channel in channels:
-            backend.register(
-                channel.name, policy_for(channel, self.config, breaker=breaker, throttle=throttle)
-            )
+            policy = policy_for(channel, self.config, breaker=breaker, throttle=throttle)
+            self._policies[channel.name] = policy
+            backend.register(channel.name, policy)
+        self.started_at = clock.now()
+        # Items waiting for a channel, by place (FIFO); only the deadline-aware path queues.
+        self._queues: dict[str, list[int]] = {name: [] for name in self.channels}
+        self._places = itertools.count()
         self.retry_budget = RetryBudget(self.config.retry_budget)
         self.spend = SpendBudget(self.config.budget_usd)
         self.failovers = FailoverCounter(
@@ -352,6 +406,9 @@ class Router:
         """What ``item`` does next: ``Attempt`` (permit taken), ``Wait`` or ``GiveUp``."""
         now = self.clock.now() if now is None else now
         cfg = self.config
+        if item.deadline is None and cfg.default_deadline_s is not None:
+            item.deadline = self.started_at + cfg.default_deadline_s
+        previous_place = self._leave_queue(item)  # re-decided below; keeps its place if it waits again
         attempts = [a for a in item.attempts if not a.cancelled]
         if any(a.ok for a in attempts):
             raise BananaError(f"item '{item.item_id}' already has an image; the engine must not ask again")
@@ -412,6 +469,10 @@ class Router:
                 ErrorClass.TIMEOUT,
             )
 
+        if cfg.deadline_aware and item.deadline is not None:
+            planned = self._deadline_plan(item, candidates, now, previous_place, retry=retry, last=last)
+            if planned is not None:
+                return planned
         denials: list[Denial] = []
         for ranked_channel in candidates:
             result = self._try(item, ranked_channel, now)
@@ -428,7 +489,137 @@ class Router:
                 return Wait(result.retry_at, why, False, tuple(denials))
         return self._wait_or_give_up(item, denials, now, last)
 
-    def _try(self, item: ItemProgress, ranked: RankedChannel, now: float) -> Permit | Denial:
+    # ------------------------------------------------------------ deadline-aware spill
+
+    def expected_latency(self, ranked: RankedChannel) -> float:
+        """A p95-ish call time on the channel: EWMA x factor, never above its attempt timeout."""
+        timeout = self.channels[ranked.channel].attempt_timeout_s
+        return min(ranked.latency_s * self.config.deadline_latency_factor, timeout)
+
+    def service_interval(self, ranked: RankedChannel) -> float:
+        """Seconds per call the channel can take at its limits (rate or concurrency bound)."""
+        limits = self._policies[ranked.channel].limits
+        return max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
+
+    def queued(self, channel: str) -> int:
+        """How many items wait in ``channel``'s queue (deadline-aware path)."""
+        return len(self._queues[channel])
+
+    def forget(self, item: ItemProgress) -> None:
+        """The engine stopped ``item`` (cancelled, or finished elsewhere): drop its queue place."""
+        self._leave_queue(item)
+
+    def _leave_queue(self, item: ItemProgress) -> tuple[str, int] | None:
+        entry, item.queued = item.queued, None
+        if entry is not None:
+            queue = self._queues[entry[0]]
+            i = bisect.bisect_left(queue, entry[1])
+            if i < len(queue) and queue[i] == entry[1]:
+                del queue[i]
+        return entry
+
+    def _join_queue(self, item: ItemProgress, channel: str, previous: tuple[str, int] | None) -> int:
+        """Queue ``item`` for ``channel``; an item re-waiting for the same channel keeps its place."""
+        place = previous[1] if previous is not None and previous[0] == channel else next(self._places)
+        bisect.insort(self._queues[channel], place)
+        item.queued = (channel, place)
+        return place
+
+    def _estimate(
+        self, item: ItemProgress, ranked: RankedChannel, now: float, previous: tuple[str, int] | None
+    ) -> tuple[float, float, int, Denial | None] | None:
+        """(pessimistic start, optimistic start, items ahead, blocking denial) or None if unusable."""
+        denial = self._item_denial(item, ranked, now)
+        if denial is not None and denial.reason is DenialReason.UNAFFORDABLE:
+            return None
+        snap = ranked.snapshot
+        if denial is None and snap.blocked_by is None:
+            return now, now, 0, None  # free now: work-conserving, whoever is awake takes it
+        interval = self.service_interval(ranked)
+        if snap.blocked_by is not None:
+            at = snap.available_at
+            if at is not None and math.isinf(at):
+                return None
+            denial = denial or Denial(ranked.channel, snap.blocked_by, at, "channel blocked")
+        assert denial is not None  # free-now returned above
+        retry_ats = [d for d in (denial.retry_at, snap.available_at) if d is not None]
+        base = max(retry_ats or [now + interval])
+        if snap.blocked_by is DenialReason.CONCURRENCY:
+            base = max(base, now + interval)
+        queue = self._queues[ranked.channel]
+        mine = previous[1] if previous is not None and previous[0] == ranked.channel else math.inf
+        ahead = bisect.bisect_left(queue, mine) if not math.isinf(mine) else len(queue)
+        optimistic = base + ahead * interval
+        pessimistic = base + ahead * interval / max(ranked.success_rate, 0.05)
+        return pessimistic, optimistic, ahead, denial
+
+    def _deadline_plan(
+        self,
+        item: ItemProgress,
+        candidates: list[RankedChannel],
+        now: float,
+        previous: tuple[str, int] | None,
+        *,
+        retry: bool,
+        last: AttemptRecord | None,
+    ) -> Decision | None:
+        """The cheapest channel that still meets the deadline, now or after a safe wait; None: none."""
+        cfg = self.config
+        deadline = item.deadline
+        assert deadline is not None
+        margin = cfg.deadline_margin_s
+        plans: list[tuple[RankedChannel, float, float, int, Denial | None]] = []
+        for ranked in candidates:
+            estimate = self._estimate(item, ranked, now, previous)
+            if estimate is None:
+                continue
+            pessimistic, optimistic, ahead, denial = estimate
+            if pessimistic + self.expected_latency(ranked) + margin <= deadline:
+                plans.append((ranked, pessimistic, optimistic, ahead, denial))
+        # Within a tie group (same expected cost) a channel free now beats waiting for another.
+        group, groups, first_cost = -1, [], 0.0
+        for ranked, *_ in plans:
+            if (
+                group < 0
+                or ranked.priority is not None
+                or ranked.expected_cost_usd > first_cost * (1 + cfg.tie_epsilon) + 1e-12
+            ):
+                group, first_cost = group + 1, ranked.expected_cost_usd
+            groups.append(group)
+        order = sorted(range(len(plans)), key=lambda k: (groups[k], plans[k][4] is not None))
+        plans = [plans[k] for k in order]
+        denials: list[Denial] = []
+        for i, (ranked, _pessimistic, optimistic, ahead, denial) in enumerate(plans):
+            if denial is None:
+                result = self._try(item, ranked, now)
+                if isinstance(result, Permit):
+                    return self._dispatch(item, ranked, result, now, retry=retry, last=last)
+                denials.append(result)
+                if result.retry_at is None or result.reason in _NOT_WORTH_WAITING:
+                    continue  # thrown dice or money: the next fitting channel
+                optimistic = max(optimistic, result.retry_at)
+                denial = result
+            latest_start = deadline - self.expected_latency(ranked) - margin
+            latest_switch = math.inf
+            if i + 1 < len(plans):
+                nxt, nxt_start, *_ = plans[i + 1]
+                latest_switch = deadline - margin - self.expected_latency(nxt) - (nxt_start - now)
+            until = min(optimistic, latest_start, latest_switch)
+            if until <= now:
+                denials.append(denial)
+                continue  # waiting would risk the deadline: spill to the next channel
+            self._join_queue(item, ranked.channel, previous)
+            head = ahead == 0
+            on_release = head and denial.reason is DenialReason.CONCURRENCY
+            why = (
+                f"waiting {until - now:.1f}s for cheaper '{ranked.channel}' ({denial.reason}, "
+                f"{ahead} ahead); deadline in {deadline - now:.0f}s still met"
+            )
+            return Wait(until, why, on_release, (*denials, denial))
+        return None
+
+    def _item_denial(self, item: ItemProgress, ranked: RankedChannel, now: float) -> Denial | None:
+        """This item's own reasons not to use the channel now (budget, its backoff), or None."""
         price = ranked.price_usd
         if not self.spend.can_afford(price):
             spend = self.spend
@@ -448,7 +639,11 @@ class Router:
             return Denial(
                 ranked.channel, DenialReason.ITEM_BACKOFF, not_before, "backing off after a failure"
             )
-        return self.backend.try_acquire(ranked.channel, now)
+        return None
+
+    def _try(self, item: ItemProgress, ranked: RankedChannel, now: float) -> Permit | Denial:
+        denial = self._item_denial(item, ranked, now)
+        return denial if denial is not None else self.backend.try_acquire(ranked.channel, now)
 
     def _dispatch(
         self,

@@ -267,9 +267,13 @@ def _forget_old_permits(record: ChannelRecord, now: float) -> None:
 def _next_rate_slot(record: ChannelRecord, limits: LimitConfig, now: float, images: int) -> float:
     earliest = now
     if limits.rpm is not None:
-        earliest = max(earliest, gcra_earliest(record.rpm, limits.rpm, limits.burst, now))
+        earliest = max(
+            earliest, gcra_earliest(record.rpm, limits.rpm, limits.burst, now, 1, limits.window_s)
+        )
     if limits.ipm is not None:
-        earliest = max(earliest, gcra_earliest(record.ipm, limits.ipm, limits.burst, now, images))
+        earliest = max(
+            earliest, gcra_earliest(record.ipm, limits.ipm, limits.burst, now, images, limits.window_s)
+        )
     return earliest
 
 
@@ -315,9 +319,9 @@ def acquire(
         return Denial(channel, DenialReason.THROTTLED, now + policy.throttle.recheck_s, "adaptive throttling")
     probe_id = brk.take_probe(record.breaker, policy.breaker, now) if verdict.probe else None
     if policy.limits.rpm is not None:
-        gcra_commit(record.rpm, policy.limits.rpm, now)
+        gcra_commit(record.rpm, policy.limits.rpm, now, 1, policy.limits.window_s)
     if policy.limits.ipm is not None:
-        gcra_commit(record.ipm, policy.limits.ipm, now, images)
+        gcra_commit(record.ipm, policy.limits.ipm, now, images, policy.limits.window_s)
     record.permits_issued += 1
     permit = Permit(
         channel=channel,

@@ -10,15 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_banana.testing.config import FaultProfile, SimulatorConfig
+    from airflow_banana.testing.config import BatchProfile, FaultProfile, SimulatorConfig
     from airflow_banana.testing.server import Simulator
 
-__all__ = ["FaultProfile", "Simulator", "SimulatorConfig"]
+__all__ = ["BatchProfile", "FaultProfile", "Simulator", "SimulatorConfig"]
 
 _LAZY = {
     "Simulator": "airflow_banana.testing.server",
     "SimulatorConfig": "airflow_banana.testing.config",
     "FaultProfile": "airflow_banana.testing.config",
+    "BatchProfile": "airflow_banana.testing.config",
 }
 
 

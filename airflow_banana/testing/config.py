@@ -55,6 +55,70 @@ def _seconds(value: Any, *, what: str) -> float:
     raise ConfigurationError(f"simulator config: {what}={value!r} is not a duration")
 
 
+# Final states a simulated batch job can be told to end in (Vertex spelling, without JOB_STATE_).
+BATCH_FINAL_STATES: tuple[str, ...] = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED", "PARTIALLY_SUCCEEDED")
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """How simulated batch jobs (Developer Batch API and Vertex batch prediction) behave.
+
+    Google's "24 h" is scaled: a job is PENDING for ``pending_s``, then its lines complete one by
+    one, evenly spread until ``turnaround_s`` after creation, when it reaches ``final_state``.
+    Jobs ending FAILED, EXPIRED or CANCELLED, and ``stuck`` jobs (RUNNING forever), finish only
+    ``completed_fraction`` of their lines first; those lines are billed and their results exposed.
+    ``line_error_rate`` makes that share of lines fail on their own (not billed).
+    ``poll_errors`` = the first N GETs of each job answer 503; ``poll_error_rate`` = that share of
+    all its GETs does. PARTIALLY_SUCCEEDED with no ``line_error_rate`` fails every 4th line (index
+    1, 5, 9 ...); the Developer API has no such state and reports SUCCEEDED for it.
+    """
+
+    turnaround_s: float = 2.0
+    pending_s: float = 0.2
+    final_state: str = "SUCCEEDED"
+    completed_fraction: float = 0.5
+    line_error_rate: float = 0.0
+    stuck: bool = False
+    poll_error_rate: float = 0.0
+    poll_errors: int = 0
+
+    def __post_init__(self) -> None:
+        if self.turnaround_s < 0 or self.pending_s < 0:
+            raise ConfigurationError("batch profile: turnaround_s and pending_s must not be negative")
+        if self.final_state not in BATCH_FINAL_STATES:
+            known = ", ".join(BATCH_FINAL_STATES)
+            raise ConfigurationError(f"batch profile: final_state={self.final_state!r} is not one of {known}")
+        for name in ("completed_fraction", "line_error_rate", "poll_error_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigurationError(f"batch profile: {name}={value} is not in [0, 1]")
+        if self.poll_errors < 0:
+            raise ConfigurationError(f"batch profile: poll_errors={self.poll_errors} is negative")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | BatchProfile) -> BatchProfile:
+        if isinstance(data, BatchProfile):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"batch profile must be an object, got {type(data).__name__}")
+        data = dict(data)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigurationError(f"batch profile: unknown field(s) {unknown}")
+        for name in ("turnaround_s", "pending_s"):
+            if name in data:
+                data[name] = _seconds(data[name], what=name)
+        if "final_state" in data:
+            data["final_state"] = str(data["final_state"]).upper().removeprefix("JOB_STATE_")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ConfigurationError(f"batch profile: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class FaultProfile:
     """How one API key (one channel) misbehaves. Rates are probabilities per generation request.
@@ -91,6 +155,7 @@ class FaultProfile:
     strict_signatures: bool | None = None
     openai_markdown: bool = False
     openai_cost_usd: float | None = None
+    batch: BatchProfile | None = None
 
     def __post_init__(self) -> None:
         total = 0.0
@@ -144,6 +209,8 @@ class FaultProfile:
             if data.get(pair) is not None:
                 lo, hi = data[pair]
                 data[pair] = (float(lo), float(hi))
+        if data.get("batch") is not None:
+            data["batch"] = BatchProfile.from_dict(data["batch"])
         try:
             return cls.peak(**data) if preset == "peak" else cls(**data)
         except TypeError as err:
@@ -163,6 +230,7 @@ class SimulatorConfig:
 
     ``minute_s``/``day_s`` are the real seconds a quota minute/day lasts, so tests can use 1 s.
     ``strict_signatures`` None = path default (strict on Developer paths, lenient on Vertex).
+    ``batch`` shapes batch jobs of keys whose profile has no ``batch`` of its own.
     """
 
     keys: Mapping[str, FaultProfile] = field(default_factory=dict)
@@ -176,6 +244,7 @@ class SimulatorConfig:
     hang_max_s: float = 600.0
     host: str = "127.0.0.1"
     port: int = 0
+    batch: BatchProfile = field(default_factory=BatchProfile)
 
     def __post_init__(self) -> None:
         if self.minute_s <= 0 or self.day_s <= 0:
@@ -198,6 +267,8 @@ class SimulatorConfig:
         default = FaultProfile.from_dict(data.pop("default", None) or {})
         if "models" in data:
             data["models"] = tuple(data["models"])
+        if data.get("batch") is not None:
+            data["batch"] = BatchProfile.from_dict(data["batch"])
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -664,4 +664,4 @@ def test_admin_endpoints(sim: Simulator) -> None:
         httpx.put(f"{base}/_simulator/faults", json={"key": "k", "profile": {"nope": 1}}).status_code == 400
     )
     assert httpx.post(f"{base}/_simulator/reset").json()["reset"] is True
-    assert httpx.get(f"{base}/_simulator/ledger").json() == {"requests": [], "billable": []}
+    assert httpx.get(f"{base}/_simulator/ledger").json() == {"requests": [], "billable": [], "jobs": []}

@@ -48,7 +48,10 @@ def channels(sim, monkeypatch):
     return sim
 
 
-def test_example_dag_generates_every_image_once_and_a_rerun_pays_nothing(airflow_db, channels, gcs_bucket):
+KEYS = ("relay-key", "gemini-key", "vertex-token")
+
+
+def test_example_dag_generates_every_image_once_and_a_rerun_pays_nothing(airflow_db, channels, gcs_bucket, capfd):
     sim = channels
     storage = open_storage()
     manifest = f"gs://{gcs_bucket}/manifests/catalog.jsonl"
@@ -80,3 +83,12 @@ def test_example_dag_generates_every_image_once_and_a_rerun_pays_nothing(airflow
     assert len(reports) == 2
     skipped = sorted(storage.read_json(u)["items"]["skipped"] for u in reports)
     assert skipped == [0, len(ITEMS)]
+
+    # FAULTS S8: no key in the task logs, the stored metadata/reports or the XCom summary.
+    out, err = capfd.readouterr()
+    assert "generate_images" in out + err  # the logs were captured
+    for uri in storage.list(f"{prefix}/"):
+        if not uri.endswith((".png", ".jpg")):
+            text = storage.read_text(uri)
+            assert not any(key in text for key in KEYS), uri
+    assert not any(key in out + err for key in KEYS)

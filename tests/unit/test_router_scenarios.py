@@ -65,6 +65,8 @@ def simulate(
 ) -> Run:
     clock = FakeClock(0.0)
     rng = random.Random(seed)
+    # These scenarios prove the throughput-first rules; deadline-aware runs opt in explicitly.
+    config.setdefault("deadline_aware", False)
     router_config = RouterConfig(**config)  # type: ignore[arg-type]
     router = router_for(list(channels), clock, rng, config=router_config, breaker=breaker)
     run = Run(router)

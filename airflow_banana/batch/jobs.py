@@ -1,0 +1,115 @@
+"""What the batch lane needs from a backend (Developer Batch API or Vertex batch prediction).
+
+Every method is blocking I/O: the trigger runs them with ``asyncio.to_thread``, the operator
+calls them directly. A backend holds one google-genai client; ``close()`` releases it. SDK errors
+come out as ``BatchJobError`` naming the job and what happens next, with the cause chained and
+the key scrubbed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from airflow_banana.batch.poll import JobState
+from airflow_banana.batch.results import Harvester, HarvestResult
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.channels.errors import config_secrets, scrub, scrub_exception
+from airflow_banana.exceptions import BatchJobError, ConfigurationError
+from airflow_banana.models import ImageRequest
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job as last seen: enough to decide (state) and to harvest (where the results are)."""
+
+    name: str
+    state: JobState
+    display_name: str = ""
+    error: str = ""
+    results_file: str | None = None  # Developer: files/… (responsesFile)
+    has_inline_results: bool = False  # Developer: inlinedResponses in the job itself
+    output_dir: str | None = None  # Vertex: gs://…/prediction-model-…
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    snapshot: JobSnapshot
+    input_uri: str | None = None
+    dest_uri: str | None = None
+
+
+class BatchBackend(Protocol):
+    config: ChannelConfig
+
+    def submit(
+        self,
+        requests: Sequence[ImageRequest],
+        *,
+        display_name: str,
+        staging_uri: str | None,
+        inline: bool | None,
+    ) -> Submitted: ...
+
+    def get(self, name: str) -> JobSnapshot: ...
+
+    def cancel(self, name: str) -> None: ...
+
+    def find(self, display_name_head: str) -> JobSnapshot | None: ...
+
+    def harvest(
+        self, snapshot: JobSnapshot, harvester: Harvester, dest_uri: str | None = None
+    ) -> HarvestResult: ...
+
+    def console_url(self, name: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def model_of(requests: Sequence[ImageRequest], config: ChannelConfig) -> str:
+    """The one model of a job (a batch job has exactly one); mixed models are a configuration error."""
+    from airflow_banana.channels.gemini import resolve_model
+
+    models = {resolve_model(r.model, config.model) for r in requests}
+    if len(models) != 1:
+        raise ConfigurationError(
+            f"channel '{config.name}': a batch job runs one model, the items name {sorted(models)}; "
+            "split the manifest per model — nothing was submitted"
+        )
+    return models.pop()
+
+
+def snapshot_from_job(job: Any) -> JobSnapshot:
+    """A ``JobSnapshot`` from the SDK's ``BatchJob`` (2.x and 3.x share these fields)."""
+    dest = getattr(job, "dest", None)
+    output_info = getattr(job, "output_info", None)
+    error = getattr(job, "error", None)
+    stats = getattr(job, "completion_stats", None)
+    return JobSnapshot(
+        name=str(job.name or ""),
+        state=JobState.parse(getattr(job, "state", None)),
+        display_name=str(getattr(job, "display_name", "") or ""),
+        error=str(getattr(error, "message", "") or "") if error is not None else "",
+        results_file=getattr(dest, "file_name", None) if dest is not None else None,
+        has_inline_results=bool(getattr(dest, "inlined_responses", None)) if dest is not None else False,
+        output_dir=getattr(output_info, "gcs_output_directory", None) if output_info is not None else None,
+        stats={
+            k: int(v)
+            for k in ("successful_count", "failed_count", "incomplete_count")
+            if stats is not None and (v := getattr(stats, k, None)) is not None
+        },
+    )
+
+
+def sdk_error(config: ChannelConfig, action: str, err: Exception, *, job: str | None = None) -> BatchJobError:
+    """A ``BatchJobError`` for a failed SDK call: what, which job/channel, what a retry does."""
+    secrets = config_secrets(config)
+    scrub_exception(err, secrets)
+    code = getattr(err, "code", None)
+    detail = scrub(f"{type(err).__name__}{f' {code}' if code else ''}: {err}"[:300], secrets)
+    subject = f"channel '{config.name}'" + (f", job {job}" if job else "")
+    return BatchJobError(
+        f"{subject}: {action} failed ({detail}); a retry of the task reattaches to the stored job"
+    )

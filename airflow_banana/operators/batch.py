@@ -1,0 +1,656 @@
+"""``BatchImageOperator``: a manifest's images through the Gemini Batch API or Vertex batch prediction.
+
+Half the realtime price, asynchronous. Orchestration only: the retry-safe job record is
+``batch.state``, the poll decision ``batch.poll``, the backends ``batch.developer`` /
+``batch.vertex``, the streaming harvest ``batch.results``, the optional realtime rescue the
+realtime lane's ``RealtimeEngine``.
+
+Flow: prepare the manifest (every check before spend) → skip items already done in storage →
+record the intent → submit → record "submitted" → defer to ``BatchJobTrigger`` (or poll here in
+synchronous mode) → harvest line by line → rescue failed/missing items through realtime if
+channels are given and the deadline allows → report. A retry of the task (same dag/task/run/map
+index) reattaches to the recorded job instead of paying for a second one (FAULTS.md B1).
+
+``force=True`` regenerates items already done; it never resubmits a job that is still in flight
+for this task instance, but a retry after a forced job was harvested starts another forced job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+
+from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
+from airflow_banana.identity import RunIdentity, fingerprint_of
+from airflow_banana.operators._common import (
+    AirflowMetrics,
+    failed_items_error,
+    load_channel_configs,
+    logical_date_of,
+    summary_for_xcom,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+    from airflow_banana.batch.jobs import BatchBackend, JobSnapshot
+    from airflow_banana.batch.state import BatchJobRecord, JobStateStore
+    from airflow_banana.outputs import OutputStore
+    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.realtime import WorkItem
+    from airflow_banana.report import ItemOutcome
+
+DEFAULT_JOB_TIMEOUT = timedelta(hours=49)  # Google expires a batch after 48 h pending/running
+
+
+class BatchJobLink(BaseOperatorLink):
+    """The batch job in the Google console (Vertex) or AI Studio's batch list (Developer API)."""
+
+    name = "Batch job"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return str(getattr(operator, "console_url", "") or "")
+
+
+class BatchImageOperator(BaseOperator):
+    """Generate every image of a manifest as one batch job on a ``banana`` connection.
+
+    :param manifest: URI of the prompt manifest (``gs://…`` or a local path), JSONL or JSON.
+    :param output_prefix: URI under which ``images/``, ``metadata/`` and ``runs/`` are written
+        (the job record lives at ``runs/{run_key}/batch_job.json``).
+    :param channel: connection id of type ``banana`` with protocol ``gemini`` (Developer Batch
+        API) or ``vertex`` (Vertex batch prediction).
+    :param gcp_conn_id: connection with GCS credentials; default: Application Default Credentials.
+    :param gcs_staging_prefix: ``gs://`` prefix for Vertex input/output JSONL (required for vertex).
+    :param defaults: item field defaults (below the manifest's own defaults).
+    :param on_invalid: ``reject`` or ``quarantine`` bad manifest lines.
+    :param force: regenerate items already done (see the module docstring for retries).
+    :param inline: Developer API only: True = inline requests, False = JSONL file, None = by size.
+    :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``,
+        Airflow's convention, which is False unless configured) or poll in the worker.
+    :param poll_interval_s: seconds between polls.
+    :param max_poll_failures: consecutive failed polls tolerated (the task then fails; a retry
+        reattaches).
+    :param job_timeout: give up waiting this long after submit (the job is cancelled).
+    :param rescue_channels: connection ids for the realtime lane; items the job did not deliver
+        are generated there while their deadline allows.
+    :param rescue_margin: stop waiting for the job this long before the earliest item deadline,
+        so the rescue has time (only with ``rescue_channels``).
+    :param max_failed_items: the task fails when more items end without an image.
+    """
+
+    template_fields: Sequence[str] = (
+        "manifest",
+        "output_prefix",
+        "channel",
+        "gcs_staging_prefix",
+        "defaults",
+        "rescue_channels",
+        "poll_interval_s",
+    )
+    template_fields_renderers = {"defaults": "json"}
+    operator_extra_links = (BatchJobLink(),)
+    ui_color = "#f5d742"
+
+    def __init__(
+        self,
+        *,
+        manifest: str,
+        output_prefix: str,
+        channel: str,
+        gcp_conn_id: str | None = None,
+        gcs_staging_prefix: str | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        on_invalid: str = "reject",
+        force: bool = False,
+        inline: bool | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval_s: float | str = 60.0,
+        max_poll_failures: int = 5,
+        job_timeout: timedelta = DEFAULT_JOB_TIMEOUT,
+        rescue_channels: Sequence[str] | None = None,
+        rescue_margin: timedelta = timedelta(minutes=10),
+        max_failed_items: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.manifest = manifest
+        self.output_prefix = output_prefix
+        self.channel = channel
+        self.gcp_conn_id = gcp_conn_id
+        self.gcs_staging_prefix = gcs_staging_prefix
+        self.defaults = dict(defaults or {})
+        self.on_invalid = on_invalid
+        self.force = force
+        self.inline = inline
+        self.deferrable = deferrable
+        self.poll_interval_s = poll_interval_s
+        self.max_poll_failures = max_poll_failures
+        self.job_timeout = job_timeout
+        self.rescue_channels = list(rescue_channels or [])
+        self.rescue_margin = rescue_margin
+        self.max_failed_items = max_failed_items
+        self.console_url = ""
+        self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
+        if on_invalid not in ("reject", "quarantine"):
+            raise ConfigurationError(
+                f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
+            )
+        if max_poll_failures < 1:
+            raise ConfigurationError(f"{self.task_id}: max_poll_failures must be at least 1")
+
+    # ------------------------------------------------------------------ setup shared by both halves
+    def _setup(self, context: Context) -> tuple[RunIdentity, Any, OutputStore, PreparedManifest, str]:
+        from airflow_banana.hooks.storage import storage_for
+        from airflow_banana.outputs import OutputStore
+        from airflow_banana.prepare import prepare_manifest
+
+        identity = RunIdentity.from_context(context)
+        storage = storage_for(self.output_prefix, self.gcp_conn_id)
+        store = OutputStore(storage, self.output_prefix)
+        prepared = prepare_manifest(
+            self.manifest,
+            storage,
+            on_invalid=self.on_invalid,  # type: ignore[arg-type]
+            defaults=self.defaults,
+            logical_date=logical_date_of(context),
+        )
+        # Over ALL items, not only the missing ones: the set shrinks as items get done, and a
+        # retry must still recognise its own job.
+        fingerprint = fingerprint_of(w.request.fingerprint() for w in prepared.work)
+        return identity, storage, store, prepared, fingerprint
+
+    def _backend(self, storage: Any) -> BatchBackend:
+        from airflow_banana.batch import backend_for
+
+        config = load_channel_configs([self.channel], task_id=self.task_id)[0]
+        if config.protocol == "vertex" and not (self.gcs_staging_prefix or "").startswith("gs://"):
+            raise ConfigurationError(
+                f"{self.task_id}: channel '{self.channel}' is vertex; set gcs_staging_prefix to a gs:// "
+                "prefix"
+                " for the batch input and output — nothing was submitted"
+            )
+        return backend_for(config, storage)
+
+    # ------------------------------------------------------------------ first half
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_banana.batch.state import JobStateStore
+
+        identity, storage, store, prepared, fingerprint = self._setup(context)
+        if prepared.rejects_jsonl:
+            store.write_rejects(identity.run_key, prepared.rejects_jsonl)
+        backend = self._backend(storage)
+        state = JobStateStore(storage, self.output_prefix, identity.run_key)
+        try:
+            record = self._reattach_or_submit(backend, state, store, identity, prepared, fingerprint)
+            if record is None:
+                self.log.info(
+                    "run %s: every item is already done; nothing submitted, nothing paid", identity.run_key
+                )
+                return self._finish(context, identity, store, prepared, None, None, {})
+            self.console_url = backend.console_url(record.job_name or "")
+            self._push_link(context)
+            assert record.job_name is not None
+            end_time = self._end_time(record, prepared)
+            self._running_job = (self.channel, record.job_name)
+            if self.deferrable:
+                from airflow_banana.triggers.batch import BatchJobTrigger
+
+                self.defer(
+                    trigger=BatchJobTrigger(
+                        conn_id=self.channel,
+                        job_name=record.job_name,
+                        poll_interval_s=self._interval(),
+                        max_poll_failures=self.max_poll_failures,
+                        end_time=end_time,
+                    ),
+                    method_name="execute_complete",
+                )
+            event = self._poll_here(backend, record.job_name, end_time)
+        finally:
+            backend.close()
+        return self.execute_complete(context, event)
+
+    def _reattach_or_submit(
+        self,
+        backend: BatchBackend,
+        state: JobStateStore,
+        store: OutputStore,
+        identity: RunIdentity,
+        prepared: PreparedManifest,
+        fingerprint: str,
+    ) -> BatchJobRecord | None:
+        from airflow_banana.batch.state import HARVESTED, INTENT, SUBMITTED, display_name_head
+
+        record = state.load()
+        if record is not None and record.fingerprint == fingerprint:
+            if record.status == SUBMITTED:
+                self.log.info(
+                    "run %s: reattaching to batch job %s (round %d)",
+                    identity.run_key,
+                    record.job_name,
+                    record.round,
+                )
+                return record
+            if record.status == INTENT:
+                orphan = backend.find(display_name_head(record.display_name))
+                if orphan is not None:
+                    self.log.warning(
+                        "run %s: adopting batch job %s found by its display name (an earlier try "
+                        "crashed between submit and record)",
+                        identity.run_key,
+                        orphan.name,
+                    )
+                    return state.mark_submitted(record, orphan.name)
+                self.log.info(
+                    "run %s: an intent without a job was found; submitting it now", identity.run_key
+                )
+                by_id = {w.request.item_id: w for w in prepared.work}
+                return self._submit(backend, state, record, [by_id[i] for i in record.item_ids if i in by_id])
+            if record.status == HARVESTED and not self.force:
+                todo = self._todo(store, prepared)
+                if not todo:
+                    return None
+                self.log.info(
+                    "run %s: round %d was harvested; %d item(s) still missing go in round %d",
+                    identity.run_key,
+                    record.round,
+                    len(todo),
+                    record.round + 1,
+                )
+                return self._new_round(backend, state, identity, fingerprint, todo, record.round + 1, True)
+        elif record is not None:
+            self.log.warning(
+                "run %s: the manifest changed since batch job %s (fingerprint differs); starting fresh",
+                identity.run_key,
+                record.job_name,
+            )
+            if record.status == SUBMITTED and record.job_name:
+                self._cancel_quietly(backend, record.job_name)
+        todo = self._todo(store, prepared)
+        if not todo:
+            return None
+        round_no = 1 if record is None else record.round + 1
+        return self._new_round(backend, state, identity, fingerprint, todo, round_no, record is not None)
+
+    def _todo(self, store: OutputStore, prepared: PreparedManifest) -> list[WorkItem]:
+        if self.force:
+            return list(prepared.work)
+        todo = [
+            w for w in prepared.work if store.done_record(w.request.item_id, w.request.fingerprint()) is None
+        ]
+        if len(todo) < len(prepared.work):
+            self.log.info(
+                "%d of %d item(s) already done in storage: skipped, nothing paid",
+                len(prepared.work) - len(todo),
+                len(prepared.work),
+            )
+        return todo
+
+    def _new_round(
+        self,
+        backend: BatchBackend,
+        state: JobStateStore,
+        identity: RunIdentity,
+        fingerprint: str,
+        todo: Sequence[WorkItem],
+        round_no: int,
+        replace_existing: bool,
+    ) -> BatchJobRecord:
+        from airflow_banana.batch.state import BatchJobRecord, display_name_for
+
+        record = BatchJobRecord(
+            run_key=identity.run_key,
+            identity=identity.labels(),
+            fingerprint=fingerprint,
+            backend=backend.config.protocol,
+            channel=self.channel,
+            display_name=display_name_for(identity, fingerprint, round_no),
+            round=round_no,
+            item_ids=[w.request.item_id for w in todo],
+        )
+        record = state.write_intent(record, replace_existing=replace_existing)
+        return self._submit(backend, state, record, todo)
+
+    def _submit(
+        self,
+        backend: BatchBackend,
+        state: JobStateStore,
+        record: BatchJobRecord,
+        todo: Sequence[WorkItem],
+    ) -> BatchJobRecord:
+        from airflow_banana.storage import join_uri
+
+        staging = (
+            join_uri(self.gcs_staging_prefix, record.run_key, f"r{record.round}")
+            if self.gcs_staging_prefix
+            else None
+        )
+        submitted = backend.submit(
+            [w.request for w in todo],
+            display_name=record.display_name,
+            staging_uri=staging,
+            inline=self.inline,
+        )
+        return state.mark_submitted(
+            record, submitted.snapshot.name, input_uri=submitted.input_uri, dest_uri=submitted.dest_uri
+        )
+
+    def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest) -> float:
+        submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
+        end = submitted + self.job_timeout
+        deadlines = [
+            w.deadline
+            for w in prepared.work
+            if w.deadline is not None and w.request.item_id in set(record.item_ids)
+        ]
+        if deadlines:
+            margin = self.rescue_margin if self.rescue_channels else timedelta(0)
+            end = min(end, min(deadlines) - margin)
+        return end.timestamp()
+
+    def _interval(self) -> float:
+        """Seconds between polls; templating may have rendered the argument as a string."""
+        try:
+            interval = float(self.poll_interval_s)
+        except (TypeError, ValueError) as err:
+            raise ConfigurationError(
+                f"{self.task_id}: poll_interval_s must be a number of seconds, got {self.poll_interval_s!r}"
+            ) from err
+        if interval <= 0:
+            raise ConfigurationError(f"{self.task_id}: poll_interval_s must be positive, got {interval}")
+        return interval
+
+    def _poll_here(self, backend: BatchBackend, job_name: str, end_time: float) -> dict[str, Any]:
+        """Synchronous mode: the same decisions as the trigger, sleeping in the worker."""
+        from airflow_banana.batch.poll import (
+            EndTimeReached,
+            JobEnded,
+            PollAgain,
+            PollPolicy,
+            PollTracker,
+        )
+
+        tracker = PollTracker(PollPolicy(self._interval(), self.max_poll_failures, end_time=end_time))
+        decision = tracker.start(time.time())
+        while isinstance(decision, PollAgain):
+            time.sleep(decision.wait_s)
+            try:
+                snapshot = backend.get(job_name)
+            except BananaError as err:
+                self.log.warning("batch job %s: poll failed: %s", job_name, err)
+                decision = tracker.failed(str(err), time.time())
+                continue
+            decision = tracker.observed(snapshot.state, time.time())
+        if isinstance(decision, JobEnded):
+            return {"status": "ended", "job_name": job_name, "state": decision.state.value}
+        if isinstance(decision, EndTimeReached):
+            return {"status": "end_time", "job_name": job_name, "state": decision.state.value}
+        return {
+            "status": "error",
+            "job_name": job_name,
+            "message": f"{decision.failures} consecutive polls failed; last: {decision.last_error}",
+        }
+
+    # ------------------------------------------------------------------ second half
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
+        from airflow_banana.batch.poll import JobState
+        from airflow_banana.batch.state import JobStateStore
+
+        if not isinstance(event, Mapping) or event.get("status") not in ("ended", "end_time"):
+            message = (event or {}).get("message") if isinstance(event, Mapping) else None
+            raise BatchJobError(
+                f"{self.task_id}: waiting for the batch job failed: {message or event!r}; "
+                "a retry reattaches to the same job (nothing is submitted twice)"
+            )
+        identity, storage, store, prepared, _fingerprint = self._setup(context)
+        state = JobStateStore(storage, self.output_prefix, identity.run_key)
+        record = state.load()
+        if record is None or record.job_name != event.get("job_name"):
+            raise BatchJobError(
+                f"{self.task_id}: the job record at {state.uri} does not name job {event.get('job_name')}; "
+                "it was changed under this task — a retry reattaches to whatever it names now"
+            )
+        backend = self._backend(storage)
+        try:
+            self.console_url = backend.console_url(record.job_name or "")
+            if event["status"] == "end_time":
+                self.log.warning(
+                    "batch job %s still %s at its end time; cancelling it and harvesting what is done",
+                    record.job_name,
+                    event.get("state"),
+                )
+                self._cancel_quietly(backend, record.job_name or "")
+            snapshot = backend.get(record.job_name or "")
+            if snapshot.state == JobState.FAILED and snapshot.error:
+                self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
+            outcomes = self._harvest(backend, snapshot, record, store, identity, prepared)
+        finally:
+            backend.close()
+        state.mark_harvested(record, snapshot.state.value)
+        self._running_job = None
+        return self._finish(context, identity, store, prepared, record, snapshot, outcomes)
+
+    def _harvest(
+        self,
+        backend: BatchBackend,
+        snapshot: JobSnapshot,
+        record: BatchJobRecord,
+        store: OutputStore,
+        identity: RunIdentity,
+        prepared: PreparedManifest,
+    ) -> dict[str, ItemOutcome]:
+        from airflow_banana.batch.results import Harvester
+
+        by_id = {w.request.item_id: w for w in prepared.work}
+        in_job = [i for i in record.item_ids if i in by_id]
+        harvester = Harvester(
+            store=store,
+            run_key=identity.run_key,
+            requests={i: by_id[i].request for i in in_job},
+            config=backend.config,
+            item_metadata={i: by_id[i].item_metadata for i in in_job},
+            on_progress=lambda n: self.log.info("harvested %d result line(s) of job %s", n, snapshot.name),
+        )
+        result = backend.harvest(snapshot, harvester, record.dest_uri)
+        self.log.info(
+            "job %s (%s): %d line(s), %d image(s) stored, %d failed, %d unreadable, %d unknown key(s)",
+            snapshot.name,
+            snapshot.state.value,
+            result.lines,
+            len(result.outcomes),
+            len(result.failed),
+            result.unreadable_lines,
+            result.unknown_keys,
+        )
+        left: dict[str, str] = dict(result.failed)
+        for item_id in result.missing(in_job):
+            left[item_id] = f"batch job ended {snapshot.state.value} without a result for this item"
+        outcomes = dict(result.outcomes)
+        if left and self.rescue_channels:
+            outcomes.update(self._rescue(store, identity, [by_id[i] for i in left], left))
+        for item_id, reason in left.items():
+            if item_id in outcomes:
+                continue
+            outcome = harvester.failure_outcome(item_id, reason)
+            store.commit_failure(
+                by_id[item_id].request,
+                outcome,
+                lane="batch",
+                run_key=identity.run_key,
+                item_metadata=by_id[item_id].item_metadata,
+            )
+            outcomes[item_id] = outcome
+        return outcomes
+
+    def _rescue(
+        self, store: OutputStore, identity: RunIdentity, work: Sequence[WorkItem], reasons: Mapping[str, str]
+    ) -> dict[str, ItemOutcome]:
+        """Items the job did not deliver, through the realtime lane (its own deadline checks apply)."""
+        from airflow_banana.channels import build_channel
+        from airflow_banana.realtime import RealtimeEngine, RealtimeSettings
+        from airflow_banana.routing import RouterConfig, SystemClock, router_for
+
+        now = datetime.now(UTC)
+        alive = [w for w in work if w.deadline is None or w.deadline > now]
+        if not alive:
+            self.log.warning(
+                "%d item(s) missing from the batch, but their deadline has passed: no rescue", len(work)
+            )
+            return {}
+        self.log.info("rescuing %d item(s) through realtime channels %s", len(alive), self.rescue_channels)
+        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
+
+        async def run() -> Any:
+            router = router_for(configs, SystemClock(), random.Random(), config=RouterConfig())
+            channels = {c.name: build_channel(c) for c in configs}
+            engine = RealtimeEngine(
+                channels=channels,
+                router=router,
+                store=store,
+                run_key=identity.run_key,
+                settings=RealtimeSettings(lane="batch-rescue", force=self.force),
+                metrics=AirflowMetrics(),
+            )
+            try:
+                return await engine.run(alive)
+            finally:
+                for channel in channels.values():
+                    try:
+                        await channel.aclose()
+                    except BananaError:
+                        self.log.debug("closing channel %s failed", channel.name, exc_info=True)
+
+        result = asyncio.run(run())
+        out: dict[str, ItemOutcome] = {}
+        for outcome in result.outcomes:
+            if outcome.status != "succeeded":
+                outcome.reason = (
+                    f"batch: {reasons.get(outcome.item_id, '')}; realtime rescue: {outcome.reason}"
+                )
+            out[outcome.item_id] = outcome
+        return out
+
+    def _finish(
+        self,
+        context: Context,
+        identity: RunIdentity,
+        store: OutputStore,
+        prepared: PreparedManifest,
+        record: BatchJobRecord | None,
+        snapshot: JobSnapshot | None,
+        outcomes: Mapping[str, ItemOutcome],
+    ) -> dict[str, Any]:
+        from airflow_banana.outputs import utcnow_iso
+        from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+
+        items: list[ItemOutcome] = []
+        for w in prepared.work:
+            request = w.request
+            if request.item_id in outcomes:
+                items.append(outcomes[request.item_id])
+                continue
+            done = store.done_record(request.item_id, request.fingerprint())
+            if done is not None:
+                items.append(
+                    ItemOutcome(
+                        request.item_id,
+                        SKIPPED,
+                        request.image_size,
+                        image_uri=(done.get("image") or {}).get("uri"),
+                        channel=done.get("channel"),
+                        reason="already done with the same request fingerprint",
+                    )
+                )
+            else:
+                items.append(
+                    ItemOutcome(
+                        request.item_id,
+                        NOT_ATTEMPTED,
+                        request.image_size,
+                        reason="not part of the batch job and not done",
+                    )
+                )
+        job_info: dict[str, Any] = {}
+        if record is not None:
+            job_info = {
+                "name": record.job_name,
+                "round": record.round,
+                "backend": record.backend,
+                "channel": record.channel,
+                "display_name": record.display_name,
+                "submitted_at": record.submitted_at,
+                "console_url": self.console_url,
+            }
+        if snapshot is not None:
+            job_info.update(
+                state=snapshot.state.value, error=snapshot.error or None, stats=dict(snapshot.stats)
+            )
+        now = utcnow_iso()
+        report = build_report(
+            items,
+            run_key=identity.run_key,
+            lane="batch",
+            started_at=(record.submitted_at if record is not None and record.submitted_at else now),
+            finished_at=now,
+            manifest=self.manifest,
+            output_prefix=self.output_prefix,
+            rejects=prepared.rejected,
+            extra={"batch_job": job_info},
+        )
+        report_uri = store.write_report(identity.run_key, report)
+        self.log.info("report: %s", report_uri)
+        summary = summary_for_xcom(report, report_uri)
+        if job_info:
+            summary["batch_job"] = {"name": job_info.get("name"), "state": job_info.get("state")}
+        failed = report["items"]["failed"] + report["items"]["not_attempted"]
+        if failed > self.max_failed_items:
+            raise failed_items_error(self.task_id, failed, report_uri)
+        return summary
+
+    # ------------------------------------------------------------------ links and kill
+    def _push_link(self, context: Context) -> None:
+        """Show the link while the task is deferred (Airflow pushes it again when the task ends)."""
+        try:
+            context["ti"].xcom_push(key=BatchJobLink().xcom_key, value=self.console_url)
+        except Exception:  # a link is a convenience; it never fails the task
+            self.log.debug("could not push the batch job link", exc_info=True)
+
+    def _cancel_quietly(self, backend: BatchBackend, job_name: str) -> None:
+        try:
+            backend.cancel(job_name)
+            self.log.info("batch job %s cancelled", job_name)
+        except BananaError as err:
+            self.log.warning(
+                "batch job %s: cancel failed (%s); it may keep running until it ends", job_name, err
+            )
+
+    def on_kill(self) -> None:
+        """The task is being stopped while it polls in the worker: cancel the remote job."""
+        if self._running_job is None:
+            return
+        from airflow_banana.batch import backend_for
+        from airflow_banana.hooks.channel import BananaChannelHook
+        from airflow_banana.storage import open_storage
+
+        conn_id, job_name = self._running_job
+        try:
+            backend = backend_for(BananaChannelHook(conn_id).get_config(), open_storage())
+        except BananaError as err:
+            self.log.warning("on_kill: cannot build the batch client to cancel %s: %s", job_name, err)
+            return
+        try:
+            self._cancel_quietly(backend, job_name)
+        finally:
+            backend.close()
+
+
+__all__ = ["BatchImageOperator", "BatchJobLink"]

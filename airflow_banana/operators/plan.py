@@ -1,0 +1,643 @@
+"""The plan step: split a manifest into a realtime and a batch sub-manifest by deadline and price.
+
+Users otherwise pick one lane by hand. This step runs the pure planner
+(``routing.planner.make_plan``) on the manifest's items, writes one sub-manifest per lane under
+the run folder and returns a small dict downstream tasks branch or map on. Everything happens
+before the first paid call: a manifest that is invalid, or items no lane can finish by their
+deadline, are reported here — with ``on_infeasible="fail"`` the task fails and nothing is spent.
+
+Two ways in, one code path:
+
+* ``PlanImagesOperator`` (classic operator, templated fields), and
+* ``plan_manifest(...)``, a plain function to call from ``@task`` (TaskFlow) or a script.
+
+Files written under ``{output_prefix}/runs/{run_key}/plan/``: ``realtime.jsonl`` and
+``batch.jsonl`` (or ``…-NNNN.jsonl`` shards with ``shard_size``), ``plan.json`` (one row per
+item: lane, expected cost, expected finish, reason), ``plan.md`` (the human-readable plan) and
+``infeasible.jsonl``. Sub-manifest deadlines are absolute ISO times, so they mean the same thing
+whichever task reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator
+
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.manifests import ManifestItem, write_manifest
+from airflow_banana.planning import (
+    batch_lane,
+    duration_of,
+    earliest_deadline,
+    plan_items,
+    realtime_capacities,
+    recent_success_rates,
+    with_absolute_deadline,
+)
+from airflow_banana.pricing import GOOGLE_DIRECT
+from airflow_banana.routing.planner import (
+    DEFAULT_CONFIDENCE,
+    BatchLane,
+    LaneCapacity,
+    Plan,
+    PlanItem,
+    make_plan,
+)
+from airflow_banana.storage import Storage, join_uri
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+OnInfeasible = Literal["fail", "skip", "realtime", "batch"]
+ON_INFEASIBLE: tuple[str, ...] = ("fail", "skip", "realtime", "batch")
+# The XCom lists at most this many infeasible items; infeasible.jsonl has them all.
+MAX_INFEASIBLE_IN_XCOM = 20
+
+
+@dataclass(frozen=True)
+class ComputedPlan:
+    """A plan with the manifest items it covers and their resolved deadlines."""
+
+    plan: Plan
+    items: dict[str, ManifestItem]
+    deadlines: dict[str, datetime | None]
+    skipped_done: tuple[str, ...] = ()
+    realtime: tuple[LaneCapacity, ...] = ()
+    batch: BatchLane | None = None
+
+
+def parse_now(value: datetime | str | None) -> datetime:
+    """``now`` from an aware datetime or an ISO string (tests and dry runs); default: the wall clock."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return datetime.now(UTC)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError as err:
+            raise ConfigurationError(f"now: {value!r} is not an ISO-8601 date-time") from err
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(f"now: {value.isoformat()} has no timezone; add 'Z' or an offset")
+    return value
+
+
+def compute_plan(
+    items: Sequence[ManifestItem],
+    *,
+    configs: Sequence[ChannelConfig],
+    batch: ChannelConfig | str | None,
+    now: datetime,
+    logical_date: datetime,
+    default_deadline: str | timedelta | None = None,
+    batch_turnaround: str | timedelta | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    success_rates: Mapping[str, float] | None = None,
+    storage: Storage | None = None,
+    output_prefix: str | None = None,
+    skip: Sequence[str] = (),
+    realtime_latency: str | timedelta | None = None,
+) -> ComputedPlan:
+    """Plan ``items`` (minus ``skip``, e.g. already done) over the channels and the batch lane.
+
+    ``batch`` is the batch lane's connection, a backend name (``developer``/``vertex``) for dry
+    runs, or ``None`` (realtime only). ``realtime_latency`` is the channels' dispatch-to-image
+    time (default 60 s); with ``max_concurrency`` it also bounds their throughput.
+
+    Success rates not given are read from recent run reports under ``output_prefix``; the
+    batch turnaround, unless fixed, from the backend's recorded history there.
+    """
+    skipped = set(skip)
+    todo = [item for item in items if item.id not in skipped]
+    planned = plan_items(todo, logical_date=logical_date, default_deadline=default_deadline)
+    rates = dict(success_rates or {})
+    if storage is not None and output_prefix:
+        measured = recent_success_rates(storage, output_prefix, [c.name for c in configs])
+        rates = {**measured, **rates}
+    latency = duration_of(realtime_latency, what="realtime_latency")
+    realtime = realtime_capacities(configs, success_rates=rates, latency=latency)
+    lanes = []
+    if batch is not None:
+        lanes.append(
+            batch_lane(
+                batch,
+                storage=storage,
+                output_prefix=output_prefix,
+                turnaround=duration_of(batch_turnaround, what="batch_turnaround"),
+                confidence=confidence,
+            )
+        )
+    plan = make_plan(planned, now=now, realtime=realtime, batch=lanes, confidence=confidence)
+    return ComputedPlan(
+        plan=plan,
+        items={item.id: item for item in todo},
+        deadlines={p.item_id: p.deadline for p in planned},
+        skipped_done=tuple(item.id for item in items if item.id in skipped),
+        realtime=tuple(realtime),
+        batch=lanes[0] if lanes else None,
+    )
+
+
+def _load_configs(ids: Sequence[str] | str, task: str) -> list[ChannelConfig]:
+    """Channel configs of connection ids; a missing connection is a ConfigurationError (nothing spent)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_banana.operators._common import load_channel_configs
+
+    try:
+        return load_channel_configs(ids, task_id=task)
+    except AirflowNotFoundException as err:
+        raise ConfigurationError(
+            f"{task}: {err}; define the banana connection first (nothing was spent)"
+        ) from err
+
+
+def _shards(items: Sequence[ManifestItem], shard_size: int | None) -> list[list[ManifestItem]]:
+    if not items:
+        return []
+    if not shard_size:
+        return [list(items)]
+    return [list(items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
+
+
+def write_plan(
+    computed: ComputedPlan,
+    storage: Storage,
+    *,
+    output_prefix: str,
+    run_key: str,
+    on_infeasible: OnInfeasible = "fail",
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Write the sub-manifests and plan files; return the small XCom-able summary.
+
+    ``on_infeasible``: ``fail`` raises ``ConfigurationError`` after writing the plan files (nothing
+    spent); ``skip`` leaves infeasible items out; ``realtime`` / ``batch`` send them to that lane
+    without a deadline (best effort: they will be late; ``batch`` suits backfills of past dates).
+    """
+    if on_infeasible not in ON_INFEASIBLE:
+        raise ConfigurationError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
+    if shard_size is not None and shard_size < 1:
+        raise ConfigurationError(f"shard_size must be at least 1 (or None), got {shard_size}")
+    plan = computed.plan
+    folder = join_uri(output_prefix, "runs", run_key, "plan")
+    lanes: dict[str, list[ManifestItem]] = {"realtime": [], "batch": []}
+    for kind in ("realtime", "batch"):
+        for item_id in plan.item_ids(kind):  # dispatch order: earliest finish first
+            item = computed.items[item_id]
+            lanes[kind].append(with_absolute_deadline(item, computed.deadlines[item_id]))
+    if on_infeasible in ("realtime", "batch"):
+        if on_infeasible == "batch" and computed.batch is None:
+            raise ConfigurationError(
+                f"plan for run {run_key}: on_infeasible='batch' but no batch lane is planned; "
+                "give a batch channel or choose another policy (nothing was spent)"
+            )
+        lanes[on_infeasible] += [
+            with_absolute_deadline(computed.items[bad.item_id], None) for bad in plan.infeasible
+        ]
+
+    uris: dict[str, list[str]] = {}
+    for kind, items in lanes.items():
+        shards = _shards(items, shard_size)
+        uris[kind] = []
+        for index, shard in enumerate(shards):
+            name = f"{kind}.jsonl" if shard_size is None else f"{kind}-{index:04d}.jsonl"
+            uri = join_uri(folder, name)
+            write_manifest(uri, shard, storage)
+            uris[kind].append(uri)
+
+    rows = [
+        {
+            "item_id": a.item_id,
+            "image_size": a.image_size,
+            "lane": a.lane,
+            "kind": a.kind,
+            "expected_cost_usd": round(a.expected_cost_usd, 6),
+            "expected_finish": _iso(a.expected_finish),
+            "deadline": _iso(a.deadline),
+            "reason": a.reason,
+        }
+        for a in plan.assignments
+    ]
+    infeasible = [
+        {
+            "item_id": bad.item_id,
+            "image_size": bad.image_size,
+            "deadline": _iso(bad.deadline),
+            "code": bad.code,
+            "reason": bad.reason,
+            "earliest_achievable": _iso(bad.earliest_achievable),
+        }
+        for bad in plan.infeasible
+    ]
+    plan_uri = join_uri(folder, "plan.json")
+    storage.write_json(
+        plan_uri,
+        {
+            "summary": plan.summary(),
+            "skipped_done": list(computed.skipped_done),
+            "on_infeasible": on_infeasible,
+            "assignments": rows,
+            "infeasible": infeasible,
+        },
+    )
+    markdown = plan.describe()
+    if computed.skipped_done:
+        markdown += f"\n\nAlready done (skipped, not paid again): {len(computed.skipped_done)} item(s)."
+    storage.write_text(join_uri(folder, "plan.md"), markdown + "\n", content_type="text/markdown")
+    infeasible_uri = join_uri(folder, "infeasible.jsonl")
+    storage.write_text(
+        infeasible_uri,
+        "".join(json.dumps(row, sort_keys=True) + "\n" for row in infeasible),
+        content_type="application/x-ndjson",
+    )
+    batch_deadlines = [computed.deadlines[i] for i in plan.item_ids("batch")]
+    summary: dict[str, Any] = {
+        **plan.summary(),
+        "plan_uri": plan_uri,
+        "plan_md_uri": join_uri(folder, "plan.md"),
+        "infeasible_uri": infeasible_uri,
+        "realtime_manifest": uris["realtime"][0] if len(uris["realtime"]) == 1 else None,
+        "batch_manifest": uris["batch"][0] if len(uris["batch"]) == 1 else None,
+        "realtime_manifests": uris["realtime"],
+        "batch_manifests": uris["batch"],
+        "realtime_items": len(lanes["realtime"]),
+        "batch_items": len(lanes["batch"]),
+        "batch_deadline": _iso(earliest_deadline(batch_deadlines)),
+        "skipped_done": len(computed.skipped_done),
+        "on_infeasible": on_infeasible,
+        "infeasible_items": infeasible[:MAX_INFEASIBLE_IN_XCOM],
+    }
+    if plan.infeasible and on_infeasible == "fail":
+        shown = "; ".join(
+            f"{bad.item_id}: {bad.code} (earliest {_iso(bad.earliest_achievable) or 'never'})"
+            for bad in plan.infeasible[:5]
+        )
+        more = f" and {len(plan.infeasible) - 5} more" if len(plan.infeasible) > 5 else ""
+        raise ConfigurationError(
+            f"plan for run {run_key}: {len(plan.infeasible)} item(s) cannot meet their deadline on any "
+            f"lane: {shown}{more}. Nothing was spent; see {join_uri(folder, 'plan.md')}. Relax the "
+            "deadlines, add channels, or set on_infeasible='skip' or 'realtime' to go on"
+        )
+    return summary
+
+
+def plan_manifest(
+    manifest: str,
+    output_prefix: str,
+    channels: Sequence[str] | str,
+    *,
+    run_key: str,
+    logical_date: datetime,
+    batch_channel: str | None = None,
+    now: datetime | str | None = None,
+    default_deadline: str | timedelta | None = None,
+    batch_turnaround: str | timedelta | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    on_infeasible: OnInfeasible = "fail",
+    shard_size: int | None = None,
+    skip_done: bool = True,
+    success_rates: Mapping[str, float] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    on_invalid: Literal["reject", "quarantine"] = "reject",
+    gcp_conn_id: str | None = None,
+    realtime_latency: str | timedelta | None = None,
+) -> dict[str, Any]:
+    """Plan a manifest and write its sub-manifests; the TaskFlow-friendly form of the plan step.
+
+    ``channels`` are realtime connection ids; ``batch_channel`` the connection the batch lane
+    submits through (``None``: realtime only). ``run_key`` names the run folder
+    (``RunIdentity.from_context(context).run_key`` in a task). Items already done with the same
+    request fingerprint are left out when ``skip_done`` (a backfill pays only for what is
+    missing). Returns the summary of ``write_plan``.
+    """
+    from airflow_banana.hooks.storage import storage_for
+    from airflow_banana.outputs import OutputStore
+    from airflow_banana.prepare import prepare_manifest
+
+    task = f"plan {run_key}"
+    configs = _load_configs(channels, task)
+    batch_config = _load_configs([batch_channel], task)[0] if batch_channel else None
+    storage = storage_for(output_prefix, gcp_conn_id)
+    prepared = prepare_manifest(
+        manifest, storage, on_invalid=on_invalid, defaults=dict(defaults or {}), logical_date=logical_date
+    )
+    store = OutputStore(storage, output_prefix)
+    if prepared.rejects_jsonl:
+        store.write_rejects(run_key, prepared.rejects_jsonl)
+    done: list[str] = []
+    if skip_done:
+        done = [
+            w.request.item_id
+            for w in prepared.work
+            if store.done_record(w.request.item_id, w.request.fingerprint())
+        ]
+    computed = compute_plan(
+        prepared.items,
+        configs=configs,
+        batch=batch_config,
+        now=parse_now(now),
+        logical_date=logical_date,
+        default_deadline=default_deadline,
+        batch_turnaround=batch_turnaround,
+        confidence=confidence,
+        success_rates=success_rates,
+        storage=storage,
+        output_prefix=output_prefix,
+        skip=done,
+        realtime_latency=realtime_latency,
+    )
+    summary = write_plan(
+        computed,
+        storage,
+        output_prefix=output_prefix,
+        run_key=run_key,
+        on_infeasible=on_infeasible,
+        shard_size=shard_size,
+    )
+    summary["manifest"] = manifest
+    summary["rejected"] = prepared.rejected
+    return summary
+
+
+def dry_run_plan(
+    manifest: str,
+    channels: Sequence[str],
+    *,
+    batch_channel: str | None = None,
+    batch_backend: str | None = "developer",
+    now: datetime | str | None = None,
+    logical_date: datetime | str | None = None,
+    batch_turnaround: str | timedelta | None = None,
+    output_prefix: str | None = None,
+    default_deadline: str | timedelta | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    gcp_conn_id: str | None = None,
+    realtime_latency: str | timedelta | None = None,
+) -> ComputedPlan:
+    """Plan a manifest without writing anything (the CLI's ``plan`` and ``estimate``).
+
+    Reads the manifest and its reference images (so bad input shows up now), the batch history
+    and recent reports under ``output_prefix`` when given, and leaves out items already done there.
+    """
+    from airflow_banana.hooks.storage import storage_for
+    from airflow_banana.outputs import OutputStore
+    from airflow_banana.prepare import prepare_manifest
+
+    at = parse_now(now)
+    anchor = parse_now(logical_date) if logical_date else at
+    configs = _load_configs(channels, "plan") if channels else []
+    batch: ChannelConfig | str | None = batch_backend
+    if batch_channel:
+        batch = _load_configs([batch_channel], "plan")[0]
+    storage = storage_for(manifest, gcp_conn_id)
+    prepared = prepare_manifest(manifest, storage, logical_date=anchor)
+    done: list[str] = []
+    if output_prefix:
+        store = OutputStore(storage, output_prefix)
+        done = [
+            w.request.item_id
+            for w in prepared.work
+            if store.done_record(w.request.item_id, w.request.fingerprint())
+        ]
+    return compute_plan(
+        prepared.items,
+        configs=configs,
+        batch=batch,
+        now=at,
+        logical_date=anchor,
+        default_deadline=default_deadline,
+        batch_turnaround=batch_turnaround,
+        confidence=confidence,
+        storage=storage if output_prefix else None,
+        output_prefix=output_prefix,
+        skip=done,
+        realtime_latency=realtime_latency,
+    )
+
+
+def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
+    """All-realtime vs all-batch vs the deadline plan: cost, last finish, deadline misses.
+
+    All realtime is priced at Google's direct list price and timed on the given channels (no
+    channels: finish unknown); all batch at the batch list price, finishing at now + turnaround.
+    """
+    plan = computed.plan
+    now = plan.now
+    planned = [
+        PlanItem(item_id, computed.items[item_id].image_size, computed.deadlines[item_id])
+        for item_id in computed.items
+    ]
+    sizes: dict[str, int] = {}
+    for p in planned:
+        sizes[p.image_size] = sizes.get(p.image_size, 0) + 1
+    scenarios: list[dict[str, Any]] = []
+
+    rt_cost = sum(GOOGLE_DIRECT[p.image_size] for p in planned)
+    rt: dict[str, Any] = {
+        "name": "all realtime",
+        "cost_usd": round(rt_cost, 6),
+        "finish": None,
+        "misses": None,
+    }
+    if computed.realtime and planned:
+        only_rt = make_plan(planned, now=now, realtime=computed.realtime, confidence=plan.confidence)
+        rt["finish"] = _iso(max((a.expected_finish for a in only_rt.assignments), default=None))
+        rt["misses"] = len(only_rt.infeasible)
+    scenarios.append(rt)
+
+    if computed.batch is not None:
+        lane = computed.batch
+        done_at = now + lane.turnaround
+        scenarios.append(
+            {
+                "name": f"all batch ({lane.name}, turnaround {lane.turnaround.total_seconds() / 3600:g} h)",
+                "cost_usd": round(sum(lane.price_by_size[p.image_size] for p in planned), 6),
+                "finish": _iso(done_at) if planned else None,
+                "misses": sum(1 for p in planned if p.deadline is not None and p.deadline < done_at),
+            }
+        )
+    scenarios.append(
+        {
+            "name": "deadline plan",
+            "cost_usd": round(plan.expected_cost_usd, 6),
+            "finish": _iso(max((a.expected_finish for a in plan.assignments), default=None)),
+            "misses": len(plan.infeasible),
+            "realtime": len(plan.item_ids("realtime")),
+            "batch": len(plan.item_ids("batch")),
+        }
+    )
+    return {
+        "now": now.isoformat(),
+        "items": len(planned),
+        "skipped_done": len(computed.skipped_done),
+        "sizes": sizes,
+        "scenarios": scenarios,
+        "plan_savings_vs_all_realtime_usd": round(plan.savings_usd, 6),
+        "lanes": plan.summary()["lanes"],
+    }
+
+
+def render_estimate(estimate: Mapping[str, Any]) -> str:
+    """``estimate_scenarios`` as a table for a terminal."""
+    sizes = ", ".join(f"{n} x {size}" for size, n in sorted(estimate["sizes"].items())) or "none"
+    lines = [
+        f"Estimate at {estimate['now']}: {estimate['items']} item(s) to generate ({sizes})"
+        + (f"; {estimate['skipped_done']} already done" if estimate["skipped_done"] else ""),
+        "",
+        f"{'scenario':<52} {'cost USD':>10}  {'last expected finish':<26} {'deadline misses':>15}",
+    ]
+    for row in estimate["scenarios"]:
+        finish = row["finish"] or "unknown (no channels)"
+        misses = "-" if row["misses"] is None else str(row["misses"])
+        lines.append(f"{row['name']:<52} {row['cost_usd']:>10.3f}  {finish:<26} {misses:>15}")
+    lines += [
+        "",
+        f"The deadline plan saves ${estimate['plan_savings_vs_all_realtime_usd']:.3f} against all realtime "
+        "at Google's direct list price (for the items it can plan).",
+    ]
+    lanes = estimate.get("lanes") or {}
+    if lanes:
+        lines += ["", "Per lane in the plan:"]
+        for name, lane in lanes.items():
+            lines.append(
+                f"  {name:<30} {lane['kind']:<9} {lane['items']:>6} items  ${lane['expected_cost_usd']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def lanes_to_run(
+    summary: Mapping[str, Any], *, realtime_task_id: str | None = None, batch_task_id: str | None = None
+) -> list[str]:
+    """Task ids to follow from a plan summary: for ``@task.branch`` / ``BranchPythonOperator``."""
+    out = []
+    if realtime_task_id and summary.get("realtime_manifests"):
+        out.append(realtime_task_id)
+    if batch_task_id and summary.get("batch_manifests"):
+        out.append(batch_task_id)
+    return out
+
+
+class PlanImagesOperator(BaseOperator):
+    """Split a manifest into realtime and batch sub-manifests by deadline, capacity and price.
+
+    :param manifest: URI of the prompt manifest (``gs://…`` or a local path).
+    :param output_prefix: output prefix of the lanes; the plan goes to ``runs/{run_key}/plan/``.
+    :param channels: realtime channel connection ids (type ``banana``).
+    :param batch_channel: connection id the batch lane submits through (gemini or vertex);
+        ``None`` plans realtime only.
+    :param default_deadline: deadline for items without one: a duration from the logical date
+        (``"+6h"``, ``"PT6H"``) or an ISO time with timezone.
+    :param batch_turnaround: fixed batch turnaround (``"24h"``); default: the recorded history's
+        percentile at ``confidence`` (24 h until enough jobs are recorded).
+    :param confidence: probability with which planned deadlines are met (0..1).
+    :param on_infeasible: ``fail`` (default: the task fails before any spend), ``skip``, or
+        ``realtime`` / ``batch`` (that lane, best effort, without a deadline).
+    :param shard_size: split each sub-manifest into shards of this many items (for mapping).
+    :param skip_done: leave out items already done with the same request fingerprint.
+    :param success_rates: channel id -> success rate to plan with (else recent reports, else 0.9).
+    :param realtime_latency: the channels' dispatch-to-image time to plan with (``"60s"``).
+    :param now: planning time (ISO string or datetime); default the wall clock. For tests.
+    """
+
+    template_fields: Sequence[str] = (
+        "manifest",
+        "output_prefix",
+        "channels",
+        "batch_channel",
+        "default_deadline",
+        "batch_turnaround",
+        "now",
+        "defaults",
+        "realtime_latency",
+    )
+    template_fields_renderers = {"defaults": "json"}
+    ui_color = "#fff3a0"
+
+    def __init__(
+        self,
+        *,
+        manifest: str,
+        output_prefix: str,
+        channels: Sequence[str],
+        batch_channel: str | None = None,
+        default_deadline: str | None = None,
+        batch_turnaround: str | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
+        on_infeasible: OnInfeasible = "fail",
+        shard_size: int | None = None,
+        skip_done: bool = True,
+        success_rates: Mapping[str, float] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        on_invalid: Literal["reject", "quarantine"] = "reject",
+        gcp_conn_id: str | None = None,
+        now: str | datetime | None = None,
+        realtime_latency: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_infeasible not in ON_INFEASIBLE:
+            raise ConfigurationError(
+                f"{self.task_id}: on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}"
+            )
+        self.manifest = manifest
+        self.output_prefix = output_prefix
+        self.channels = channels
+        self.batch_channel = batch_channel
+        self.default_deadline = default_deadline
+        self.batch_turnaround = batch_turnaround
+        self.confidence = confidence
+        self.on_infeasible: OnInfeasible = on_infeasible
+        self.shard_size = shard_size
+        self.skip_done = skip_done
+        self.success_rates = dict(success_rates or {})
+        self.defaults = dict(defaults or {})
+        self.on_invalid: Literal["reject", "quarantine"] = on_invalid
+        self.gcp_conn_id = gcp_conn_id
+        self.now = now
+        self.realtime_latency = realtime_latency
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_banana.identity import RunIdentity
+        from airflow_banana.operators._common import logical_date_of
+
+        identity = RunIdentity.from_context(context)
+        summary = plan_manifest(
+            self.manifest,
+            self.output_prefix,
+            self.channels,
+            run_key=identity.run_key,
+            logical_date=logical_date_of(context),
+            batch_channel=self.batch_channel or None,
+            now=self.now,
+            default_deadline=self.default_deadline or None,
+            batch_turnaround=self.batch_turnaround or None,
+            confidence=self.confidence,
+            on_infeasible=self.on_infeasible,
+            shard_size=self.shard_size,
+            skip_done=self.skip_done,
+            success_rates=self.success_rates,
+            defaults=self.defaults,
+            on_invalid=self.on_invalid,
+            gcp_conn_id=self.gcp_conn_id,
+            realtime_latency=self.realtime_latency or None,
+        )
+        self.log.info(
+            "plan: %d realtime, %d batch, %d infeasible, %d already done; expected $%.3f (savings $%.3f); %s",
+            summary["realtime_items"],
+            summary["batch_items"],
+            summary["infeasible"],
+            summary["skipped_done"],
+            summary["expected_cost_usd"],
+            summary["savings_usd"],
+            summary["plan_md_uri"],
+        )
+        return summary

@@ -1,0 +1,1 @@
+"""Airflow triggers: they poll remote jobs and never submit, download or pay."""

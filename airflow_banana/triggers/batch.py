@@ -1,0 +1,152 @@
+"""``BatchJobTrigger``: waits for a Gemini / Vertex batch job to end, and does nothing else.
+
+It only polls (``batches.get``): it never submits, never downloads, so a triggerer restart or two
+copies of the trigger (FAULTS.md B2) cannot create a job or pay. Every SDK call runs in a thread,
+off the triggerer's event loop. It serializes only ids — the connection id, the job name, the
+backend and the polling policy — never a key; the key is read from the connection when it runs.
+The decision of what a poll means is ``batch.poll.PollTracker``, shared with the operator's
+synchronous mode. It yields exactly one event::
+
+    {"status": "ended",    "job_name", "state"}              the job reached a final state
+    {"status": "end_time", "job_name", "state"}              the wall-clock end time came first
+    {"status": "error",    "job_name", "message"}            too many consecutive polls failed
+
+Cancellation: Airflow 3.3 calls ``on_kill()`` only when a user stops the task (mark failed /
+success, clear); a triggerer restart or redistribution calls only ``cleanup()``. So the remote
+job is cancelled in ``on_kill`` and never in ``cleanup`` or on ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_banana.batch.poll import (
+    EndTimeReached,
+    JobEnded,
+    PollAgain,
+    PollPolicy,
+    PollsFailed,
+    PollTracker,
+)
+from airflow_banana.exceptions import BananaError
+
+ON_KILL_TIMEOUT_S = 30.0
+
+
+def _backend(conn_id: str) -> Any:
+    """Build the batch backend from the connection (blocking: call it in a thread)."""
+    from airflow_banana.batch import backend_for
+    from airflow_banana.hooks.channel import BananaChannelHook
+    from airflow_banana.storage import open_storage
+
+    # Polling never touches storage; the backend only needs one to exist.
+    return backend_for(BananaChannelHook(conn_id).get_config(), open_storage())
+
+
+class BatchJobTrigger(BaseTrigger):
+    """Poll batch job ``job_name`` on connection ``conn_id`` until it ends; see the module docstring.
+
+    :param conn_id: the ``banana`` connection (gemini or vertex) the job was created with.
+    :param job_name: ``batches/…`` or ``projects/…/batchPredictionJobs/…``.
+    :param poll_interval_s: seconds between polls while the job runs.
+    :param max_poll_failures: consecutive failed polls tolerated before giving up (B3).
+    :param end_time: wall-clock epoch seconds after which the trigger stops waiting (None: never).
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        job_name: str,
+        poll_interval_s: float = 60.0,
+        max_poll_failures: int = 5,
+        end_time: float | None = None,
+    ):
+        super().__init__()
+        self.conn_id = conn_id
+        self.job_name = job_name
+        self.poll_interval_s = float(poll_interval_s)
+        self.max_poll_failures = int(max_poll_failures)
+        self.end_time = None if end_time is None else float(end_time)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "job_name": self.job_name,
+                "poll_interval_s": self.poll_interval_s,
+                "max_poll_failures": self.max_poll_failures,
+                "end_time": self.end_time,
+            },
+        )
+
+    def _policy(self) -> PollPolicy:
+        return PollPolicy(
+            interval_s=self.poll_interval_s, max_poll_failures=self.max_poll_failures, end_time=self.end_time
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        tracker = PollTracker(self._policy())
+        backend: Any = None
+        try:
+            try:
+                backend = await asyncio.to_thread(_backend, self.conn_id)
+            except BananaError as err:
+                yield TriggerEvent({"status": "error", "job_name": self.job_name, "message": str(err)})
+                return
+            decision = tracker.start(time.time())
+            while isinstance(decision, PollAgain):
+                if decision.wait_s > 0:
+                    await asyncio.sleep(decision.wait_s)
+                try:
+                    snapshot = await asyncio.to_thread(backend.get, self.job_name)
+                except BananaError as err:
+                    self.log.warning(
+                        "batch job %s: poll failed (%d in a row): %s",
+                        self.job_name,
+                        tracker.failures + 1,
+                        err,
+                    )
+                    decision = tracker.failed(str(err), time.time())
+                    continue
+                decision = tracker.observed(snapshot.state, time.time())
+                self.log.info("batch job %s: %s", self.job_name, snapshot.state.value)
+            yield TriggerEvent(self._event(decision))
+        finally:
+            if backend is not None:
+                await asyncio.to_thread(backend.close)
+
+    def _event(self, decision: Any) -> dict[str, Any]:
+        if isinstance(decision, JobEnded):
+            return {"status": "ended", "job_name": self.job_name, "state": decision.state.value}
+        if isinstance(decision, EndTimeReached):
+            return {"status": "end_time", "job_name": self.job_name, "state": decision.state.value}
+        assert isinstance(decision, PollsFailed)
+        return {
+            "status": "error",
+            "job_name": self.job_name,
+            "message": f"{decision.failures} consecutive polls of batch job {self.job_name} failed; last: "
+            f"{decision.last_error}. The job keeps running remotely; a retry of the task reattaches to it",
+        }
+
+    async def on_kill(self) -> None:
+        """The user stopped the task: cancel the remote job so it stops spending (bounded time)."""
+
+        def cancel() -> None:
+            backend = _backend(self.conn_id)
+            try:
+                backend.cancel(self.job_name)
+            finally:
+                backend.close()
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(cancel), timeout=ON_KILL_TIMEOUT_S)
+            self.log.info("batch job %s cancelled because the task was stopped", self.job_name)
+        except (BananaError, TimeoutError) as err:
+            self.log.warning("batch job %s: cancelling on kill failed: %s", self.job_name, err)

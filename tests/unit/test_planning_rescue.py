@@ -1,0 +1,103 @@
+"""RescueBatchOperator's end time is the planner's rescue point, not a fixed margin; templated values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from airflow_banana.batch.state import BatchJobRecord
+from airflow_banana.channels.config import parse_channel
+from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.models import ImageRequest
+from airflow_banana.operators.rescue import RescueBatchOperator
+from airflow_banana.planning import realtime_capacities, rescue_point
+from airflow_banana.prepare import PreparedManifest
+from airflow_banana.realtime import WorkItem
+from airflow_banana.testing.connections import channel_connection, conn_env_var
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+DEADLINE = NOW + timedelta(hours=6)
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    for conn_id in ("banana_gemini", "banana_vertex"):
+        protocol = "gemini" if conn_id == "banana_gemini" else "vertex"
+        monkeypatch.setenv(
+            conn_env_var(conn_id),
+            channel_connection("http://127.0.0.1:9", protocol=protocol, key="k-12345", rpm=6),
+        )
+
+
+def _job(n: int) -> tuple[BatchJobRecord, PreparedManifest]:
+    work = [
+        WorkItem(ImageRequest(f"i{k}", f"prompt {k}"), deadline=DEADLINE + timedelta(hours=k))
+        for k in range(n)
+    ]
+    record = BatchJobRecord(
+        run_key="r",
+        identity={},
+        fingerprint="f",
+        backend="gemini",
+        channel="banana_gemini",
+        display_name="d",
+        job_name="batches/1",
+        item_ids=[w.request.item_id for w in work],
+        submitted_at=NOW.isoformat(),
+    )
+    return record, PreparedManifest(uri="m", work=work, items=[], rejects_jsonl="", rejected=0)
+
+
+def _operator(**kwargs: Any) -> RescueBatchOperator:
+    args: dict[str, Any] = {
+        "task_id": "batch",
+        "manifest": "m.jsonl",
+                "channel": "banana_gemini",
+        "rescue_channels": ["banana_gemini", "banana_vertex"],
+        "rescue_margin": "10m",
+        "rescue_latency": "30s",
+    }
+    args.update(kwargs)
+    op = RescueBatchOperator(**args)
+    op._coerce()
+    return op
+
+
+def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_path):
+    op = _operator(output_prefix=str(tmp_path))
+    assert op.rescue_margin == timedelta(minutes=10) and op.rescue_latency == timedelta(seconds=30)
+    record, prepared = _job(300)
+    vertex = {"protocol": "vertex", "rpm": 6, "project": "sim-project", "location": "us-central1"}
+    configs = [
+        parse_channel(
+            "banana_gemini",
+            host="http://127.0.0.1:9",
+            password="k-12345",
+            extra={"protocol": "gemini", "rpm": 6},
+        ),
+        parse_channel("banana_vertex", host="http://127.0.0.1:9", password="k-12345", extra=vertex),
+    ]
+    caps = realtime_capacities(configs, latency=timedelta(seconds=30))
+    expected = rescue_point(DEADLINE, 300, caps, margin=timedelta(minutes=10))
+    assert expected is not None
+    assert op._end_time(record, prepared) == pytest.approx(expected.timestamp())
+    # 300 images at 12/min need well over the fixed 10-minute margin the base operator would use.
+    assert expected < DEADLINE - timedelta(minutes=30)
+    # A smaller job may wait longer.
+    small_record, small_prepared = _job(3)
+    assert op._end_time(small_record, small_prepared) > op._end_time(record, prepared)
+
+
+def test_without_rescue_channels_the_base_end_time_stands(connections, tmp_path):
+    op = _operator(rescue_channels=None, output_prefix=str(tmp_path))
+    record, prepared = _job(5)
+    assert op._end_time(record, prepared) == pytest.approx(DEADLINE.timestamp())  # no margin without rescue
+
+
+def test_templated_margins_are_checked(tmp_path):
+    with pytest.raises(ConfigurationError, match="rescue_margin"):
+        _operator(rescue_margin="soon", output_prefix=str(tmp_path))
+    assert "rescue_margin" in RescueBatchOperator.template_fields
+    assert len(set(RescueBatchOperator.template_fields)) == len(RescueBatchOperator.template_fields)

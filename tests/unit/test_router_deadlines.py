@@ -1,0 +1,293 @@
+"""Deadline-aware spill: wait for the cheaper channel only while the item's slack allows.
+
+FakeClock and the in-memory backend; numbers follow the router docstring's formula with the
+defaults: a fresh channel's latency is ``default_latency_s`` (30 s) so ``L = 2 x 30 = 60 s``,
+``deadline_margin_s = 10 s``, and a fresh channel's success rate is the prior 0.9.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+
+import pytest
+
+from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.exceptions import ConfigurationError, ErrorClass
+from airflow_banana.routing import (
+    Attempt,
+    BreakerConfig,
+    DenialReason,
+    FakeClock,
+    GiveUp,
+    ItemProgress,
+    Router,
+    RouterConfig,
+    ThrottleConfig,
+    Wait,
+    router_for,
+)
+from airflow_banana.routing.state import Outcome, Permit
+from airflow_banana.secrets import Secret
+
+L, MARGIN = 60.0, 10.0
+
+
+def chan(name: str, protocol: str = "gemini", **kwargs: object) -> ChannelConfig:
+    return ChannelConfig(
+        name=name,
+        protocol=protocol,
+        base_url="http://127.0.0.1:9",
+        api_key=Secret("k"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+RELAY = chan("relay", "openai")  # 0.05
+DIRECT = chan("direct")  # 0.134
+VERTEX = chan("vertex", "vertex", project="p", location="us-central1")  # 0.134
+
+
+def make(channels: list[ChannelConfig] | None = None, **config: object) -> tuple[Router, FakeClock]:
+    clock = FakeClock()
+    router = router_for(
+        channels or [RELAY, DIRECT],
+        clock,
+        random.Random(3),
+        config=RouterConfig(**config),  # type: ignore[arg-type]
+        breaker=BreakerConfig(jitter=0.0),
+        throttle=ThrottleConfig(enabled=False),
+    )
+    return router, clock
+
+
+def _permit(router: Router, channel: str) -> Permit:
+    permit = router.backend.try_acquire(channel, router.clock.now())
+    assert isinstance(permit, Permit), permit
+    return permit
+
+
+def hint(router: Router, channel: str, seconds: float) -> None:
+    """Close ``channel`` as a 429 with RetryInfo ``seconds`` does (another item's call)."""
+    now = router.clock.now()
+    outcome = Outcome(ErrorClass.RATE_LIMITED, closed_until=now + seconds)
+    router.backend.record(_permit(router, channel), outcome, now)
+
+
+def teach_latency(router: Router, channel: str, seconds: float) -> None:
+    """One success of ``seconds`` on ``channel`` sets its latency EWMA (first sample)."""
+    router.backend.record(_permit(router, channel), Outcome(None, latency_s=seconds), router.clock.now())
+
+
+def decide(router: Router, item: ItemProgress, now: float | None = None) -> Attempt | Wait | GiveUp:
+    return router.next_action(item, now)
+
+
+def test_waits_for_the_cheap_channel_while_the_slack_allows() -> None:
+    router, clock = make()
+    t0 = clock.now()
+    hint(router, "relay", 100.0)  # relay closed until t0+100
+    item = ItemProgress("x", deadline=t0 + 200)
+    decision = decide(router, item)
+    # relay fits (100 + 60 + 10 <= 200); the latest switch to direct is 200 - 10 - 60 = 130
+    assert isinstance(decision, Wait) and decision.until == pytest.approx(t0 + 100)
+    assert "relay" in decision.reason and not decision.on_release
+    assert router.queued("relay") == 1
+    clock.set(t0 + 100)
+    action = decide(router, item)
+    assert isinstance(action, Attempt) and action.channel == "relay"
+    assert router.queued("relay") == 0
+
+
+def test_spills_at_once_when_waiting_cannot_meet_the_deadline() -> None:
+    router, clock = make()
+    t0 = clock.now()
+    hint(router, "relay", 100.0)
+    action = decide(router, ItemProgress("x", deadline=t0 + 169.9))  # 100 + 60 + 10 > 169.9
+    assert isinstance(action, Attempt) and action.channel == "direct"
+    fits = decide(router, ItemProgress("y", deadline=t0 + 170.0))  # exactly feasible: waits
+    assert isinstance(fits, Wait)
+
+
+def test_spills_exactly_when_the_slack_runs_out_and_still_makes_the_deadline() -> None:
+    router, clock = make()
+    t0 = clock.now()
+    teach_latency(router, "direct", 40.0)  # L(direct) = 80
+    hint(router, "relay", 100.0)
+    deadline = t0 + 175.0  # relay: 100 + 60 + 10 = 170 fits; latest switch: 175 - 10 - 80 = 85
+    item = ItemProgress("x", deadline=deadline)
+    decision = decide(router, item)
+    assert isinstance(decision, Wait) and decision.until == pytest.approx(t0 + 85.0)
+    clock.set(t0 + 84.0)  # woken early (e.g. a release): still slack, still waiting
+    early = decide(router, item)
+    assert isinstance(early, Wait) and early.until == pytest.approx(t0 + 85.0)
+    clock.set(t0 + 85.0)
+    action = decide(router, item)
+    assert isinstance(action, Attempt) and action.channel == "direct"
+    # never missed because it waited: direct started at the last moment it could still make it
+    assert clock.now() + 80.0 + MARGIN <= deadline + 1e-9
+    assert action.timeout_s == pytest.approx(90.0)  # capped by the time left to the deadline
+
+
+def test_items_without_a_deadline_keep_throughput_first() -> None:
+    router, _clock = make()
+    hint(router, "relay", 100.0)
+    action = decide(router, ItemProgress("x"))
+    assert isinstance(action, Attempt) and action.channel == "direct"
+    patient, clock2 = make(max_wait_for_cheaper_s=120.0)
+    hint(patient, "relay", 100.0)
+    waited = decide(patient, ItemProgress("x"))
+    assert isinstance(waited, Wait) and waited.until == pytest.approx(clock2.now() + 100.0)
+    assert patient.queued("relay") == 0  # only the deadline-aware path queues
+
+
+def test_deadline_awareness_can_be_switched_off() -> None:
+    router, clock = make(deadline_aware=False)
+    hint(router, "relay", 100.0)
+    action = decide(router, ItemProgress("x", deadline=clock.now() + 10_000))
+    assert isinstance(action, Attempt) and action.channel == "direct"
+
+
+def test_default_deadline_is_relative_to_the_run_start() -> None:
+    router, clock = make(default_deadline_s=200.0)
+    t0 = clock.now()
+    hint(router, "relay", 100.0)
+    clock.advance(5.0)
+    item = ItemProgress("x")
+    decision = decide(router, item)
+    assert item.deadline == pytest.approx(t0 + 200.0)
+    assert isinstance(decision, Wait) and decision.until == pytest.approx(t0 + 100.0)
+    own = ItemProgress("own", deadline=t0 + 120.0)  # its own deadline wins: relay does not fit
+    action = decide(router, own)
+    assert own.deadline == t0 + 120.0 and isinstance(action, Attempt) and action.channel == "direct"
+    with pytest.raises(ConfigurationError):
+        RouterConfig(default_deadline_s=0.0)
+    with pytest.raises(ConfigurationError):
+        RouterConfig(deadline_margin_s=-1.0)
+
+
+def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> None:
+    relay = chan("relay", "openai", rpm=6.0)  # one call per 60.5 / 6 = 10.08 s
+    router, clock = make([relay, DIRECT], rate_guard_s=0.5)
+    t0 = clock.now()
+    slot = 60.5 / 6.0
+    deadline = t0 + 150.0  # relay fits while start + 60 + 10 <= 150, i.e. start <= 80
+    first = decide(router, ItemProgress("i0", deadline=deadline))
+    assert isinstance(first, Attempt) and first.channel == "relay"
+    waits: list[Wait] = []
+    spilled: list[str] = []
+    for k in range(1, 12):
+        d = decide(router, ItemProgress(f"i{k}", deadline=deadline))
+        if isinstance(d, Wait):
+            waits.append(d)
+        else:
+            assert isinstance(d, Attempt)
+            spilled.append(d.channel)
+    # place k starts (pessimistically) at slot + k * slot / 0.9; it fits while that is <= 80
+    fitting = sum(1 for k in range(11) if t0 + slot + k * slot / 0.9 <= t0 + 80.0)
+    assert len(waits) == fitting == 7
+    assert spilled == ["direct"] * (11 - fitting)
+    # wake-ups at the optimistic place times, all distinct: no thundering herd
+    untils = [w.until for w in waits]
+    assert untils == sorted(untils) and len(set(untils)) == len(untils)
+    assert untils[0] == pytest.approx(t0 + slot) and untils[1] == pytest.approx(t0 + 2 * slot)
+    assert router.queued("relay") == 7
+
+
+def test_a_waiting_item_keeps_its_place_and_forget_frees_it() -> None:
+    relay = chan("relay", "openai", rpm=6.0)
+    router, clock = make([relay, DIRECT])
+    deadline = clock.now() + 400.0
+    decide(router, ItemProgress("busy", deadline=deadline))
+    a, b, c = (ItemProgress(n, deadline=deadline) for n in "abc")
+    wa, wb, wc = decide(router, a), decide(router, b), decide(router, c)
+    assert isinstance(wa, Wait) and isinstance(wb, Wait) and isinstance(wc, Wait)
+    again = decide(router, b)  # b re-asks before its time: same place, same wake-up
+    assert isinstance(again, Wait) and again.until == pytest.approx(wb.until)
+    router.forget(a)  # a was cancelled: b and c move up one place
+    moved = decide(router, c)
+    assert isinstance(moved, Wait) and moved.until == pytest.approx(wb.until)
+    assert router.queued("relay") == 2
+
+
+def test_only_the_head_of_a_concurrency_queue_wakes_on_release() -> None:
+    one = chan("relay", "openai", max_concurrency=1)
+    router, clock = make([one, DIRECT])
+    deadline = clock.now() + 1_000.0
+    busy = decide(router, ItemProgress("busy", deadline=deadline))
+    assert isinstance(busy, Attempt)
+    waits = [decide(router, ItemProgress(f"w{k}", deadline=deadline)) for k in range(5)]
+    assert all(isinstance(w, Wait) for w in waits)
+    assert [w.on_release for w in waits] == [True, False, False, False, False]  # type: ignore[union-attr]
+    assert {d.reason for d in waits[0].denials} == {DenialReason.CONCURRENCY}  # type: ignore[union-attr]
+
+
+def test_a_tied_channel_free_now_beats_waiting_for_its_twin() -> None:
+    router, clock = make([RELAY, DIRECT, VERTEX])
+    hint(router, "relay", 500.0)  # cheap one out of reach for this deadline
+    hint(router, "direct", 20.0)  # direct (ranked before vertex on the name tie) closed briefly
+    action = decide(router, ItemProgress("x", deadline=clock.now() + 300.0))
+    assert isinstance(action, Attempt) and action.channel == "vertex"
+
+
+def test_nothing_fits_falls_back_to_best_effort() -> None:
+    router, clock = make()
+    t0 = clock.now()
+    hint(router, "relay", 100.0)
+    hint(router, "direct", 50.0)
+    decision = decide(router, ItemProgress("x", deadline=t0 + 80.0))  # neither fits: earliest opening
+    assert isinstance(decision, Wait) and decision.until == pytest.approx(t0 + 50.0)
+    assert router.queued("relay") == router.queued("direct") == 0
+
+
+# ---------------------------------------------------------------- whole runs on a FakeClock
+
+
+def run_all(deadline_aware: bool, *, n: int = 200, horizon: float = 150.0) -> tuple[Router, dict[str, float]]:
+    """Every item starts at t=0 with one shared deadline; calls take exactly 4 s."""
+    relay = chan("relay", "openai", rpm=60.0, max_concurrency=4, attempt_timeout_s=30.0)
+    direct = chan("direct", max_concurrency=8, attempt_timeout_s=30.0)
+    clock = FakeClock(0.0)
+    router = router_for(
+        [relay, direct],
+        clock,
+        random.Random(5),
+        config=RouterConfig(deadline_aware=deadline_aware, default_latency_s=4.0),
+        throttle=ThrottleConfig(enabled=False),
+    )
+    items = {f"i{k:03d}": ItemProgress(f"i{k:03d}", "1K", horizon) for k in range(n)}
+    seq = itertools.count()
+    events: list[tuple[float, int, str, Attempt | None]] = [(0.0, next(seq), i, None) for i in items]
+    heapq.heapify(events)
+    done: dict[str, float] = {}
+    wakeups = 0
+    while events:
+        now, _, item_id, payload = heapq.heappop(events)
+        clock.set(max(now, clock.now()))
+        item = items[item_id]
+        if payload is not None:
+            router.report_success(item, payload.permit, latency_s=4.0)
+            done[item_id] = clock.now()
+            continue
+        wakeups += 1
+        action = router.next_action(item)
+        if isinstance(action, Attempt):
+            heapq.heappush(events, (clock.now() + 4.0, next(seq), item_id, action))
+        elif isinstance(action, Wait):
+            heapq.heappush(events, (max(action.until, clock.now() + 1e-3), next(seq), item_id, None))
+        else:
+            raise AssertionError(f"{item_id}: {action}")
+    if deadline_aware:  # queue places spread the wake-ups (the legacy path polls on release)
+        assert wakeups < 10 * n, f"waiting items were woken {wakeups} times"
+    return router, done
+
+
+def test_deadline_aware_run_is_cheaper_and_every_item_is_on_time() -> None:
+    fast, fast_done = run_all(False)
+    cheap, cheap_done = run_all(True)
+    assert len(fast_done) == len(cheap_done) == 200
+    assert max(cheap_done.values()) <= 150.0  # never late because of waiting
+    assert cheap.spend.spent_usd < 0.85 * fast.spend.spent_usd
+    relay_share = cheap.states()["relay"].successes / 200
+    assert relay_share > 0.5  # the cheap channel carried most of it; the rest spilled in time
