@@ -43,7 +43,14 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "operators": [{"integration-name": integration, "python-modules": ["airflow_banana.operators"]}],
-        "hooks": [{"integration-name": integration, "python-modules": ["airflow_banana.hooks.channel"]}],
+        "hooks": [
+            {
+                "integration-name": integration,
+                "python-modules": ["airflow_banana.hooks.channel", "airflow_banana.hooks.redis"],
+            }
+        ],
+        "triggers": [{"integration-name": integration, "python-modules": ["airflow_banana.triggers.batch"]}],
+        "extra-links": ["airflow_banana.operators.batch.BatchJobLink"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_banana.hooks.channel.BananaChannelHook",

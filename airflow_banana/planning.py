@@ -14,8 +14,8 @@ the two pieces of batch history the planner learns from:
   jobs that were too slow would make the estimate optimistic exactly when it matters.
 * **Rescue points**: ``rescue_point`` is the wall-clock time at which a batch job that is still
   running must be cancelled so that realtime can finish its unfinished items by the deadline.
-  A batch operator/trigger uses it as its poll end time; ``rescue_check`` repeats the pure
-  decision with the then-current unfinished count.
+  ``BatchImageOperator`` uses it as its poll end time when it has rescue channels;
+  ``rescue_check`` repeats the pure decision with the then-current unfinished count.
 
 Only storage I/O happens here (never a billable call); time is always an argument.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -61,9 +62,15 @@ BATCH_BACKENDS: tuple[str, ...] = ("developer", "vertex")
 
 # --------------------------------------------------------------------------- durations
 
+# ``str(timedelta)``: how Airflow serializes a timedelta in a templated field ("1 day, 0:30:00").
+_TIMEDELTA_STR = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
+
 
 def duration_of(value: str | timedelta | float | int | None, *, what: str) -> timedelta | None:
-    """A duration from ``24h`` / ``+6h`` / ``PT6H`` / ``1d12h`` / seconds / a timedelta; None stays None."""
+    """A duration from ``24h`` / ``+6h`` / ``PT6H`` / ``1d12h`` / ``0:30:00`` / seconds / a timedelta.
+
+    None (or an empty rendered template) stays None.
+    """
     if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
         return None
     if isinstance(value, timedelta):
@@ -75,6 +82,10 @@ def duration_of(value: str | timedelta | float | int | None, *, what: str) -> ti
             raise ConfigurationError(f"{what}: expected a finite number of seconds, got {value!r}")
         return timedelta(seconds=float(value))
     text = str(value).strip()
+    clock = _TIMEDELTA_STR.match(text)
+    if clock is not None:
+        days, hours, minutes, seconds = clock.groups()
+        return timedelta(days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=float(seconds))
     parsed = parse_duration(text) or (parse_duration("+" + text) if not text.startswith(("+", "P")) else None)
     if parsed is None:
         raise ConfigurationError(
@@ -227,16 +238,34 @@ def recent_success_rates(
 # --------------------------------------------------------------------------- batch lanes
 
 
+_BACKEND_BY_PROTOCOL = {"gemini": "developer", "vertex": "vertex"}
+
+
 def batch_backend_of(config: ChannelConfig) -> str:
     """The batch backend a connection submits to: ``vertex`` or ``developer`` (Gemini Developer API)."""
-    if config.protocol == "vertex":
-        return "vertex"
-    if config.protocol == "gemini":
-        return "developer"
-    raise ConfigurationError(
-        f"channel '{config.name}': protocol {config.protocol!r} has no batch API; "
-        "use a gemini (Developer) or vertex connection for the batch lane"
-    )
+    backend = _BACKEND_BY_PROTOCOL.get(config.protocol)
+    if backend is None:
+        raise ConfigurationError(
+            f"channel '{config.name}': protocol {config.protocol!r} has no batch API; "
+            "use a gemini (Developer) or vertex connection for the batch lane"
+        )
+    return backend
+
+
+def batch_backend_for_protocol(protocol: str) -> str:
+    """The turnaround-history backend name of a batch job record's protocol (``gemini`` → ``developer``).
+
+    A name that is already a backend passes through, so records written either way agree.
+    """
+    if protocol in BATCH_BACKENDS:
+        return protocol
+    backend = _BACKEND_BY_PROTOCOL.get(protocol)
+    if backend is None:
+        raise ConfigurationError(
+            f"batch job protocol {protocol!r} has no batch turnaround history; expected one of "
+            f"{sorted(_BACKEND_BY_PROTOCOL)}"
+        )
+    return backend
 
 
 def batch_lane_name(config: ChannelConfig) -> str:

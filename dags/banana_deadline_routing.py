@@ -5,10 +5,11 @@ the channels' capacity and the prices — items that only realtime can finish in
 realtime lane, everything else to the Batch API (50 % cheaper, ~24 h). Items no lane can make
 are reported before anything is spent. A branch runs only the lanes that have work.
 
-The batch lane is ``RescueBatchOperator``: if the job is still running at (earliest deadline −
-the time realtime needs for its items − a margin), it cancels the job, keeps what finished and
-generates the rest through the realtime channels — nothing is paid twice. Each job's turnaround
-is recorded under the output prefix, so later plans use the backend's real turnaround.
+The batch lane is ``BatchImageOperator`` with ``rescue_channels``: if the job is still running
+at (earliest deadline − the time realtime needs for its items − a margin), it cancels the job,
+keeps what finished and generates the rest through the realtime channels — nothing is paid
+twice. Each job's turnaround is recorded under the output prefix, so later plans use the
+backend's real turnaround.
 
 Channels are Airflow connections of type ``banana`` (keys live only there); ``make demo`` points
 them at the offline simulator and the GCS emulator.
@@ -21,9 +22,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_banana.operators import RealtimeImageOperator
-from airflow_banana.operators.plan import PlanImagesOperator, lanes_to_run
-from airflow_banana.operators.rescue import RescueBatchOperator
+from airflow_banana.operators import BatchImageOperator, PlanImagesOperator, RealtimeImageOperator
+from airflow_banana.operators.plan import lanes_to_run
 
 REALTIME_CHANNELS = ["banana_gemini", "banana_vertex"]
 BATCH_CHANNEL = "banana_gemini"
@@ -72,7 +72,7 @@ with DAG(
         channels=REALTIME_CHANNELS,
         progress_interval_s=5.0,
     )
-    batch = RescueBatchOperator(
+    batch = BatchImageOperator(
         task_id="generate_batch",
         manifest="{{ ti.xcom_pull(task_ids='plan')['batch_manifest'] }}",
         output_prefix="{{ params.output_prefix }}",

@@ -4,7 +4,9 @@ One feature: scheduled generation on the logical date's manifest
 (``manifests/{{ ds }}.jsonl``). Hero items carry their own deadline in the manifest, e.g.
 ``"deadline": "+7h"`` (08:00 UTC for the 01:00 run), so the plan sends them to the realtime
 channels; every other item gets ``default_deadline`` (``+1d23h``: by the end of the next day) and
-goes to the Batch API at half price.
+goes to the Batch API at half price. A batch job still running when realtime would need the
+rest of the time to its deadline is cancelled and its unfinished items are rescued through the
+realtime channels.
 
 Backfilling a week (``airflow backfill create --dag-id banana_nightly_catalog --from-date …
 --to-date …``) regenerates only what is missing: every run writes to one output prefix, the
@@ -20,9 +22,8 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_banana.operators import RealtimeImageOperator
-from airflow_banana.operators.plan import PlanImagesOperator, lanes_to_run
-from airflow_banana.operators.rescue import RescueBatchOperator
+from airflow_banana.operators import BatchImageOperator, PlanImagesOperator, RealtimeImageOperator
+from airflow_banana.operators.plan import lanes_to_run
 
 REALTIME_CHANNELS = ["banana_gemini", "banana_vertex"]
 BATCH_CHANNEL = "banana_gemini"
@@ -63,7 +64,7 @@ with DAG(
         output_prefix="{{ params.output_prefix }}",
         channels=REALTIME_CHANNELS,
     )
-    rest = RescueBatchOperator(
+    rest = BatchImageOperator(
         task_id="rest_batch",
         manifest="{{ ti.xcom_pull(task_ids='plan')['batch_manifest'] }}",
         output_prefix="{{ params.output_prefix }}",

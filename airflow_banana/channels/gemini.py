@@ -288,7 +288,12 @@ class GeminiChannel:
         # into the first attempt's timeout. build_channel runs before any attempt starts.
         # (Importing airflow_banana still imports no SDK: only constructing a channel does.)
         try:
-            self._get_client()
+            if config.protocol == "vertex" and self._service_account is None and not config.api_key:
+                # application-default credentials may probe the metadata server: no network at
+                # construction; pay only the SDK import now, build the client at the first call
+                import google.genai  # noqa: F401
+            else:
+                self._get_client()
         except ConfigurationError:
             raise
         except Exception as err:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BatchImageOperator", "RealtimeImageOperator", "SignatureEditOperator"]
+__all__ = ["BatchImageOperator", "PlanImagesOperator", "RealtimeImageOperator", "SignatureEditOperator"]
 
+# Lazy: a DAG file importing one operator does not pay for the others' imports at parse time.
 _MODULES = {
     "RealtimeImageOperator": "airflow_banana.operators.realtime",
     "BatchImageOperator": "airflow_banana.operators.batch",
+    "PlanImagesOperator": "airflow_banana.operators.plan",
     "SignatureEditOperator": "airflow_banana.operators.edit",
 }
 

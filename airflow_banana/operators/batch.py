@@ -3,13 +3,31 @@
 Half the realtime price, asynchronous. Orchestration only: the retry-safe job record is
 ``batch.state``, the poll decision ``batch.poll``, the backends ``batch.developer`` /
 ``batch.vertex``, the streaming harvest ``batch.results``, the optional realtime rescue the
-realtime lane's ``RealtimeEngine``.
+realtime lane's ``RealtimeEngine``, the rescue point and turnaround history ``planning``.
 
 Flow: prepare the manifest (every check before spend) → skip items already done in storage →
 record the intent → submit → record "submitted" → defer to ``BatchJobTrigger`` (or poll here in
-synchronous mode) → harvest line by line → rescue failed/missing items through realtime if
-channels are given and the deadline allows → report. A retry of the task (same dag/task/run/map
-index) reattaches to the recorded job instead of paying for a second one (FAULTS.md B1).
+synchronous mode) until the job ends or its end time comes → harvest line by line → rescue
+failed/missing items through realtime if channels are given and the deadline allows → record
+the job's turnaround → report. A retry of the task (same dag/task/run/map index) reattaches to
+the recorded job instead of paying for a second one (FAULTS.md B1).
+
+The end time, with ``rescue_channels``, is the issue's rescue point
+
+    earliest deadline - time the rescue channels need for the job's items - rescue_margin
+
+(``planning.rescue_point``: the channels' caps and success rates at a confidence), so a big job
+is given up early enough for realtime to finish it and a small one may wait longer. The trigger
+reports only a job *state*, not how many lines are done, so the point assumes every item is
+still unfinished: rescue a little early rather than late. At the end time the job is cancelled
+and, before harvesting, waited for (bounded) until it has really ended — Google keeps finishing
+lines while a job is CANCELLING, and an item harvested after the rescue regenerated it would be
+paid twice. Items the batch delivered are committed by the harvest and never regenerated.
+
+Each harvested job's turnaround (submit → end) is appended to the backend's history under the
+output prefix (``planning.record_turnaround``) so later plans learn the real turnaround; a job
+cancelled at its end time is recorded as censored (at least that long). A failure to record is
+logged, never raised: history only refines later plans.
 
 ``force=True`` regenerates items already done; it never resubmits a job that is still in flight
 for this task instance, but a retry after a forced job was harvested starts another forced job.
@@ -35,6 +53,8 @@ from airflow_banana.operators._common import (
     logical_date_of,
     summary_for_xcom,
 )
+from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
+from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,6 +68,13 @@ if TYPE_CHECKING:
     from airflow_banana.report import ItemOutcome
 
 DEFAULT_JOB_TIMEOUT = timedelta(hours=49)  # Google expires a batch after 48 h pending/running
+# Waiting for a cancelled job to end takes at most half the rescue margin, and never longer than
+# this: past it, harvesting now (and risking a duplicate) beats missing the deadline.
+MAX_CANCEL_SETTLE_S = 300.0
+
+
+def _is_template(value: object) -> bool:
+    return isinstance(value, str) and "{{" in value
 
 
 class BatchJobLink(BaseOperatorLink):
@@ -80,9 +107,17 @@ class BatchImageOperator(BaseOperator):
         reattaches).
     :param job_timeout: give up waiting this long after submit (the job is cancelled).
     :param rescue_channels: connection ids for the realtime lane; items the job did not deliver
-        are generated there while their deadline allows.
-    :param rescue_margin: stop waiting for the job this long before the earliest item deadline,
-        so the rescue has time (only with ``rescue_channels``).
+        are generated there while their deadline allows, and the job is given up at its rescue
+        point (module docstring). Without them the job is waited for until the earliest deadline.
+    :param rescue_margin: safety margin of the rescue point *after* the time realtime needs
+        (templated; a timedelta, a number of seconds or a duration such as ``"30m"``, ``"PT30M"``).
+    :param rescue_latency: dispatch-to-image time of the rescue channels to plan with
+        (templated duration; default 60 s); with their caps it sets how long realtime needs.
+    :param rescue_confidence: probability that the rescue finishes by the deadline.
+    :param rescue_success_rates: channel id -> success rate (default: recent run reports under
+        the output prefix, else 0.9).
+    :param record_turnaround: append each harvested job's turnaround to the backend's history
+        under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
     :param max_failed_items: the task fails when more items end without an image.
     """
 
@@ -93,6 +128,8 @@ class BatchImageOperator(BaseOperator):
         "gcs_staging_prefix",
         "defaults",
         "rescue_channels",
+        "rescue_margin",
+        "rescue_latency",
         "poll_interval_s",
     )
     template_fields_renderers = {"defaults": "json"}
@@ -116,7 +153,11 @@ class BatchImageOperator(BaseOperator):
         max_poll_failures: int = 5,
         job_timeout: timedelta = DEFAULT_JOB_TIMEOUT,
         rescue_channels: Sequence[str] | None = None,
-        rescue_margin: timedelta = timedelta(minutes=10),
+        rescue_margin: timedelta | str = DEFAULT_RESCUE_MARGIN,
+        rescue_latency: timedelta | str | None = None,
+        rescue_confidence: float = DEFAULT_CONFIDENCE,
+        rescue_success_rates: Mapping[str, float] | None = None,
+        record_turnaround: bool = True,
         max_failed_items: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -135,7 +176,12 @@ class BatchImageOperator(BaseOperator):
         self.max_poll_failures = max_poll_failures
         self.job_timeout = job_timeout
         self.rescue_channels = list(rescue_channels or [])
-        self.rescue_margin = rescue_margin
+        # Templated: a string until rendered; ``_coerce`` makes them timedeltas before use.
+        self.rescue_margin: timedelta | str = rescue_margin
+        self.rescue_latency: timedelta | str | None = rescue_latency
+        self.rescue_confidence = rescue_confidence
+        self.rescue_success_rates = dict(rescue_success_rates or {})
+        self.record_turnaround = record_turnaround
         self.max_failed_items = max_failed_items
         self.console_url = ""
         self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
@@ -145,6 +191,29 @@ class BatchImageOperator(BaseOperator):
             )
         if max_poll_failures < 1:
             raise ConfigurationError(f"{self.task_id}: max_poll_failures must be at least 1")
+        if not 0.0 < rescue_confidence < 1.0:
+            raise ConfigurationError(
+                f"{self.task_id}: rescue_confidence must be between 0 and 1, got {rescue_confidence}"
+            )
+        if not (_is_template(rescue_margin) or _is_template(rescue_latency)):
+            self._coerce()  # a bad literal fails when the DAG is parsed, not hours later
+
+    def _coerce(self) -> None:
+        """Rendered templates arrive as strings; turn the durations into timedeltas (idempotent)."""
+        margin = duration_of(self.rescue_margin, what=f"{self.task_id}: rescue_margin")
+        margin = margin if margin is not None else timedelta(0)
+        if margin < timedelta(0):
+            raise ConfigurationError(f"{self.task_id}: rescue_margin must not be negative, got {margin}")
+        self.rescue_margin = margin
+        latency = duration_of(self.rescue_latency, what=f"{self.task_id}: rescue_latency")
+        if latency is not None and latency <= timedelta(0):
+            raise ConfigurationError(f"{self.task_id}: rescue_latency must be positive, got {latency}")
+        self.rescue_latency = latency
+
+    def _margin(self) -> timedelta:
+        self._coerce()
+        assert isinstance(self.rescue_margin, timedelta)
+        return self.rescue_margin
 
     # ------------------------------------------------------------------ setup shared by both halves
     def _setup(self, context: Context) -> tuple[RunIdentity, Any, OutputStore, PreparedManifest, str]:
@@ -183,6 +252,7 @@ class BatchImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.batch.state import JobStateStore
 
+        self._coerce()
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
@@ -344,17 +414,57 @@ class BatchImageOperator(BaseOperator):
         )
 
     def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest) -> float:
+        """When to stop waiting: the job timeout, cut to the rescue point or the earliest deadline."""
+        from airflow_banana.planning import earliest_deadline
+
         submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
         end = submitted + self.job_timeout
-        deadlines = [
-            w.deadline
-            for w in prepared.work
-            if w.deadline is not None and w.request.item_id in set(record.item_ids)
-        ]
-        if deadlines:
-            margin = self.rescue_margin if self.rescue_channels else timedelta(0)
-            end = min(end, min(deadlines) - margin)
-        return end.timestamp()
+        in_job = set(record.item_ids)
+        deadline = earliest_deadline(w.deadline for w in prepared.work if w.request.item_id in in_job)
+        if deadline is None:
+            return end.timestamp()
+        point = self._rescue_point(deadline, len(in_job)) if self.rescue_channels else None
+        # No rescue possible: past the deadline the job is late anyway, so harvest what it has.
+        return min(end, point if point is not None else deadline).timestamp()
+
+    def _rescue_point(self, deadline: datetime, items: int) -> datetime | None:
+        """``planning.rescue_point`` for the rescue channels; None when they have no capacity."""
+        from airflow_banana.planning import realtime_capacities, rescue_point
+
+        margin = self._margin()
+        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
+        latency = self.rescue_latency if isinstance(self.rescue_latency, timedelta) else None
+        rates = {**self._measured_rates([c.name for c in configs]), **self.rescue_success_rates}
+        capacity = realtime_capacities(configs, success_rates=rates, latency=latency)
+        point = rescue_point(deadline, items, capacity, margin=margin, confidence=self.rescue_confidence)
+        if point is None:
+            self.log.info(
+                "rescue channels %s have no capacity to rescue with; waiting for the batch job until "
+                "the earliest deadline %s",
+                self.rescue_channels,
+                deadline.isoformat(timespec="seconds"),
+            )
+            return None
+        self.log.info(
+            "rescue point %s: earliest deadline %s minus what realtime needs for %d item(s) minus margin %s",
+            point.isoformat(timespec="seconds"),
+            deadline.isoformat(timespec="seconds"),
+            items,
+            margin,
+        )
+        return point
+
+    def _measured_rates(self, channels: Sequence[str]) -> dict[str, float]:
+        """Recent success rates from run reports under the output prefix; {} if unreadable."""
+        from airflow_banana.hooks.storage import storage_for
+        from airflow_banana.planning import recent_success_rates
+
+        try:
+            storage = storage_for(self.output_prefix, self.gcp_conn_id)
+            return recent_success_rates(storage, self.output_prefix, channels)
+        except BananaError as err:
+            self.log.warning("recent success rates unavailable (planning with the default): %s", err)
+            return {}
 
     def _interval(self) -> float:
         """Seconds between polls; templating may have rendered the argument as a string."""
@@ -405,6 +515,8 @@ class BatchImageOperator(BaseOperator):
         from airflow_banana.batch.poll import JobState
         from airflow_banana.batch.state import JobStateStore
 
+        self._coerce()
+        ended_at = datetime.now(UTC)
         if not isinstance(event, Mapping) or event.get("status") not in ("ended", "end_time"):
             message = (event or {}).get("message") if isinstance(event, Mapping) else None
             raise BatchJobError(
@@ -419,25 +531,70 @@ class BatchImageOperator(BaseOperator):
                 f"{self.task_id}: the job record at {state.uri} does not name job {event.get('job_name')}; "
                 "it was changed under this task — a retry reattaches to whatever it names now"
             )
-        backend = self._backend(storage)
+        final_state = str(event.get("state") or "")
         try:
-            self.console_url = backend.console_url(record.job_name or "")
-            if event["status"] == "end_time":
-                self.log.warning(
-                    "batch job %s still %s at its end time; cancelling it and harvesting what is done",
-                    record.job_name,
-                    event.get("state"),
-                )
-                self._cancel_quietly(backend, record.job_name or "")
-            snapshot = backend.get(record.job_name or "")
-            if snapshot.state == JobState.FAILED and snapshot.error:
-                self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
-            outcomes = self._harvest(backend, snapshot, record, store, identity, prepared)
+            backend = self._backend(storage)
+            try:
+                self.console_url = backend.console_url(record.job_name or "")
+                if event["status"] == "end_time":
+                    self.log.warning(
+                        "batch job %s still %s at its end time; cancelling it and harvesting what is done",
+                        record.job_name,
+                        event.get("state"),
+                    )
+                    self._cancel_quietly(backend, record.job_name or "")
+                    snapshot = self._settle_after_cancel(backend, record.job_name or "")
+                else:
+                    snapshot = backend.get(record.job_name or "")
+                final_state = snapshot.state.value
+                if snapshot.state == JobState.FAILED and snapshot.error:
+                    self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
+                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared)
+            finally:
+                backend.close()
+            state.mark_harvested(record, snapshot.state.value)
+            self._running_job = None
+            return self._finish(context, identity, store, prepared, record, snapshot, outcomes)
         finally:
-            backend.close()
-        state.mark_harvested(record, snapshot.state.value)
-        self._running_job = None
-        return self._finish(context, identity, store, prepared, record, snapshot, outcomes)
+            # Also when the harvest or the failed-items check raises: the job has ended either way.
+            if self.record_turnaround:
+                self._record_turnaround(
+                    storage, record, final_state, ended_at, cancelled=event["status"] == "end_time"
+                )
+
+    def _record_turnaround(
+        self,
+        storage: Any,
+        record: BatchJobRecord,
+        final_state: str,
+        ended_at: datetime,
+        *,
+        cancelled: bool,
+    ) -> None:
+        """Append the job's turnaround to the backend's history; log, never raise, on failure."""
+        from airflow_banana.planning import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
+
+        if not record.job_name or not record.submitted_at:
+            return
+        try:
+            uri = record_turnaround(
+                storage,
+                self.output_prefix,
+                TurnaroundRecord(
+                    backend=batch_backend_for_protocol(record.backend),
+                    job=record.job_name,
+                    submitted_at=datetime.fromisoformat(record.submitted_at),
+                    ended_at=ended_at,
+                    items=len(record.item_ids),
+                    final_state=final_state or record.final_state or "",
+                    # Cancelled before it finished: its true turnaround is longer than recorded.
+                    # A cancel that lost the race to a normal end is a complete sample.
+                    censored=cancelled and final_state not in ("SUCCEEDED", "PARTIALLY_SUCCEEDED"),
+                ),
+            )
+            self.log.info("batch turnaround of %s recorded in %s", record.job_name, uri)
+        except (BananaError, ValueError, KeyError) as err:
+            self.log.warning("could not record the batch turnaround (later plans use the default): %s", err)
 
     def _harvest(
         self,
@@ -623,6 +780,34 @@ class BatchImageOperator(BaseOperator):
             context["ti"].xcom_push(key=BatchJobLink().xcom_key, value=self.console_url)
         except Exception:  # a link is a convenience; it never fails the task
             self.log.debug("could not push the batch job link", exc_info=True)
+
+    def _settle_after_cancel(self, backend: BatchBackend, job_name: str) -> JobSnapshot:
+        """Wait (bounded) until a cancelled job has really ended before harvesting it.
+
+        A CANCELLING job may still finish lines; harvesting and rescuing before it ends could
+        pay for those items twice (once in the batch, once through realtime). The wait takes at
+        most half the rescue margin (``MAX_CANCEL_SETTLE_S`` at most), so the rescue keeps the
+        other half. A failed poll while waiting is ridden out; only the first one is fatal.
+        """
+        limit = min(self._margin().total_seconds() / 2, MAX_CANCEL_SETTLE_S)
+        step = min(5.0, max(0.2, self._interval() / 10))
+        give_up = time.monotonic() + limit
+        snapshot = backend.get(job_name)
+        while not snapshot.state.ended and time.monotonic() < give_up:
+            time.sleep(min(step, max(0.0, give_up - time.monotonic())))
+            try:
+                snapshot = backend.get(job_name)
+            except BananaError as err:
+                self.log.warning("batch job %s: poll after the cancel failed (%s); retrying", job_name, err)
+        if not snapshot.state.ended:
+            self.log.warning(
+                "batch job %s is still %s %.1f s after the cancel; harvesting what is done now — "
+                "lines it finishes later may duplicate items rescued through realtime",
+                job_name,
+                snapshot.state.value,
+                limit,
+            )
+        return snapshot
 
     def _cancel_quietly(self, backend: BatchBackend, job_name: str) -> None:
         try:

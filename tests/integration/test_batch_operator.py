@@ -1,4 +1,4 @@
-"""BatchImageOperator against the simulator over HTTP: retry safety (B1) and bad endings (B3-B6).
+"""BatchImageOperator against the simulator over HTTP: retry safety (B1), bad endings (B3-B6), rescue.
 
 The task runs in-process in synchronous mode with a minimal task-instance context (the
 identity is dag/task/run/map index, as in Airflow); the example DAG tests cover the deferred
@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,11 +23,16 @@ from typing import Any
 
 import pytest
 
+from airflow_banana.batch.jobs import JobSnapshot
+from airflow_banana.batch.poll import JobState
 from airflow_banana.batch.state import JobStateStore
 from airflow_banana.exceptions import BananaError
+from airflow_banana.hooks.channel import BananaChannelHook
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
+from airflow_banana.planning import realtime_capacities
 from airflow_banana.pricing import LIST_PRICES
+from airflow_banana.routing.planner import realtime_time_needed
 from airflow_banana.storage import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
@@ -94,6 +101,11 @@ def _record(tmp_path: Path) -> Any:
     return JobStateStore(open_storage(str(tmp_path)), str(tmp_path / "out"), "dag_b__batch__manual__1").load()
 
 
+def _turnarounds(tmp_path: Path) -> list[dict[str, Any]]:
+    history = tmp_path / "out/_banana/turnaround/developer.jsonl"
+    return [json.loads(line) for line in history.read_text().splitlines()]
+
+
 def test_success_stores_everything_at_batch_price(gemini: Any, tmp_path: Path) -> None:
     summary = _operator(tmp_path).execute(_context())
     assert summary["items"]["succeeded"] == N and summary["spent_usd"] == pytest.approx(
@@ -104,6 +116,10 @@ def test_success_stores_everything_at_batch_price(gemini: Any, tmp_path: Path) -
     report = json.loads((tmp_path / "out/runs/dag_b__batch__manual__1/report.json").read_text())
     assert report["lane"] == "batch" and "bkey" not in json.dumps(report)
     assert "bkey" not in (tmp_path / "out/runs/dag_b__batch__manual__1/batch_job.json").read_text()
+    # The job's turnaround refines later plans; it ran to its end, so it is a complete sample.
+    (history,) = _turnarounds(tmp_path)
+    assert history["job"] == summary["batch_job"]["name"] and history["censored"] is False
+    assert history["final_state"] == "SUCCEEDED" and history["items"] == N and history["duration_s"] > 0
 
 
 def test_b1_crash_between_submit_and_record_adopts_the_orphan(
@@ -218,19 +234,101 @@ def test_b5_stuck_job_near_the_deadline_is_cancelled_and_rescued(gemini: Any, tm
             "batch": {"turnaround_s": 0.3, "pending_s": 0.05, "stuck": True, "completed_fraction": 0.5},
         },
     )
-    deadline = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    deadline = (datetime.now(UTC) + timedelta(seconds=16)).isoformat()
     started = time.monotonic()
     summary = _operator(
         tmp_path,
         manifest=_manifest(tmp_path, deadline=deadline),
         rescue_channels=["b_rescue"],
-        rescue_margin=timedelta(seconds=28),
+        # Rescue point: 16 s - ~3 s one channel needs for 6 items at 1 s each - 10 s ≈ +3 s,
+        # long after the job stalled with half its lines done.
+        rescue_margin="10s",
+        rescue_latency="1s",
     ).execute(_context())
-    assert time.monotonic() - started < 25
+    assert 2.0 <= time.monotonic() - started < 12  # waited for the rescue point, not longer
     assert summary["items"]["succeeded"] == N
     assert {b["fingerprint"] for b in gemini.billable()} == _fingerprints() and len(gemini.billable()) == N
+    # The half the stuck job finished was harvested at the batch price, only the rest rescued.
+    lanes = [b["price_lane"] for b in gemini.billable()]
+    assert lanes.count("batch") == N // 2 and lanes.count("realtime") == N - N // 2
     cancels = [r for r in gemini.requests() if r["path"].endswith(":cancel")]
     assert cancels, "the stuck job was not cancelled"
+    (history,) = _turnarounds(tmp_path)
+    assert history["censored"] is True and history["final_state"] == "CANCELLED"
+
+
+class _SlowCancel:
+    """A real backend whose cancel, like Google's, takes effect only after a while.
+
+    Until then the job reads CANCELLING and the simulator keeps completing (and billing) lines;
+    the simulator itself cancels instantly, so the delay is added here, around real HTTP calls.
+    """
+
+    def __init__(self, inner: Any, sim: Any, delay_s: float):
+        self.inner = inner
+        self.config = inner.config
+        self.sim = sim
+        self.delay_s = delay_s
+        self.timer: threading.Timer | None = None
+        self.batch_paid_at_cancel: int | None = None
+        self.cancelling_polls = 0
+
+    def cancel(self, name: str) -> None:
+        self.batch_paid_at_cancel = sum(1 for b in self.sim.billable() if b["price_lane"] == "batch")
+        self.timer = threading.Timer(self.delay_s, self.inner.cancel, args=(name,))
+        self.timer.start()
+
+    def get(self, name: str) -> JobSnapshot:
+        snapshot: JobSnapshot = self.inner.get(name)
+        if self.timer is not None and not snapshot.state.ended:
+            self.cancelling_polls += 1
+            return replace(snapshot, state=JobState.CANCELLING)
+        return snapshot
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.join()
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_lines_finished_while_cancelling_are_harvested_not_paid_twice(
+    gemini: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One line every ~0.66 s; the end time comes ~1.2 s after the start and the cancel takes
+    # 1.2 s more, during which the job finishes at least one more line.
+    gemini.set_faults("bkey", {"name": "b", "batch": {"turnaround_s": 4.0, "pending_s": 0.05}})
+    latency, margin = timedelta(seconds=1), timedelta(seconds=4)  # the wait may take margin / 2
+    caps = realtime_capacities([BananaChannelHook("b_rescue").get_config()], latency=latency)
+    needed = realtime_time_needed(N, caps)
+    assert needed is not None
+    deadline = datetime.now(UTC) + timedelta(seconds=1.2) + needed + margin
+    wrappers: list[_SlowCancel] = []
+    real_backend = BatchImageOperator._backend
+
+    def slow_cancel_backend(self: BatchImageOperator, storage: Any) -> Any:
+        wrappers.append(_SlowCancel(real_backend(self, storage), gemini, delay_s=1.2))
+        return wrappers[-1]
+
+    monkeypatch.setattr(BatchImageOperator, "_backend", slow_cancel_backend)
+    summary = _operator(
+        tmp_path,
+        manifest=_manifest(tmp_path, deadline=deadline.isoformat()),
+        rescue_channels=["b_rescue"],
+        rescue_margin=margin,
+        rescue_latency=latency,
+    ).execute(_context())
+
+    assert summary["items"]["succeeded"] == N and summary["batch_job"]["state"] == "CANCELLED"
+    cancelled = next(w for w in wrappers if w.batch_paid_at_cancel is not None)
+    assert cancelled.cancelling_polls >= 1, "the operator harvested without waiting for the cancel"
+    billable = gemini.billable()
+    batch_paid = sum(1 for b in billable if b["price_lane"] == "batch")
+    assert cancelled.batch_paid_at_cancel is not None and batch_paid > cancelled.batch_paid_at_cancel
+    assert batch_paid < N  # the job really was cut short; the rest came through realtime
+    assert {b["fingerprint"] for b in billable} == _fingerprints() and len(billable) == N  # none twice
 
 
 def test_b3_b6_poll_errors_tolerated_and_line_errors_recorded(gemini: Any, tmp_path: Path) -> None:

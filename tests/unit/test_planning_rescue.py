@@ -1,4 +1,4 @@
-"""RescueBatchOperator's end time is the planner's rescue point, not a fixed margin; templated values."""
+"""BatchImageOperator's end time is the planner's rescue point, not a fixed margin; templated values."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from airflow_banana.batch.state import BatchJobRecord
 from airflow_banana.channels.config import parse_channel
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.models import ImageRequest
-from airflow_banana.operators.rescue import RescueBatchOperator
-from airflow_banana.planning import realtime_capacities, rescue_point
+from airflow_banana.operators.batch import BatchImageOperator
+from airflow_banana.planning import batch_backend_for_protocol, realtime_capacities, rescue_point
 from airflow_banana.prepare import PreparedManifest
 from airflow_banana.realtime import WorkItem
 from airflow_banana.testing.connections import channel_connection, conn_env_var
@@ -50,19 +50,17 @@ def _job(n: int) -> tuple[BatchJobRecord, PreparedManifest]:
     return record, PreparedManifest(uri="m", work=work, items=[], rejects_jsonl="", rejected=0)
 
 
-def _operator(**kwargs: Any) -> RescueBatchOperator:
+def _operator(**kwargs: Any) -> BatchImageOperator:
     args: dict[str, Any] = {
         "task_id": "batch",
         "manifest": "m.jsonl",
-                "channel": "banana_gemini",
+        "channel": "banana_gemini",
         "rescue_channels": ["banana_gemini", "banana_vertex"],
         "rescue_margin": "10m",
         "rescue_latency": "30s",
     }
     args.update(kwargs)
-    op = RescueBatchOperator(**args)
-    op._coerce()
-    return op
+    return BatchImageOperator(**args)
 
 
 def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_path):
@@ -83,21 +81,61 @@ def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_
     expected = rescue_point(DEADLINE, 300, caps, margin=timedelta(minutes=10))
     assert expected is not None
     assert op._end_time(record, prepared) == pytest.approx(expected.timestamp())
-    # 300 images at 12/min need well over the fixed 10-minute margin the base operator would use.
+    # 300 images at 12/min need well over a fixed 10-minute margin before the deadline.
     assert expected < DEADLINE - timedelta(minutes=30)
     # A smaller job may wait longer.
     small_record, small_prepared = _job(3)
     assert op._end_time(small_record, small_prepared) > op._end_time(record, prepared)
 
 
-def test_without_rescue_channels_the_base_end_time_stands(connections, tmp_path):
+def test_without_rescue_channels_the_deadline_is_the_end_time(connections, tmp_path):
     op = _operator(rescue_channels=None, output_prefix=str(tmp_path))
     record, prepared = _job(5)
     assert op._end_time(record, prepared) == pytest.approx(DEADLINE.timestamp())  # no margin without rescue
 
 
+def test_rescue_channels_without_capacity_wait_until_the_deadline(connections, tmp_path):
+    # A channel that never succeeds cannot rescue anything: giving the batch up early would only
+    # cost the batch its last chance.
+    op = _operator(
+        output_prefix=str(tmp_path), rescue_success_rates={"banana_gemini": 0.0, "banana_vertex": 0.0}
+    )
+    record, prepared = _job(5)
+    assert op._end_time(record, prepared) == pytest.approx(DEADLINE.timestamp())
+
+
+def test_the_job_timeout_still_bounds_the_end_time(connections, tmp_path):
+    op = _operator(output_prefix=str(tmp_path), job_timeout=timedelta(minutes=5))
+    record, prepared = _job(3)
+    assert op._end_time(record, prepared) == pytest.approx((NOW + timedelta(minutes=5)).timestamp())
+
+
 def test_templated_margins_are_checked(tmp_path):
     with pytest.raises(ConfigurationError, match="rescue_margin"):
         _operator(rescue_margin="soon", output_prefix=str(tmp_path))
-    assert "rescue_margin" in RescueBatchOperator.template_fields
-    assert len(set(RescueBatchOperator.template_fields)) == len(RescueBatchOperator.template_fields)
+    with pytest.raises(ConfigurationError, match="rescue_latency"):
+        _operator(rescue_latency="0s", output_prefix=str(tmp_path))
+    with pytest.raises(ConfigurationError, match="rescue_latency"):
+        _operator(rescue_latency="30", output_prefix=str(tmp_path))  # 30 what? a unit is required
+    # A template is checked once rendered (execute / execute_complete coerce it).
+    op = _operator(rescue_margin="{{ params.margin }}", output_prefix=str(tmp_path))
+    op.rescue_margin = "soon"
+    with pytest.raises(ConfigurationError, match="rescue_margin"):
+        op._coerce()
+    op.rescue_margin, op.rescue_latency = "PT45S", "2s"
+    op._coerce()
+    assert op.rescue_margin == timedelta(seconds=45) and op.rescue_latency == timedelta(seconds=2)
+    # A timedelta literal shows up as str(timedelta) wherever Airflow serialized the field.
+    op.rescue_margin, op.rescue_latency = str(timedelta(days=1, minutes=30)), "0:00:01.5"
+    op._coerce()
+    assert op.rescue_margin == timedelta(days=1, minutes=30) and op.rescue_latency == timedelta(seconds=1.5)
+    fields = BatchImageOperator.template_fields
+    assert {"rescue_margin", "rescue_latency"} <= set(fields) and len(set(fields)) == len(fields)
+
+
+def test_turnaround_history_is_kept_per_batch_backend():
+    assert batch_backend_for_protocol("gemini") == "developer"
+    assert batch_backend_for_protocol("vertex") == batch_backend_for_protocol("vertex") == "vertex"
+    assert batch_backend_for_protocol("developer") == "developer"
+    with pytest.raises(ConfigurationError, match="openai"):
+        batch_backend_for_protocol("openai")
