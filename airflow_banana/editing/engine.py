@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from airflow_banana.editing.session import (
     utcnow_iso,
 )
 from airflow_banana.editing.turns import (
+    DENIED,
     INVALID_IMAGE,
     SIGNATURES_DROPPED,
     SUCCESS,
@@ -48,6 +50,7 @@ from airflow_banana.editing.turns import (
     outcome_of,
 )
 from airflow_banana.exceptions import (
+    BananaError,
     BudgetExceededError,
     ChannelError,
     ConfigurationError,
@@ -58,6 +61,7 @@ from airflow_banana.exceptions import (
 )
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import INPUT_IMAGE_TOKENS, GenerationResult, ImageRequest, ReferenceImage
+from airflow_banana.routing.state import ChannelStateBackend, Denial, Outcome, Permit
 from airflow_banana.storage import join_uri
 
 log = logging.getLogger(__name__)
@@ -163,6 +167,8 @@ class EditEngine:
         budget_usd: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        state: ChannelStateBackend | None = None,
+        state_clock: Callable[[], float] | None = None,
     ):
         if not channels:
             raise ConfigurationError("edit engine: no channel to send turns to")
@@ -174,6 +180,10 @@ class EditEngine:
         self.spent_usd = 0.0
         self._clock = clock
         self._sleep = sleep
+        # Optional fleet-wide channel state (breakers, rate limits, 429 closures), shared with
+        # the realtime lane; ``state_clock`` must be the timebase every worker agrees on.
+        self._state = state
+        self._state_clock = state_clock or clock
 
     # -- layout
     def image_uri(self, session_id: str, index: int, sha256: str, extension: str) -> str:
@@ -292,6 +302,12 @@ class EditEngine:
         self, name: str, contents: list[dict[str, Any]], request: ImageRequest, who: str
     ) -> tuple[TurnAttempt, GenerationResult | None, dict[str, Any] | None]:
         channel = self.channels[name]
+        permit: Permit | None = None
+        if self._state is not None:
+            gate = self._state.try_acquire(name, self._state_clock())
+            if isinstance(gate, Denial):
+                return self._denied(name, gate, who), None, None
+            permit = gate
         started = self._clock()
         try:
             result, content = await channel.generate_contents(contents, request=request)
@@ -300,12 +316,14 @@ class EditEngine:
             cost = channel.config.prices.get(request.image_size, 0.0) if err.billed else 0.0
             outcome = outcome_of(err)
             log.warning("%s: channel %s: %s", who, name, err)
+            self._record_state(permit, err, now - started, cost)
             return (
                 TurnAttempt(name, outcome, now, err.reason, now - started, cost, err.retry_after),
                 None,
                 None,
             )
         now = self._clock()
+        self._record_state(permit, None, now - started, result.cost_usd)
         latency = result.latency_s or (now - started)
         gap = audit_model_turn(content) if content else None
         if not content or gap is not None:
@@ -319,6 +337,37 @@ class EditEngine:
         except ImageValidationError as err:
             return TurnAttempt(name, INVALID_IMAGE, now, str(err)[:200], latency, result.cost_usd), None, None
         return TurnAttempt(name, SUCCESS, now, "", latency, result.cost_usd), result, content
+
+    def _denied(self, name: str, denial: Denial, who: str) -> TurnAttempt:
+        """The shared state keeps ``name`` closed (breaker, rate limit, 429 hint): not a call."""
+        now = self._state_clock()
+        if denial.retry_at is None:
+            wait: float | None = 1.0  # blocked by concurrency: look again after a moment
+        elif math.isinf(denial.retry_at):
+            wait = None
+        else:
+            wait = max(0.0, denial.retry_at - now)
+        log.info("%s: channel %s is closed by the shared state (%s)", who, name, denial.reason)
+        outcome = ErrorClass.CHANNEL_FATAL.value if wait is None else DENIED
+        return TurnAttempt(name, outcome, self._clock(), f"shared state: {denial.reason}", 0.0, 0.0, wait)
+
+    def _record_state(
+        self, permit: Permit | None, err: ChannelError | None, latency: float, cost: float
+    ) -> None:
+        if self._state is None or permit is None:
+            return
+        now = self._state_clock()
+        if err is None:
+            outcome = Outcome(None, latency, cost)
+        else:
+            closed = None
+            if err.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.QUOTA_EXHAUSTED):
+                closed = now + (err.retry_after if err.retry_after is not None else self.policy.backoff_s)
+            outcome = Outcome(err.error_class, latency, cost, closed, detail=err.reason)
+        try:
+            self._state.record(permit, outcome, now)
+        except BananaError as state_err:  # shared state helps; it never fails a turn
+            log.warning("recording the attempt in the shared channel state failed: %s", state_err)
 
     def _record(
         self,

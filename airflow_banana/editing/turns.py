@@ -11,14 +11,15 @@ the session's model, and every attempt resends the full history. The rules, per 
                                     needs: its answer is unusable; try the next
     channel_fatal, quota_exhausted -> drop the channel for this turn; try the next
     item_terminal (blocked, 400) -> stop: the same model refuses it on every channel
-    retryable, timeout, rate_limited, no_image, invalid_image
+    retryable, timeout, rate_limited, no_image, invalid_image, shared_state_denied
                                  -> try the next untried channel; when every channel has been
                                     tried, retry the one available soonest after a backoff of
                                     ``backoff_s * 2**(tries on it - 1)`` (capped at ``max_backoff_s``)
                                     or its 429 retry hint, whichever is longer
 
-Caps: ``max_attempts`` attempts per turn, and a single wait longer than ``max_wait_s`` stops
-the turn rather than holding a worker slot. Clock injected: ``now`` is passed in; no I/O.
+Caps: ``max_attempts`` calls per turn (a shared-state denial is no call), and a single wait
+longer than ``max_wait_s`` stops the turn rather than holding a worker slot. Clock injected:
+``now`` is passed in; no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SUCCESS = "success"
 SIGNATURE_REJECTED = "signature_rejected"
 SIGNATURES_DROPPED = "signatures_dropped"
 INVALID_IMAGE = "invalid_image"
+DENIED = "shared_state_denied"  # the fleet-wide state kept the channel closed; no call was made
 # Outcomes after which a channel is not tried again within the turn.
 _EXCLUDING = frozenset(
     {SIGNATURE_REJECTED, SIGNATURES_DROPPED, ErrorClass.CHANNEL_FATAL.value, ErrorClass.QUOTA_EXHAUSTED.value}
@@ -169,8 +171,9 @@ class TurnPolicy:
                 "no channel is left: " + _summary(attempts),
                 signatures=signature_only,
             )
-        if len(attempts) >= self.max_attempts:
-            return StopTurn(f"{len(attempts)} attempts made (max_attempts): " + _summary(attempts))
+        calls = sum(1 for a in attempts if a.outcome != DENIED)
+        if calls >= self.max_attempts:
+            return StopTurn(f"{calls} attempts made (max_attempts): " + _summary(attempts))
         tried = {a.channel for a in attempts}
         for channel in usable:
             if channel not in tried:

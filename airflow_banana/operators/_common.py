@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ConfigurationError
+
+if TYPE_CHECKING:
+    from airflow_banana.outputs import OutputStore
+    from airflow_banana.realtime import RealtimeSettings, RunResult, WorkItem
+    from airflow_banana.routing import ChannelStateBackend, RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,59 @@ def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
     return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+
+
+def shared_state_for(
+    configs: Sequence[ChannelConfig], redis_conn_id: str | None, *, task_id: str, rng: random.Random
+) -> ChannelStateBackend | None:
+    """The fleet-wide channel state when a Redis connection is named (operator arg or channel
+    extra), else None (in-process state). Shared state needs ``SystemClock(shared=True)``."""
+    from airflow_banana.hooks.redis import BananaRedisHook, redis_conn_id_for
+
+    shared = redis_conn_id_for(redis_conn_id, [c.name for c in configs], task_id=task_id)
+    return BananaRedisHook(shared).get_backend(rng) if shared else None
+
+
+async def run_realtime_lane(
+    configs: Sequence[ChannelConfig],
+    work: Sequence[WorkItem],
+    *,
+    store: OutputStore,
+    run_key: str,
+    task_id: str,
+    settings: RealtimeSettings,
+    router_config: RouterConfig | None = None,
+    redis_conn_id: str | None = None,
+) -> RunResult:
+    """Route ``work`` through ``configs`` with the realtime engine; every operator's one way in.
+
+    With a Redis connection (the operator's ``redis_conn_id`` or a channel's extra) breakers,
+    limits and quotas are shared by every worker; that needs a clock all workers agree on.
+    """
+    from airflow_banana.channels import build_channel
+    from airflow_banana.realtime import RealtimeEngine
+    from airflow_banana.routing import SystemClock, router_for
+
+    rng = random.Random()
+    backend = shared_state_for(configs, redis_conn_id, task_id=task_id, rng=rng)
+    router = router_for(configs, SystemClock(shared=backend is not None), rng, backend, config=router_config)
+    channels = {c.name: build_channel(c) for c in configs}
+    engine = RealtimeEngine(
+        channels=channels,
+        router=router,
+        store=store,
+        run_key=run_key,
+        settings=settings,
+        metrics=AirflowMetrics(),
+    )
+    try:
+        return await engine.run(work)
+    finally:
+        for channel in channels.values():
+            try:
+                await channel.aclose()
+            except BananaError:
+                log.debug("closing channel %s failed", channel.name, exc_info=True)
 
 
 def budget_from(value: object, *, task_id: str) -> float | None:

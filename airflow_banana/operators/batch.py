@@ -36,7 +36,6 @@ for this task instance, but a retry after a forced job was harvested starts anot
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -47,10 +46,10 @@ from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
 from airflow_banana.identity import RunIdentity, fingerprint_of
 from airflow_banana.operators._common import (
-    AirflowMetrics,
     failed_items_error,
     load_channel_configs,
     logical_date_of,
+    run_realtime_lane,
     summary_for_xcom,
 )
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
@@ -109,6 +108,8 @@ class BatchImageOperator(BaseOperator):
     :param rescue_channels: connection ids for the realtime lane; items the job did not deliver
         are generated there while their deadline allows, and the job is given up at its rescue
         point (module docstring). Without them the job is waited for until the earliest deadline.
+    :param redis_conn_id: a ``redis`` connection through which the rescue shares breakers,
+        limits and quotas with every other worker (also read from a rescue channel's extra).
     :param rescue_margin: safety margin of the rescue point *after* the time realtime needs
         (templated; a timedelta, a number of seconds or a duration such as ``"30m"``, ``"PT30M"``).
     :param rescue_latency: dispatch-to-image time of the rescue channels to plan with
@@ -153,6 +154,7 @@ class BatchImageOperator(BaseOperator):
         max_poll_failures: int = 5,
         job_timeout: timedelta = DEFAULT_JOB_TIMEOUT,
         rescue_channels: Sequence[str] | None = None,
+        redis_conn_id: str | None = None,
         rescue_margin: timedelta | str = DEFAULT_RESCUE_MARGIN,
         rescue_latency: timedelta | str | None = None,
         rescue_confidence: float = DEFAULT_CONFIDENCE,
@@ -176,6 +178,7 @@ class BatchImageOperator(BaseOperator):
         self.max_poll_failures = max_poll_failures
         self.job_timeout = job_timeout
         self.rescue_channels = list(rescue_channels or [])
+        self.redis_conn_id = redis_conn_id
         # Templated: a string until rendered; ``_coerce`` makes them timedeltas before use.
         self.rescue_margin: timedelta | str = rescue_margin
         self.rescue_latency: timedelta | str | None = rescue_latency
@@ -652,9 +655,7 @@ class BatchImageOperator(BaseOperator):
         self, store: OutputStore, identity: RunIdentity, work: Sequence[WorkItem], reasons: Mapping[str, str]
     ) -> dict[str, ItemOutcome]:
         """Items the job did not deliver, through the realtime lane (its own deadline checks apply)."""
-        from airflow_banana.channels import build_channel
-        from airflow_banana.realtime import RealtimeEngine, RealtimeSettings
-        from airflow_banana.routing import RouterConfig, SystemClock, router_for
+        from airflow_banana.realtime import RealtimeSettings
 
         now = datetime.now(UTC)
         alive = [w for w in work if w.deadline is None or w.deadline > now]
@@ -666,27 +667,17 @@ class BatchImageOperator(BaseOperator):
         self.log.info("rescuing %d item(s) through realtime channels %s", len(alive), self.rescue_channels)
         configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
 
-        async def run() -> Any:
-            router = router_for(configs, SystemClock(), random.Random(), config=RouterConfig())
-            channels = {c.name: build_channel(c) for c in configs}
-            engine = RealtimeEngine(
-                channels=channels,
-                router=router,
+        result = asyncio.run(
+            run_realtime_lane(
+                configs,
+                alive,
                 store=store,
                 run_key=identity.run_key,
+                task_id=self.task_id,
                 settings=RealtimeSettings(lane="batch-rescue", force=self.force),
-                metrics=AirflowMetrics(),
+                redis_conn_id=self.redis_conn_id,
             )
-            try:
-                return await engine.run(alive)
-            finally:
-                for channel in channels.values():
-                    try:
-                        await channel.aclose()
-                    except BananaError:
-                        self.log.debug("closing channel %s failed", channel.name, exc_info=True)
-
-        result = asyncio.run(run())
+        )
         out: dict[str, ItemOutcome] = {}
         for outcome in result.outcomes:
             if outcome.status != "succeeded":

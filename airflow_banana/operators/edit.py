@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,8 @@ class SignatureEditOperator(BaseOperator):
     :param max_attempts_per_turn: attempts (all channels together) before a turn fails.
     :param max_wait_s: the longest single wait for a rate-limited/overloaded channel.
     :param inline_max_bytes: history images above this size are stored as objects, not inline.
+    :param redis_conn_id: a ``redis`` connection through which turns share breakers, rate limits
+        and 429 closures with every other worker and lane (also read from a channel's extra).
     """
 
     template_fields: Sequence[str] = (
@@ -130,6 +133,7 @@ class SignatureEditOperator(BaseOperator):
         model: str | None = None,
         gcp_conn_id: str | None = None,
         budget_usd: float | None = None,
+        redis_conn_id: str | None = None,
         max_attempts_per_turn: int = 6,
         max_wait_s: float = 120.0,
         inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
@@ -150,6 +154,7 @@ class SignatureEditOperator(BaseOperator):
         self.model = model
         self.gcp_conn_id = gcp_conn_id
         self.budget_usd = budget_usd
+        self.redis_conn_id = redis_conn_id
         self.max_attempts_per_turn = max_attempts_per_turn
         self.max_wait_s = max_wait_s
         self.inline_max_bytes = inline_max_bytes
@@ -352,6 +357,8 @@ class SignatureEditOperator(BaseOperator):
         from airflow_banana.channels import build_channel
         from airflow_banana.editing.engine import EditEngine, HistoryChannel
         from airflow_banana.editing.turns import TurnPolicy
+        from airflow_banana.operators._common import shared_state_for
+        from airflow_banana.routing import RouterConfig, SystemClock, policy_for
 
         channels: dict[str, HistoryChannel] = {c.name: build_channel(c) for c in configs}  # type: ignore[misc]
         try:
@@ -362,8 +369,19 @@ class SignatureEditOperator(BaseOperator):
             )
         except (TypeError, ValueError) as err:
             raise ConfigurationError(f"{self.task_id}: {err}; nothing was sent") from err
+        state = shared_state_for(configs, self.redis_conn_id, task_id=self.task_id, rng=random.Random())
+        if state is not None:
+            router_config = RouterConfig()
+            for config in configs:
+                state.register(config.name, policy_for(config, router_config))
         engine = EditEngine(
-            channels=channels, store=store, output_prefix=self.output_prefix, policy=policy, budget_usd=budget
+            channels=channels,
+            store=store,
+            output_prefix=self.output_prefix,
+            policy=policy,
+            budget_usd=budget,
+            state=state,
+            state_clock=SystemClock(shared=True).now,
         )
         applied: list[dict[str, Any]] = []
         try:

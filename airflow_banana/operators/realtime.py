@@ -8,20 +8,19 @@ small summary and the report URI — never image bytes.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
-    AirflowMetrics,
     budget_from,
     failed_items_error,
     load_channel_configs,
     logical_date_of,
+    run_realtime_lane,
     summary_for_xcom,
 )
 
@@ -157,9 +156,8 @@ class RealtimeImageOperator(BaseOperator):
     async def _run(
         self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context
     ) -> Any:
-        from airflow_banana.channels import build_channel
-        from airflow_banana.realtime import RealtimeEngine, RealtimeSettings
-        from airflow_banana.routing import RouterConfig, SystemClock, router_for
+        from airflow_banana.realtime import RealtimeSettings
+        from airflow_banana.routing import RouterConfig
 
         try:
             config = RouterConfig(
@@ -170,38 +168,21 @@ class RealtimeImageOperator(BaseOperator):
             )
         except TypeError as err:
             raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
-        from airflow_banana.hooks.redis import BananaRedisHook, redis_conn_id_for
-
-        rng = random.Random()
-        redis_conn_id = redis_conn_id_for(self.redis_conn_id, [c.name for c in configs], task_id=self.task_id)
-        if redis_conn_id:
-            # shared state needs a timebase every worker agrees on: epoch seconds
-            backend = BananaRedisHook(redis_conn_id).get_backend(rng)
-            router = router_for(configs, SystemClock(shared=True), rng, backend, config=config)
-        else:
-            router = router_for(configs, SystemClock(), rng, config=config)
-        channels = {c.name: build_channel(c) for c in configs}
         settings = RealtimeSettings(
             force=self.force,
             progress_interval_s=self.progress_interval_s,
             on_failover_alert=self._alert_callback(context),
         )
-        engine = RealtimeEngine(
-            channels=channels,
-            router=router,
+        return await run_realtime_lane(
+            configs,
+            work,
             store=store,
             run_key=identity.run_key,
+            task_id=self.task_id,
             settings=settings,
-            metrics=AirflowMetrics(),
+            router_config=config,
+            redis_conn_id=self.redis_conn_id,
         )
-        try:
-            return await engine.run(work)
-        finally:
-            for channel in channels.values():
-                try:
-                    await channel.aclose()
-                except BananaError:
-                    self.log.debug("closing channel %s failed", channel.name, exc_info=True)
 
     def _alert_callback(self, context: Context) -> Callable[[Mapping[str, Any]], None] | None:
         notifier = self.on_failover_alert
