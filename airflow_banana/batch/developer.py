@@ -16,10 +16,16 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_banana.batch.jobs import JobSnapshot, Submitted, model_of, sdk_error, snapshot_from_job
+from airflow_banana.batch.jobs import (
+    GenaiBackendBase,
+    JobSnapshot,
+    Submitted,
+    model_of,
+    sdk_error,
+    snapshot_from_job,
+)
 from airflow_banana.batch.requests import fits_inline, inline_request, jsonl_lines
 from airflow_banana.batch.results import Harvester, HarvestResult, http_lines
-from airflow_banana.channels.clients import close_client, genai_client
 from airflow_banana.channels.config import DEFAULT_BASE_URLS, ChannelConfig
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
 from airflow_banana.models import ImageRequest
@@ -28,7 +34,7 @@ log = logging.getLogger(__name__)
 LIST_SCAN_LIMIT = 1000  # jobs looked at when searching for an orphan (newest first)
 
 
-class DeveloperBatchBackend:
+class DeveloperBatchBackend(GenaiBackendBase):
     """``BatchBackend`` for a ``gemini`` connection (Developer API or a Gemini-native relay)."""
 
     def __init__(self, config: ChannelConfig):
@@ -38,21 +44,6 @@ class DeveloperBatchBackend:
                 f"not {config.protocol!r}"
             )
         self.config = config
-        self._client: Any = None
-
-    def __repr__(self) -> str:
-        return f"DeveloperBatchBackend(channel={self.config.name!r})"
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = genai_client(self.config)
-        return self._client
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            close_client(client)
 
     # -- submit
     def submit(

@@ -68,6 +68,31 @@ class BatchBackend(Protocol):
     def close(self) -> None: ...
 
 
+class GenaiBackendBase:
+    """The google-genai client a batch backend talks through: built on first use, closed once."""
+
+    config: ChannelConfig
+    _client: Any = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(channel={self.config.name!r})"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from airflow_banana.channels.clients import genai_client
+
+            self._client = genai_client(self.config)
+        return self._client
+
+    def close(self) -> None:
+        from airflow_banana.channels.clients import close_client
+
+        client, self._client = self._client, None
+        if client is not None:
+            close_client(client)
+
+
 def model_of(requests: Sequence[ImageRequest], config: ChannelConfig) -> str:
     """The one model of a job (a batch job has exactly one); mixed models are a configuration error."""
     from airflow_banana.channels.gemini import resolve_model

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-from airflow_banana.batch.jobs import JobSnapshot, Submitted, model_of, sdk_error, snapshot_from_job
+from airflow_banana.batch.jobs import (
+    GenaiBackendBase,
+    JobSnapshot,
+    Submitted,
+    model_of,
+    sdk_error,
+    snapshot_from_job,
+)
 from airflow_banana.batch.requests import jsonl_lines
 from airflow_banana.batch.results import Harvester, HarvestResult
-from airflow_banana.channels.clients import close_client, genai_client
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.models import ImageRequest
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 LIST_SCAN_LIMIT = 1000
 
 
-class VertexBatchBackend:
+class VertexBatchBackend(GenaiBackendBase):
     """``BatchBackend`` for a ``vertex`` connection; ``storage`` reads and writes the GCS staging area."""
 
     def __init__(self, config: ChannelConfig, storage: Storage):
@@ -35,21 +40,6 @@ class VertexBatchBackend:
             )
         self.config = config
         self.storage = storage
-        self._client: Any = None
-
-    def __repr__(self) -> str:
-        return f"VertexBatchBackend(channel={self.config.name!r})"
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = genai_client(self.config)
-        return self._client
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            close_client(client)
 
     def submit(
         self,

@@ -134,6 +134,9 @@ class RouterConfig:
     prior_successes: float = 4.5
     prior_failures: float = 0.5
     default_latency_s: float = 30.0
+    # Before a channel's first answer its latency prior is min(default_latency_s, this x its
+    # attempt timeout): a connection tuned for fast calls plans with fast calls from t = 0.
+    prior_latency_timeout_fraction: float = 0.25
     max_no_image_retries: int = 2
     max_attempts_per_item: int = 10
     default_retry_after_s: float = 10.0
@@ -163,7 +166,12 @@ class RouterConfig:
             raise ConfigurationError("router prior_successes and prior_failures must be positive")
         if self.tie_epsilon < 0 or self.max_no_image_retries < 0 or self.max_attempts_per_item < 1:
             raise ConfigurationError(f"invalid router config: {self}")
-        if min(self.release_poll_s, self.default_latency_s, self.retry_backoff_base_s) <= 0:
+        if min(
+            self.release_poll_s,
+            self.default_latency_s,
+            self.retry_backoff_base_s,
+            self.prior_latency_timeout_fraction,
+        ) <= 0:
             raise ConfigurationError(f"router durations must be positive: {self}")
         if self.deadline_margin_s < 0 or self.deadline_latency_factor <= 0:
             raise ConfigurationError(f"router deadline margin/latency factor out of range: {self}")
@@ -350,8 +358,9 @@ class Router:
             self._policies[channel.name] = policy
             backend.register(channel.name, policy)
         self.started_at = clock.now()
-        # Items waiting for a channel, by place (FIFO); only the deadline-aware path queues.
-        self._queues: dict[str, list[int]] = {name: [] for name in self.channels}
+        # Items waiting for a channel, earliest deadline first (EDF), then by place (arrival);
+        # only the deadline-aware path queues.
+        self._queues: dict[str, list[tuple[float, int]]] = {name: [] for name in self.channels}
         self._places = itertools.count()
         self.retry_budget = RetryBudget(self.config.retry_budget)
         self.spend = SpendBudget(self.config.budget_usd)
@@ -379,7 +388,7 @@ class Router:
                 snap.recent_successes + snap.recent_failures + cfg.prior_successes + cfg.prior_failures
             )
             price = self.price(name, image_size)
-            latency = snap.latency_ewma_s if snap.latency_ewma_s is not None else cfg.default_latency_s
+            latency = snap.latency_ewma_s if snap.latency_ewma_s is not None else self.prior_latency(name)
             ranked.append(RankedChannel(name, price, rate, price / rate, latency, priority.get(name), snap))
         fixed = sorted((r for r in ranked if r.priority is not None), key=lambda r: r.priority or 0)
         rest = sorted(
@@ -394,6 +403,11 @@ class Router:
             group.append(r)
         ordered.extend(sorted(group, key=lambda g: (g.latency_s, g.channel)))
         return ordered
+
+    def prior_latency(self, channel: str) -> float:
+        """The latency assumed for ``channel`` before it has answered once (see RouterConfig)."""
+        timeout = self.channels[channel].attempt_timeout_s
+        return min(self.config.default_latency_s, self.config.prior_latency_timeout_fraction * timeout)
 
     def states(self, now: float | None = None) -> dict[str, ChannelSnapshot]:
         """Snapshot of every channel, for progress lines and the run report."""
@@ -509,19 +523,24 @@ class Router:
         """The engine stopped ``item`` (cancelled, or finished elsewhere): drop its queue place."""
         self._leave_queue(item)
 
+    @staticmethod
+    def _queue_key(item: ItemProgress, place: float) -> tuple[float, float]:
+        return (math.inf if item.deadline is None else item.deadline, place)
+
     def _leave_queue(self, item: ItemProgress) -> tuple[str, int] | None:
         entry, item.queued = item.queued, None
         if entry is not None:
             queue = self._queues[entry[0]]
-            i = bisect.bisect_left(queue, entry[1])
-            if i < len(queue) and queue[i] == entry[1]:
+            key = self._queue_key(item, entry[1])
+            i = bisect.bisect_left(queue, key)
+            if i < len(queue) and queue[i] == key:
                 del queue[i]
         return entry
 
     def _join_queue(self, item: ItemProgress, channel: str, previous: tuple[str, int] | None) -> int:
         """Queue ``item`` for ``channel``; an item re-waiting for the same channel keeps its place."""
         place = previous[1] if previous is not None and previous[0] == channel else next(self._places)
-        bisect.insort(self._queues[channel], place)
+        bisect.insort(self._queues[channel], (math.inf if item.deadline is None else item.deadline, place))
         item.queued = (channel, place)
         return place
 
@@ -547,8 +566,10 @@ class Router:
         if snap.blocked_by is DenialReason.CONCURRENCY:
             base = max(base, now + interval)
         queue = self._queues[ranked.channel]
+        # EDF: everyone with an earlier deadline (or the same deadline and an earlier place) is
+        # ahead; a newcomer goes behind every item with its deadline or an earlier one.
         mine = previous[1] if previous is not None and previous[0] == ranked.channel else math.inf
-        ahead = bisect.bisect_left(queue, mine) if not math.isinf(mine) else len(queue)
+        ahead = bisect.bisect_left(queue, self._queue_key(item, mine))
         optimistic = base + ahead * interval
         pessimistic = base + ahead * interval / max(ranked.success_rate, 0.05)
         return pessimistic, optimistic, ahead, denial

@@ -51,7 +51,9 @@ def channels(sim, monkeypatch):
 KEYS = ("relay-key", "gemini-key", "vertex-token")
 
 
-def test_example_dag_generates_every_image_once_and_a_rerun_pays_nothing(airflow_db, channels, gcs_bucket, capfd):
+def test_example_dag_generates_every_image_once_and_a_rerun_pays_nothing(
+    airflow_db, channels, gcs_bucket, capfd
+):
     sim = channels
     storage = open_storage()
     manifest = f"gs://{gcs_bucket}/manifests/catalog.jsonl"
