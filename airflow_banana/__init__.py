@@ -28,6 +28,8 @@ def __getattr__(name: str) -> Any:
 
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+    from airflow_banana.connection_form import provider_ui_field_behaviour
+
     integration = "Nano Banana Pro (Gemini image)"
     return {
         "package-name": "airflow-banana",
@@ -56,6 +58,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_banana.hooks.channel.BananaChannelHook",
                 "hook-name": "Nano Banana channel",
                 "connection-type": "banana",
+                "ui-field-behaviour": provider_ui_field_behaviour(),
                 "conn-fields": {
                     "protocol": {
                         "label": "Protocol",

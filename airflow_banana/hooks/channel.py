@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
+import copy
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -20,14 +20,8 @@ from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.channels.errors import config_secrets, scrub
+from airflow_banana.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_banana.exceptions import BananaError
-
-EXTRA_EXAMPLE = {
-    "protocol": "gemini",
-    "model": "gemini-3-pro-image-preview",
-    "rpm": 10,
-    "prices": {"1K": 0.134},
-}
 
 
 class BananaChannelHook(BaseHook):
@@ -47,17 +41,8 @@ class BananaChannelHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form: base URL + API key + JSON extra; nothing else applies to a channel."""
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"password": "API Key", "host": "Base URL"},
-            "placeholders": {
-                "host": "https://generativelanguage.googleapis.com (empty = the protocol's default; "
-                "https://openrouter.ai/api/v1 for openai)",
-                "password": "API key (vertex: optional OAuth access token; else extra.credentials or ADC)",
-                "extra": json.dumps(EXTRA_EXAMPLE),
-            },
-        }
+        """Connection form: base URL + API key + JSON extra (Airflow < 3.2 asks the hook)."""
+        return copy.deepcopy(UI_FIELD_BEHAVIOUR)
 
     def get_config(self) -> ChannelConfig:
         """The parsed, validated channel settings of this connection."""

@@ -175,3 +175,21 @@ def test_run_identity_key_is_stable_and_safe() -> None:
     assert "/" not in RunIdentity("d", "t", "a/b/../c").run_key
     assert RunIdentity("d", "t", "r").run_key == "d__t__r"
     assert fingerprint_of(["b", "a"]) == fingerprint_of(["a", "b"]) != fingerprint_of(["a"])
+
+
+def test_airflow_shows_the_connection_form_behaviour() -> None:
+    code = (
+        "import json; from airflow.providers_manager import ProvidersManager;"
+        "pm = ProvidersManager();"
+        "print(json.dumps({'behaviour': pm.field_behaviours.get('banana'),"
+        " 'hook': pm.hooks['banana'].hook_class_name if pm.hooks.get('banana') else None}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["hook"] == "airflow_banana.hooks.channel.BananaChannelHook"
+    behaviour = seen["behaviour"]
+    assert behaviour["relabeling"] == {"password": "API Key", "host": "Base URL"}
+    assert set(behaviour["hidden_fields"]) == {"schema", "login", "port"}
