@@ -360,7 +360,7 @@ class Router:
         self.started_at = clock.now()
         # Items waiting for a channel, earliest deadline first (EDF), then by place (arrival);
         # only the deadline-aware path queues.
-        self._queues: dict[str, list[tuple[float, int]]] = {name: [] for name in self.channels}
+        self._queues: dict[str, list[tuple[float, float]]] = {name: [] for name in self.channels}
         self._places = itertools.count()
         self.retry_budget = RetryBudget(self.config.retry_budget)
         self.spend = SpendBudget(self.config.budget_usd)
@@ -540,7 +540,7 @@ class Router:
     def _join_queue(self, item: ItemProgress, channel: str, previous: tuple[str, int] | None) -> int:
         """Queue ``item`` for ``channel``; an item re-waiting for the same channel keeps its place."""
         place = previous[1] if previous is not None and previous[0] == channel else next(self._places)
-        bisect.insort(self._queues[channel], (math.inf if item.deadline is None else item.deadline, place))
+        bisect.insort(self._queues[channel], self._queue_key(item, place))
         item.queued = (channel, place)
         return place
 
@@ -624,7 +624,20 @@ class Router:
             latest_switch = math.inf
             if i + 1 < len(plans):
                 nxt, nxt_start, *_ = plans[i + 1]
-                latest_switch = deadline - margin - self.expected_latency(nxt) - (nxt_start - now)
+                # Fleet view: the ``ahead`` items queued before this one on ``ranked`` spill
+                # before it if ``ranked`` stalls, onto the remaining fitting channels at their
+                # (pessimistic) rate; reserve that load so spills start early and spread out
+                # instead of everyone switching at the same latest moment.
+                spill_rate = sum(
+                    max(r.success_rate, 0.05) / max(self.service_interval(r), 1e-9)
+                    for r, *_ in plans[i + 1 :]
+                )
+                plain_switch = deadline - margin - self.expected_latency(nxt) - (nxt_start - now)
+                latest_switch = plain_switch - ahead / spill_rate
+                if min(optimistic, latest_start, latest_switch) <= now < plain_switch:
+                    # The fallbacks could not absorb everyone ahead anyway and this item still
+                    # fits here: the reservation must not push it off a channel that fits.
+                    latest_switch = plain_switch
             until = min(optimistic, latest_start, latest_switch)
             if until <= now:
                 denials.append(denial)

@@ -14,9 +14,9 @@ import pytest
 
 from airflow_banana.channels.gemini import GeminiChannel
 from airflow_banana.channels.openai_compat import OpenAICompatChannel
+from airflow_banana.connection_form import EXTRA_EXAMPLE
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.hooks import BananaChannelHook
-from airflow_banana.connection_form import EXTRA_EXAMPLE
 
 KEY = "AIzaSyHookUnitTestKey-0123456789abcdefgh"
 ROOT = Path(__file__).resolve().parents[2]
