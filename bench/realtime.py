@@ -24,6 +24,8 @@ the simulator's quota minute, latencies (median ~12 s, p95 ~24 s real), the atte
 Channels: ``relay`` (Gemini-native relay, $0.05), ``google`` (Developer API, $0.134) and
 ``vertex`` ($0.134). Every provider has a cap (``rpm`` per simulated minute); ours is
 configured AT the cap (rpm = ipm = cap); its limiter's transit guard absorbs the jitter.
+Every connection's ``max_concurrency`` is sized so its cap is reachable (``concurrency_for``:
+cap per second x p95 call time x 1.25); naive's in-flight limit is their sum, sdk's Google's.
 
 Each system runs in its own child process (spawn), so its CPU time is its own, not the
 simulator's. Outputs under ``bench/results/``: ``realtime.json`` (all numbers), ``realtime.md``
@@ -65,7 +67,6 @@ class Scenario:
     title: str
     faults: Mapping[str, Mapping[str, Any]]  # channel -> FaultProfile fields (besides rpm/latency)
     rpm: Mapping[str, int]  # provider cap per simulated minute
-    concurrency: int = 8  # per channel (ours, naive); the SDK run gets the sum
 
 
 BASE_RPM = {"relay": 40, "google": 30, "vertex": 30}
@@ -99,9 +100,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tight rate caps on every channel, no faults",
         {},
         {"relay": 12, "google": 10, "vertex": 10},
-        6,
     ),
 )
+
+
+P95_LATENCY_REAL_S = 24.0  # the simulated call's p95 (latency_lognormal_ms below), real seconds
+CONCURRENCY_HEADROOM = 1.25
+
+
+def concurrency_for(scenario: Scenario, channel: str) -> int:
+    """``max_concurrency`` a user sizing the connection to reach its rpm cap would set.
+
+    Calls in flight at the cap = cap per second x call time; sized on the p95 call time with
+    25 % headroom (``ceil(rpm / 60 x p95 x 1.25)``), so the limiter, not the concurrency cap,
+    is what binds. Time compression cancels out (rate x latency is dimensionless). Every
+    system gets the same connections: naive gets the sum as its in-flight limit, sdk (Google
+    direct only) Google's.
+    """
+    return math.ceil(scenario.rpm[channel] / REAL_MINUTE * P95_LATENCY_REAL_S * CONCURRENCY_HEADROOM)
 
 
 def scale_of(minute_s: float) -> float:
@@ -138,7 +154,7 @@ def channel_configs(base_url: str, scenario: Scenario, minute_s: float, *, ours:
             "protocol": "vertex" if name == "vertex" else "gemini",
             "prices": {"1K": PRICES[name], "2K": PRICES[name], "4K": PRICES[name]},
             "timeout": 60.0 * s,
-            "max_concurrency": scenario.concurrency,
+            "max_concurrency": concurrency_for(scenario, name),
         }
         if name == "vertex":
             extra.update(project="sim-project", location="us-central1")
@@ -426,7 +442,7 @@ async def _run_sdk(configs: list[Any], work: list[Any], minute_s: float, tl: Tim
             base_url=relay.base_url, timeout=int(relay.attempt_timeout_s * 1000), retry_options=retry
         ),
     )
-    limit = asyncio.Semaphore(sum(c.max_concurrency for c in configs))
+    limit = asyncio.Semaphore(relay.max_concurrency)  # one channel: its own connection's setting
     latencies: list[float] = []
     failures: list[str] = []
     started = time.monotonic()

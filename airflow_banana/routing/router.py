@@ -56,12 +56,15 @@ image on time for the least money". Instead of step 6's first-permit rule, the i
 through the candidates in rank (cost) order and takes the cheapest one it can still finish on
 in time, waiting for it if it is blocked::
 
-    L(c)      = deadline_latency_factor (2) * latency EWMA of c     (a p95-ish call time)
+    L(c)      = deadline_latency_factor (2) * latency EWMA of c     (a p95-ish call time;
+                before c's first answer the EWMA is min(default_latency_s,
+                prior_latency_timeout_fraction (0.25) * c's attempt timeout))
     start(c)  = now                              if c can give a permit now
               = base(c) + ahead(c) * T(c) / p(c) otherwise
     base(c)   = when c unblocks (rate slot, retry hint, breaker, item backoff; for a
                 concurrency block: now + T(c))
-    ahead(c)  = items already queued for c in front of this one (FIFO by arrival)
+    ahead(c)  = items already queued for c in front of this one (earliest deadline first,
+                then arrival: a late newcomer never pushes an urgent item off c)
     T(c)      = seconds per call c can take: max(limiter interval, L_ewma(c) / max_concurrency)
     fits(c)   = start(c) + L(c) + deadline_margin_s <= deadline
 
@@ -69,8 +72,14 @@ The first fitting channel that is free now gets the attempt. A fitting channel t
 is waited for -- the item joins its queue and sleeps until ``min(optimistic start, latest
 start on c, latest switch)``, where the latest switch is the last moment the NEXT fitting
 channel in cost order could still be started and finish in time
-(``deadline - margin - L(next) - wait(next)``). When that moment comes and ``c`` is still
-blocked, waiting no longer fits and the item spills to the next channel. So an item never
+(``deadline - margin - L(next) - wait(next)``), moved earlier by ``ahead(c) / R`` where ``R``
+is the summed pessimistic rate ``p / T`` of the fitting channels after ``c``: the items ahead
+on ``c`` would spill first if ``c`` stalls, so this item leaves room on the fallbacks for them.
+Waiters therefore reach the fallback one by one (the tail first, the EDF head keeps its place)
+instead of all at the same latest moment; the reservation never pushes an item off a channel
+it still fits (if it alone would make waiting "too late", the plain latest switch is used).
+When that moment comes and ``c`` is still blocked, waiting no longer fits and the item spills
+to the next channel. So an item never
 misses a deadline it could have met by spilling now just because it waited (to the accuracy
 of the latency estimate; ``deadline_margin_s`` absorbs the rest). ``p(c)`` (recent success
 rate) makes the queue estimate pessimistic for the feasibility test (failures consume slots
@@ -166,12 +175,15 @@ class RouterConfig:
             raise ConfigurationError("router prior_successes and prior_failures must be positive")
         if self.tie_epsilon < 0 or self.max_no_image_retries < 0 or self.max_attempts_per_item < 1:
             raise ConfigurationError(f"invalid router config: {self}")
-        if min(
-            self.release_poll_s,
-            self.default_latency_s,
-            self.retry_backoff_base_s,
-            self.prior_latency_timeout_fraction,
-        ) <= 0:
+        if (
+            min(
+                self.release_poll_s,
+                self.default_latency_s,
+                self.retry_backoff_base_s,
+                self.prior_latency_timeout_fraction,
+            )
+            <= 0
+        ):
             raise ConfigurationError(f"router durations must be positive: {self}")
         if self.deadline_margin_s < 0 or self.deadline_latency_factor <= 0:
             raise ConfigurationError(f"router deadline margin/latency factor out of range: {self}")

@@ -293,3 +293,101 @@ def test_deadline_aware_run_is_cheaper_and_every_item_is_on_time() -> None:
     assert cheap.spend.spent_usd < 0.85 * fast.spend.spent_usd
     relay_share = cheap.states()["relay"].successes / 200
     assert relay_share > 0.5  # the cheap channel carried most of it; the rest spilled in time
+
+
+# ----------------------------------------------------------------------------- fleet-level spill
+
+FAST_RELAY = chan("relay", "openai", rpm=60.0, max_concurrency=100)  # one call per 60.5 / 60 s
+WIDE_DIRECT = chan("direct", max_concurrency=100)  # free now for everyone: a pure fallback
+
+
+def test_the_latency_prior_comes_from_the_attempt_timeout() -> None:
+    quick = chan("relay", "openai", attempt_timeout_s=8.0)
+    router, _ = make([quick, DIRECT])
+    assert router.prior_latency("relay") == pytest.approx(2.0)  # 0.25 x 8 s
+    assert router.prior_latency("direct") == pytest.approx(30.0)  # 0.25 x 120 s, the default cap
+    ranked = {r.channel: r for r in router.rank("1K")}
+    assert ranked["relay"].latency_s == pytest.approx(2.0)
+    teach_latency(router, "relay", 5.0)  # a real answer replaces the prior
+    assert {r.channel: r for r in router.rank("1K")}["relay"].latency_s == pytest.approx(5.0)
+    with pytest.raises(ConfigurationError):
+        RouterConfig(prior_latency_timeout_fraction=0.0)
+
+
+def test_fifty_waiters_on_a_relay_with_room_for_twenty_spill_thirty_now() -> None:
+    router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
+    t0 = clock.now()
+    slot = 60.5 / 60.0
+    # relay fits place k while t0 + slot + k * slot / 0.9 + L + MARGIN <= deadline
+    deadline = t0 + slot + 19 * slot / 0.9 + L + MARGIN + 0.01  # room for places 0..19
+    first = decide(router, ItemProgress("busy", deadline=deadline + 100))
+    assert isinstance(first, Attempt) and first.channel == "relay"
+    items = [ItemProgress(f"i{k:02d}", deadline=deadline) for k in range(50)]
+    decisions = [decide(router, item) for item in items]
+    waiting = [it.item_id for it, d in zip(items, decisions, strict=True) if isinstance(d, Wait)]
+    spilled = [it.item_id for it, d in zip(items, decisions, strict=True) if isinstance(d, Attempt)]
+    assert waiting == [f"i{k:02d}" for k in range(20)]  # the first 20 in deadline (then arrival) order
+    assert spilled == [f"i{k:02d}" for k in range(20, 50)]
+    assert all(d.channel == "direct" for d in decisions if isinstance(d, Attempt))
+    assert router.queued("relay") == 20
+
+
+def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> None:
+    router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
+    t0 = clock.now()
+    slot = 60.5 / 60.0
+    decide(router, ItemProgress("busy"))  # takes the free slot; no deadline, not queued
+    roomy = t0 + slot + 9 * slot / 0.9 + L + MARGIN + 0.01  # room for places 0..9
+    late = [ItemProgress(f"late{k}", deadline=roomy + 0.001 * k) for k in range(10)]
+    assert all(isinstance(decide(router, it), Wait) for it in late)  # alone, they all fit
+    urgent = [ItemProgress(f"urgent{k}", deadline=roomy - 1.0) for k in range(5)]
+    assert all(isinstance(decide(router, it), Wait) for it in urgent)  # EDF: they jump the queue
+    # the late items re-plan (in any order): the 5 with the latest deadlines no longer fit
+    outcomes = {it.item_id: decide(router, it) for it in reversed(late)}
+    stay = sorted(k for k, d in outcomes.items() if isinstance(d, Wait))
+    gone = sorted(k for k, d in outcomes.items() if isinstance(d, Attempt))
+    assert stay == [f"late{k}" for k in range(5)] and gone == [f"late{k}" for k in range(5, 10)]
+    assert router.queued("relay") == 10
+
+
+def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order() -> None:
+    direct = chan("direct", rpm=60.0, max_concurrency=100)  # dearer, same rate as the relay
+    router, clock = make([FAST_RELAY, direct], rate_guard_s=0.5)
+    t0 = clock.now()
+    slot = 60.5 / 60.0
+    decide(router, ItemProgress("busy"))
+    deadline = t0 + 110.0  # relay place k fits while slot + k * slot / 0.9 <= 40
+    items = [ItemProgress(f"i{k:02d}", deadline=deadline + 0.001 * k) for k in range(30)]
+    assert all(isinstance(decide(router, it), Wait) for it in items)  # relay fits every one
+    clock.advance(1.1)  # the relay's next rate slot: another item's call draws the 429
+    hint(router, "relay", 20.0)  # the relay closes for 20 s (429 RetryInfo)
+    reopen = clock.now() + 20.0
+    # they re-plan latest deadline first: the order of wake-ups must not matter
+    decisions = {it.item_id: decide(router, it) for it in reversed(items)}
+    fits = sum(1 for k in range(30) if reopen + k * slot / 0.9 + L + MARGIN <= deadline)
+    on_relay = sorted(k for k, d in decisions.items() if isinstance(d, Wait) and "'relay'" in d.reason)
+    assert 0 < fits < 30 and on_relay == [f"i{k:02d}" for k in range(fits)]  # EDF prefix stays
+    moved = [decisions[f"i{k:02d}"] for k in range(fits, 30)]
+    # the rest moved to the fallback, which can take them all before the deadline
+    assert all(d.channel == "direct" for d in moved if isinstance(d, Attempt))
+    assert all("'direct'" in d.reason for d in moved if isinstance(d, Wait))
+    assert sum(isinstance(d, Attempt) for d in moved) == 1  # the one free slot, then its queue
+    assert router.queued("relay") == fits and router.queued("direct") == 30 - fits - 1
+
+
+def test_waiters_reserve_the_fallback_for_the_items_ahead_so_spills_spread() -> None:
+    direct = chan("direct", rpm=12.0, max_concurrency=100)  # one call per 60.5 / 12 = 5.04 s
+    router, clock = make([FAST_RELAY, direct], rate_guard_s=0.5)
+    t0 = clock.now()
+    hint(router, "relay", 30.0)  # the relay is closed for 30 s
+    deadline = t0 + 30.0 + L + MARGIN + 10.0  # room on the relay for ~9 places after it reopens
+    waits = [decide(router, ItemProgress(f"i{k}", deadline=deadline)) for k in range(6)]
+    assert all(isinstance(w, Wait) and "'relay'" in w.reason for w in waits)
+    untils = [w.until for w in waits if isinstance(w, Wait)]
+    # the plain latest switch (deadline - margin - L) is the same for all six; place k reserves
+    # the fallback for the k items ahead and switches k x (5.04 / 0.9) s earlier, so if the
+    # relay stays shut they reach the fallback one by one, not at the same moment
+    plain, slot, gap = deadline - MARGIN - L, 60.5 / 60.0, (60.5 / 12.0) / 0.9
+    expected = [min(t0 + 30.0 + k * slot, plain - k * gap) for k in range(6)]
+    assert untils == pytest.approx(expected)
+    assert len(set(untils)) == 6 and untils[-1] < untils[0]
