@@ -14,6 +14,7 @@ the loser learns it and records the other's result instead of overwriting it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from airflow_banana.exceptions import PreconditionFailedError
 from airflow_banana.imaging import ImageInfo
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.report import FAILED, SUCCEEDED, ItemOutcome, attempt_dicts, render_markdown
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage import ObjectStat, Storage, join_uri
 
 log = logging.getLogger(__name__)
 METADATA_VERSION = 1
@@ -78,16 +79,46 @@ class OutputStore:
         """Write image then metadata; returns (image uri, whether this call won the commit).
 
         Losing the race means another worker committed the same item first: its record stands
-        and ours is reported as a duplicate instead of overwriting a good image.
+        and ours is reported as a duplicate instead of overwriting a good image. The metadata
+        write is conditioned on the metadata generation seen *before* the image was written,
+        so a commit that lands meanwhile makes ours lose rather than overwrite it.
         """
+        metadata_uri = self.metadata_uri(request.item_id)
         image_uri = self.image_uri(request.item_id, info.extension)
+        seen = self.storage.stat(metadata_uri)
+        if seen is not None and self.done_record(request.item_id, request.fingerprint()) is not None:
+            log.warning("item '%s': already committed by another worker; keeping theirs", request.item_id)
+            return image_uri, False
         try:
-            self._replace(image_uri, result.image, content_type=info.mime_type)
+            image_generation = self._replace(image_uri, result.image, content_type=info.mime_type)
         except PreconditionFailedError:
             log.warning(
                 "item '%s': another worker wrote %s first; keeping theirs", request.item_id, image_uri
             )
             return image_uri, False
+        record = self._success_record(
+            request, result, info, outcome, lane=lane, run_key=run_key, item_metadata=item_metadata
+        )
+        record["image"]["generation"] = image_generation
+        try:
+            self.storage.write_json(metadata_uri, record, **_expect(seen))
+        except PreconditionFailedError:
+            log.warning("item '%s': another worker committed its metadata first", request.item_id)
+            return image_uri, False
+        self._describe_stored_image(request, image_uri, image_generation, record)
+        return image_uri, True
+
+    def _success_record(
+        self,
+        request: ImageRequest,
+        result: GenerationResult,
+        info: ImageInfo,
+        outcome: ItemOutcome,
+        *,
+        lane: str,
+        run_key: str,
+        item_metadata: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         width, height = expected_pixels(request.image_size, request.aspect_ratio)
         record = self._record(request, outcome, lane=lane, run_key=run_key, item_metadata=item_metadata)
         record.update(
@@ -97,7 +128,7 @@ class OutputStore:
             tokens=result.usage.as_dict(),
             text=result.text,
             image={
-                "uri": image_uri,
+                "uri": self.image_uri(request.item_id, info.extension),
                 "sha256": result.sha256,
                 "mime_type": info.mime_type,
                 "declared_mime_type": result.declared_mime_type,
@@ -109,12 +140,27 @@ class OutputStore:
                 "bytes": len(result.image),
             },
         )
+        return record
+
+    def _describe_stored_image(
+        self, request: ImageRequest, image_uri: str, generation: int, record: dict[str, Any]
+    ) -> None:
+        """If a racing writer replaced the image after ours, make the metadata describe what is stored."""
+        stat = self.storage.stat(image_uri)
+        if stat is None or stat.generation == generation:
+            return
+        data, current = self.storage.read_with_generation(image_uri)
+        record["image"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), generation=current)
+        log.warning(
+            "item '%s': %s was replaced by a concurrent worker; metadata updated", request.item_id, image_uri
+        )
+        meta = self.storage.stat(self.metadata_uri(request.item_id))
         try:
-            self._replace(self.metadata_uri(request.item_id), record, json_value=True)
+            self.storage.write_json(self.metadata_uri(request.item_id), record, **_expect(meta))
         except PreconditionFailedError:
-            log.warning("item '%s': another worker committed its metadata first", request.item_id)
-            return image_uri, False
-        return image_uri, True
+            log.warning(
+                "item '%s': metadata changed again while describing the image; left as is", request.item_id
+            )
 
     def commit_failure(
         self,
@@ -181,13 +227,14 @@ class OutputStore:
 
     def _replace(
         self, uri: str, value: Any, *, content_type: str | None = None, json_value: bool = False
-    ) -> None:
+    ) -> int:
         """Write ``uri`` only over the generation we saw (or only if absent): no blind overwrite."""
-        stat = self.storage.stat(uri)
-        kwargs: dict[str, Any] = (
-            {"if_absent": True} if stat is None else {"if_generation_match": stat.generation}
-        )
+        kwargs = _expect(self.storage.stat(uri))
         if json_value:
-            self.storage.write_json(uri, value, **kwargs)
-        else:
-            self.storage.write_bytes(uri, value, content_type=content_type, **kwargs)
+            return self.storage.write_json(uri, value, **kwargs)
+        return self.storage.write_bytes(uri, value, content_type=content_type, **kwargs)
+
+
+def _expect(stat: ObjectStat | None) -> dict[str, Any]:
+    """Write-precondition kwargs: create-only when absent, else replace exactly that generation."""
+    return {"if_absent": True} if stat is None else {"if_generation_match": stat.generation}

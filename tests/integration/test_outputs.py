@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 
@@ -171,3 +172,31 @@ def test_report_json_and_markdown(store: OutputStore) -> None:
     uri = store.write_report("r", report)
     assert store.storage.read_json(uri)["run_key"] == "r"
     assert "Items without an image" in store.storage.read_text(store.run_uri("r", "report.md"))
+
+
+def test_a_later_commit_attempt_loses_to_a_committed_success(store: OutputStore) -> None:
+    req = ImageRequest("seq", "sequential duplicates")
+    first, second = _result(req), _result(req, size=(1024, 1024))
+    assert store.commit_success(
+        req, first, inspect_image(first.image), _outcome(req), lane="realtime", run_key="a"
+    )[1]
+    won = store.commit_success(
+        req, second, inspect_image(second.image), _outcome(req), lane="realtime", run_key="b"
+    )
+    assert won[1] is False
+    assert store.storage.read_json(store.metadata_uri("seq"))["run_key"] == "a"
+
+
+def test_metadata_follows_an_image_replaced_by_a_racing_writer(store: OutputStore) -> None:
+    req = ImageRequest("swap", "racy")
+    result = _result(req)
+    uri, _ = store.commit_success(
+        req, result, inspect_image(result.image), _outcome(req), lane="realtime", run_key="a"
+    )
+    record = store.storage.read_json(store.metadata_uri("swap"))
+    other = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (1, 2, 3)).save(other, format="PNG")
+    store.storage.write_bytes(uri, other.getvalue(), content_type="image/png")
+    store._describe_stored_image(req, uri, record["image"]["generation"], record)
+    after = store.storage.read_json(store.metadata_uri("swap"))["image"]
+    assert after["sha256"] == hashlib.sha256(other.getvalue()).hexdigest() != result.sha256
