@@ -22,7 +22,7 @@ def genai_client(config: ChannelConfig) -> Any:
     from airflow_banana.channels.gemini import GeminiChannel
 
     # The channel only builds the client here; it makes no call and is dropped at once.
-    return GeminiChannel(config)._get_client()
+    return GeminiChannel(config).get_client()
 
 
 def close_client(client: Any) -> None:

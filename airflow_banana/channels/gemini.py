@@ -293,7 +293,7 @@ class GeminiChannel:
                 # construction; pay only the SDK import now, build the client at the first call
                 import google.genai  # noqa: F401
             else:
-                self._get_client()
+                self.get_client()
         except ConfigurationError:
             raise
         except Exception as err:
@@ -339,7 +339,8 @@ class GeminiChannel:
         credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
         return credentials
 
-    def _get_client(self) -> Any:
+    def get_client(self) -> Any:
+        """The google-genai client this channel sends through (built once, closed by aclose)."""
         if self._client is not None:
             return self._client
         from google import genai
@@ -449,7 +450,7 @@ class GeminiChannel:
         """Run one SDK call under the hard timeout; return its JSON dump or raise ``ChannelError``."""
         secrets = config_secrets(self.config)
         try:
-            client = self._get_client()
+            client = self.get_client()
             response = await asyncio.wait_for(
                 invoke(client), timeout=self.config.attempt_timeout_s + _HARD_CAP_MARGIN_S
             )

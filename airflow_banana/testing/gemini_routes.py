@@ -29,11 +29,10 @@ from airflow_banana.testing.generate import (
 )
 from airflow_banana.testing.wire import (
     Caller,
-    ResetResponse,
+    apply_transport_faults,
     broken_body,
     caller_for,
     error_response,
-    hang,
     log_request,
     read_json,
     transport_fault_response,
@@ -113,18 +112,8 @@ async def run_generation(request: Request, ctx: ActionContext, *, stream: bool) 
         return unauthenticated(caller)
     body = await read_json(request)
     prompt = last_user_prompt(body) if isinstance(body, dict) else ""
-    decision = state.faults.decide(caller.key, prompt)
-    if decision.latency_s > 0:
-        await asyncio.sleep(decision.latency_s)
-    if decision.fault == "hang":
-        log_request(state, request, caller, started, 0, "hang")
-        return await hang(request, state)
-    if decision.fault == "reset":
-        log_request(state, request, caller, started, 0, "reset")
-        return ResetResponse()
-    fault_resp = transport_fault_response(caller, decision)
+    decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt)
     if fault_resp is not None:
-        log_request(state, request, caller, started, fault_resp.status_code, decision.fault)
         return fault_resp
     if not isinstance(body, dict):
         log_request(state, request, caller, started, 400, None)

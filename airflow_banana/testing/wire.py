@@ -177,6 +177,26 @@ def transport_fault_response(caller: Caller, decision: Decision) -> Response | N
     return None
 
 
+async def apply_transport_faults(
+    state: SimulatorState, request: Request, caller: Caller, started: float, prompt: str
+) -> tuple[Decision, Response | None]:
+    """Decide this request's fault, wait its latency, and answer at once if the fault is on the
+    transport (hang, reset, a status error); else return the decision for the content stage."""
+    decision = state.faults.decide(caller.key, prompt)
+    if decision.latency_s > 0:
+        await asyncio.sleep(decision.latency_s)
+    if decision.fault == "hang":
+        log_request(state, request, caller, started, 0, "hang")
+        return decision, await hang(request, state)
+    if decision.fault == "reset":
+        log_request(state, request, caller, started, 0, "reset")
+        return decision, ResetResponse()
+    response = transport_fault_response(caller, decision)
+    if response is not None:
+        log_request(state, request, caller, started, response.status_code, decision.fault)
+    return decision, response
+
+
 def broken_body(kind: str, good: Mapping[str, Any] | bytes) -> Response:
     """A 200 whose body is cut in the middle ("truncated") or not JSON at all ("malformed")."""
     if kind == "malformed":
