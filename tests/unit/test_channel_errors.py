@@ -376,7 +376,7 @@ def test_blocked_prompt_reason_names_the_block() -> None:
 
 # --------------------------------------------------------------------------- secrets
 
-KEY = "AIzaSyD-this-is-a-test-key-000000000000"
+KEY = "fake-test-key-this-is-not-a-real-key-0000"
 
 
 @pytest.mark.parametrize(
@@ -466,3 +466,13 @@ def test_config_secrets_include_key_file_private_parts() -> None:
     leaked = f"bad key file {json.dumps(creds)} and raw {pem}"
     cleaned = scrub(leaked, secrets)
     assert "MIIEabc" not in cleaned and "kid-123456" not in cleaned
+
+
+def test_key_shaped_strings_are_scrubbed_even_when_not_named() -> None:
+    # built at run time so nothing key-shaped is committed to the repository
+    google_shaped = "AIza" + "Sy" + "k" * 33
+    relay_shaped = "sk-" + "or" + "v" * 30
+    text = f"upstream said: invalid key {google_shaped}; also {relay_shaped}"
+    cleaned = scrub(text)
+    assert google_shaped not in cleaned and relay_shaped not in cleaned
+    assert cleaned.count("***") == 2

@@ -32,7 +32,7 @@ from airflow_banana.models import DEFAULT_MODEL, ImageRequest, ReferenceImage
 
 pytestmark = pytest.mark.genai2  # SDK types: also run on the google-genai 2.x leg
 
-KEY = "AIzaSyUnitTestKey-0123456789abcdefghijk"
+KEY = "fake-unit-test-key-0123456789abcdefghijk"
 
 
 def png(w: int = 8, h: int = 8) -> bytes:

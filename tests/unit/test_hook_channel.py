@@ -18,7 +18,7 @@ from airflow_banana.connection_form import EXTRA_EXAMPLE
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.hooks import BananaChannelHook
 
-KEY = "AIzaSyHookUnitTestKey-0123456789abcdefgh"
+KEY = "fake-hook-unit-test-key-0123456789abcdefgh"
 ROOT = Path(__file__).resolve().parents[2]
 
 
