@@ -31,7 +31,6 @@ from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationE
 from airflow_banana.models import ImageRequest
 
 log = logging.getLogger(__name__)
-LIST_SCAN_LIMIT = 1000  # jobs looked at when searching for an orphan (newest first)
 
 
 class DeveloperBatchBackend(GenaiBackendBase):
@@ -96,32 +95,6 @@ class DeveloperBatchBackend(GenaiBackendBase):
                 os.unlink(path)
             except OSError:
                 log.debug("could not remove %s", path)
-
-    # -- poll / cancel / find
-    def get(self, name: str) -> JobSnapshot:
-        try:
-            return snapshot_from_job(self.client.batches.get(name=name))
-        except Exception as err:
-            raise sdk_error(self.config, "polling", err, job=name) from err
-
-    def cancel(self, name: str) -> None:
-        try:
-            self.client.batches.cancel(name=name)
-        except Exception as err:
-            raise sdk_error(self.config, "cancelling", err, job=name) from err
-
-    def find(self, display_name_head: str) -> JobSnapshot | None:
-        """The job whose display name starts with ``display_name_head`` (an orphan to adopt)."""
-        try:
-            for i, job in enumerate(self.client.batches.list(config={"page_size": 100})):
-                if i >= LIST_SCAN_LIMIT:
-                    break
-                name = str(getattr(job, "display_name", "") or "")
-                if name.split(" ", 1)[0] == display_name_head:
-                    return snapshot_from_job(job)
-        except Exception as err:
-            raise sdk_error(self.config, f"listing batch jobs to find '{display_name_head}'", err) from err
-        return None
 
     def console_url(self, name: str) -> str:
         # AI Studio lists a project's batch jobs; it documents no per-job page.

@@ -68,6 +68,9 @@ class BatchBackend(Protocol):
     def close(self) -> None: ...
 
 
+LIST_SCAN_LIMIT = 1000  # jobs looked at when searching for an orphan (newest first)
+
+
 class GenaiBackendBase:
     """The google-genai client a batch backend talks through: built on first use, closed once."""
 
@@ -91,6 +94,31 @@ class GenaiBackendBase:
         client, self._client = self._client, None
         if client is not None:
             close_client(client)
+
+    def get(self, name: str) -> JobSnapshot:
+        try:
+            return snapshot_from_job(self.client.batches.get(name=name))
+        except Exception as err:
+            raise sdk_error(self.config, "polling", err, job=name) from err
+
+    def cancel(self, name: str) -> None:
+        try:
+            self.client.batches.cancel(name=name)
+        except Exception as err:
+            raise sdk_error(self.config, "cancelling", err, job=name) from err
+
+    def find(self, display_name_head: str) -> JobSnapshot | None:
+        """The job whose display name starts with ``display_name_head`` (an orphan to adopt)."""
+        try:
+            for i, job in enumerate(self.client.batches.list(config={"page_size": 100})):
+                if i >= LIST_SCAN_LIMIT:
+                    break
+                name = str(getattr(job, "display_name", "") or "")
+                if name.split(" ", 1)[0] == display_name_head:
+                    return snapshot_from_job(job)
+        except Exception as err:
+            raise sdk_error(self.config, f"listing batch jobs to find '{display_name_head}'", err) from err
+        return None
 
 
 def model_of(requests: Sequence[ImageRequest], config: ChannelConfig) -> str:

@@ -26,7 +26,6 @@ from airflow_banana.models import ImageRequest
 from airflow_banana.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
-LIST_SCAN_LIMIT = 1000
 
 
 class VertexBatchBackend(GenaiBackendBase):
@@ -77,32 +76,6 @@ class VertexBatchBackend(GenaiBackendBase):
             input_uri,
         )
         return Submitted(snapshot, input_uri=input_uri, dest_uri=dest_uri)
-
-    def get(self, name: str) -> JobSnapshot:
-        try:
-            return snapshot_from_job(self.client.batches.get(name=name))
-        except Exception as err:
-            raise sdk_error(self.config, "polling", err, job=name) from err
-
-    def cancel(self, name: str) -> None:
-        try:
-            self.client.batches.cancel(name=name)
-        except Exception as err:
-            raise sdk_error(self.config, "cancelling", err, job=name) from err
-
-    def find(self, display_name_head: str) -> JobSnapshot | None:
-        try:
-            for i, job in enumerate(self.client.batches.list(config={"page_size": 100})):
-                if i >= LIST_SCAN_LIMIT:
-                    break
-                name = str(getattr(job, "display_name", "") or "")
-                if name.split(" ", 1)[0] == display_name_head:
-                    return snapshot_from_job(job)
-        except Exception as err:
-            raise sdk_error(
-                self.config, f"listing batch prediction jobs to find '{display_name_head}'", err
-            ) from err
-        return None
 
     def console_url(self, name: str) -> str:
         job_id = name.rsplit("/", 1)[-1]
