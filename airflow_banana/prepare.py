@@ -42,6 +42,7 @@ def prepare_manifest(
     """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine."""
     result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}))
     rejects = [result.rejects_jsonl()] if result.rejects else []
+    rejected = len(result.rejects)
     work: list[WorkItem] = []
     items: list[ManifestItem] = []
     problems: list[str] = []
@@ -52,6 +53,7 @@ def prepare_manifest(
             if on_invalid == "reject":
                 problems.append(str(err))
                 continue
+            rejected += 1
             rejects.append(
                 json.dumps(
                     {"line": item.line, "item_id": item.id, "reason": str(err), "field": "reference_images"}
@@ -71,7 +73,6 @@ def prepare_manifest(
         raise ManifestError(
             "reference images cannot be used, nothing was spent: " + "; ".join(problems[:20]), manifest=uri
         )
-    rejected = len(result.rejects) + (len(rejects) - (1 if result.rejects else 0))
     if rejected:
         log.warning("%s: %d item(s) quarantined; see rejects.jsonl in the run folder", uri, rejected)
     log.info("%s: %d item(s) ready", uri, len(work))

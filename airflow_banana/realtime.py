@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from airflow_banana.channels.base import Channel
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError
-from airflow_banana.imaging import inspect_image
+from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.outputs import OutputStore, utcnow_iso
 from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
@@ -201,11 +201,11 @@ class RealtimeEngine:
                 await self._wait(action)
                 continue
             first_start = first_start if first_start is not None else self.clock.now()
-            result = await self._attempt(item, request, action)
-            if result is None:
+            answer = await self._attempt(item, request, action)
+            if answer is None:
                 continue
             latency = self.clock.now() - first_start
-            return await self._commit(w, item, result, latency)
+            return await self._commit(w, item, *answer, latency)
 
     async def _wait(self, action: Wait) -> None:
         delay = max(0.0, action.until - self.clock.now())
@@ -218,8 +218,8 @@ class RealtimeEngine:
 
     async def _attempt(
         self, item: ItemProgress, request: ImageRequest, action: AttemptDecision
-    ) -> GenerationResult | None:
-        """One call; returns the validated result, or None after reporting the failure."""
+    ) -> tuple[GenerationResult, ImageInfo] | None:
+        """One call; returns the result and its decoded image facts, or None after reporting the failure."""
         channel = self.channels[action.channel]
         if action.failover:
             self._incr("failovers")
@@ -228,7 +228,7 @@ class RealtimeEngine:
         events: tuple[ChannelEvent, ...] = ()
         try:
             result = await asyncio.wait_for(channel.generate(request), timeout=action.timeout_s)
-            await asyncio.to_thread(self._validate, request, result)
+            info = await asyncio.to_thread(self._validate, request, result)
         except TimeoutError:
             log.warning(
                 "item '%s': channel '%s' gave no answer within %.1f s; failing over",
@@ -253,12 +253,12 @@ class RealtimeEngine:
         )
         self._after_report(events)
         self._spent += result.cost_usd
-        return result
+        return result, info
 
-    def _validate(self, request: ImageRequest, result: GenerationResult) -> None:
+    def _validate(self, request: ImageRequest, result: GenerationResult) -> ImageInfo:
         """Never store what does not decode (FAULTS R8/R12); a wrong size is recorded, not fatal."""
         try:
-            inspect_image(result.image)
+            return inspect_image(result.image)
         except ImageValidationError as err:
             raise ChannelError(
                 f"returned image is unusable ({err}); retrying",
@@ -270,10 +270,9 @@ class RealtimeEngine:
             ) from err
 
     async def _commit(
-        self, w: WorkItem, item: ItemProgress, result: GenerationResult, latency: float
+        self, w: WorkItem, item: ItemProgress, result: GenerationResult, info: ImageInfo, latency: float
     ) -> ItemOutcome:
         request = w.request
-        info = await asyncio.to_thread(inspect_image, result.image)
         outcome = ItemOutcome(
             request.item_id,
             SUCCEEDED,

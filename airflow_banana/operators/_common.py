@@ -28,7 +28,14 @@ def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list
         raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
-    return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+    except AirflowNotFoundException as err:
+        raise ConfigurationError(
+            f"{task_id}: {err}; define the banana connection first (nothing was spent)"
+        ) from err
 
 
 def shared_state_for(

@@ -31,6 +31,7 @@ from airflow.sdk import BaseOperator
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import ManifestItem, write_manifest
+from airflow_banana.operators._common import load_channel_configs
 from airflow_banana.planning import (
     batch_lane,
     duration_of,
@@ -140,20 +141,6 @@ def compute_plan(
         realtime=tuple(realtime),
         batch=lanes[0] if lanes else None,
     )
-
-
-def _load_configs(ids: Sequence[str] | str, task: str) -> list[ChannelConfig]:
-    """Channel configs of connection ids; a missing connection is a ConfigurationError (nothing spent)."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    from airflow_banana.operators._common import load_channel_configs
-
-    try:
-        return load_channel_configs(ids, task_id=task)
-    except AirflowNotFoundException as err:
-        raise ConfigurationError(
-            f"{task}: {err}; define the banana connection first (nothing was spent)"
-        ) from err
 
 
 def _shards(items: Sequence[ManifestItem], shard_size: int | None) -> list[list[ManifestItem]]:
@@ -324,8 +311,8 @@ def plan_manifest(
     from airflow_banana.prepare import prepare_manifest
 
     task = f"plan {run_key}"
-    configs = _load_configs(channels, task)
-    batch_config = _load_configs([batch_channel], task)[0] if batch_channel else None
+    configs = load_channel_configs(channels, task_id=task)
+    batch_config = load_channel_configs([batch_channel], task_id=task)[0] if batch_channel else None
     storage = storage_for(output_prefix, gcp_conn_id)
     prepared = prepare_manifest(
         manifest, storage, on_invalid=on_invalid, defaults=dict(defaults or {}), logical_date=logical_date
@@ -394,10 +381,10 @@ def dry_run_plan(
 
     at = parse_now(now)
     anchor = parse_now(logical_date) if logical_date else at
-    configs = _load_configs(channels, "plan") if channels else []
+    configs = load_channel_configs(channels, task_id="plan") if channels else []
     batch: ChannelConfig | str | None = batch_backend
     if batch_channel:
-        batch = _load_configs([batch_channel], "plan")[0]
+        batch = load_channel_configs([batch_channel], task_id="plan")[0]
     storage = storage_for(manifest, gcp_conn_id)
     prepared = prepare_manifest(manifest, storage, logical_date=anchor)
     done: list[str] = []
