@@ -336,14 +336,25 @@ def test_b3_b6_poll_errors_tolerated_and_line_errors_recorded(gemini: Any, tmp_p
         "bkey",
         {
             "name": "b",
-            "batch": {"turnaround_s": 0.6, "pending_s": 0.05, "poll_errors": 2, "line_error_rate": 0.5},
+            "batch": {"turnaround_s": 0.6, "pending_s": 0.05, "poll_errors": 2},
         },
     )
+    # Lines 1 and 4 fail by their prompt marker: deterministic, unlike a rate keyed by the job id.
+    manifest = tmp_path / "manifest-line-errors.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"it-{i}", "prompt": f"product {i}" + (" [sim:line_error]" if i in (1, 4) else "")}
+            )
+            + "\n"
+            for i in range(N)
+        )
+    )
     with pytest.raises(BananaError, match="ended without an image"):
-        _operator(tmp_path, max_poll_failures=3, inline=False).execute(_context())
+        _operator(tmp_path, manifest=str(manifest), max_poll_failures=3, inline=False).execute(_context())
     assert sum(1 for r in gemini.requests() if r["status"] == 503) == 2  # two failed polls were ridden out
     report = json.loads((tmp_path / "out/runs/dag_b__batch__manual__1/report.json").read_text())
-    assert report["items"]["failed"] > 0 and report["items"]["succeeded"] > 0
+    assert report["items"]["failed"] == 2 and report["items"]["succeeded"] == N - 2
     assert report["items"]["succeeded"] == len(gemini.billable())
     for failed in report["failed_items"]:
         meta = json.loads((tmp_path / f"out/metadata/{failed['item_id']}.json").read_text())
