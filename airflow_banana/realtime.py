@@ -36,6 +36,16 @@ from airflow_banana.routing import (
 
 log = logging.getLogger(__name__)
 
+_ROUTINE_EVENTS = (ChannelEvent.RETRY_HINT, ChannelEvent.BREAKER_CLOSED)
+_EVENT_NEXT = {
+    ChannelEvent.BREAKER_OPENED: "its traffic moves to the other channels until a probe succeeds",
+    ChannelEvent.BREAKER_REOPENED: "the probe failed; closed longer before the next probe",
+    ChannelEvent.BREAKER_CLOSED: "the probe succeeded; back in the rotation",
+    ChannelEvent.RETRY_HINT: "no calls until the provider's retry delay ends",
+    ChannelEvent.BENCHED: "no calls until its daily quota resets",
+    ChannelEvent.DISABLED: "not used again in this run",
+}
+
 
 class Metrics(Protocol):
     """What the engine emits; the operator adapts Airflow's Stats. Failures here never fail a run."""
@@ -247,11 +257,11 @@ class RealtimeEngine:
             self.router.report_cancelled(item, action.permit)
             raise
         finally:
-            self._after_report(events)
+            self._after_report(action.channel, events)
         events = self.router.report_success(
             item, action.permit, cost_usd=result.cost_usd, latency_s=result.latency_s
         )
-        self._after_report(events)
+        self._after_report(action.channel, events)
         self._spent += result.cost_usd
         return result, info
 
@@ -335,10 +345,14 @@ class RealtimeEngine:
         return outcome
 
     # ------------------------------------------------------------------ observability
-    def _after_report(self, events: tuple[ChannelEvent, ...]) -> None:
+    def _after_report(self, channel: str, events: tuple[ChannelEvent, ...]) -> None:
         self._released.set()  # a permit came back: items waiting on concurrency may go
         for event in events:
             self._incr(f"channel_events.{event.value}")
+            # A channel leaving or rejoining the rotation is what a person reading the log needs
+            # to explain cost and latency; per-call retry hints stay at INFO (they can be many).
+            level = logging.INFO if event in _ROUTINE_EVENTS else logging.WARNING
+            log.log(level, "channel '%s': %s; %s", channel, event.value, _EVENT_NEXT[event])
 
     def _breaker_openings(self) -> dict[str, int]:
         return {name: snap.openings for name, snap in self.router.states(self.clock.now()).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ DEFAULT_BASE_URLS = {
     "openai": "https://openrouter.ai/api/v1",
 }
 DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
+# A typical image call (Nano Banana Pro at 2K: 10-30 s); the router's latency prior is the same.
+TYPICAL_CALL_S = 30.0
+DEFAULT_MAX_CONCURRENCY = 4
+MAX_DERIVED_CONCURRENCY = 64
 
 
 def _is_loopback(host: str) -> bool:
@@ -61,7 +66,7 @@ class ChannelConfig:
     prices: dict[str, float] = field(default_factory=dict)
     rpm: float | None = None
     ipm: float | None = None
-    max_concurrency: int = 4
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     project: str | None = None
     location: str | None = None
     credentials_info: Secret | None = None
@@ -85,6 +90,21 @@ def _number(extra: Mapping[str, Any], key: str, channel: str, *, integer: bool =
     if number <= 0:
         raise ConfigurationError(f"channel '{channel}': extra.{key} must be positive, got {value!r}")
     return number
+
+
+def derived_concurrency(rpm: float | None, ipm: float | None, attempt_timeout_s: float) -> int:
+    """``max_concurrency`` for a connection that sets a rate but no concurrency.
+
+    Calls in flight at the cap = cap per second x call time: with 4 slots and ~30 s calls a
+    channel tops out at 8 calls a minute, so a connection saying ``rpm: 50`` would never see
+    50 unless its owner also did this sum. ``ceil(rate / 60 x min(timeout, 30 s) x 1.25)``
+    (25 % headroom for slow calls), at least the default 4 and at most 64; without a rate, 4.
+    """
+    rates = [r for r in (rpm, ipm) if r is not None]
+    if not rates:
+        return DEFAULT_MAX_CONCURRENCY
+    needed = math.ceil(min(rates) / 60.0 * min(attempt_timeout_s, TYPICAL_CALL_S) * 1.25)
+    return max(DEFAULT_MAX_CONCURRENCY, min(MAX_DERIVED_CONCURRENCY, needed))
 
 
 def _flag(value: object) -> bool:
@@ -140,6 +160,8 @@ def parse_channel(
     except ConfigurationError as err:
         raise ConfigurationError(f"channel '{name}': {err}") from err
 
+    rpm, ipm = _number(extra, "rpm", name), _number(extra, "ipm", name)
+    timeout = _number(extra, "timeout", name) or DEFAULT_ATTEMPT_TIMEOUT_S
     return ChannelConfig(
         name=name,
         protocol=protocol,
@@ -147,13 +169,14 @@ def parse_channel(
         api_key=Secret(password or ""),
         model=str(extra.get("model") or DEFAULT_MODEL),
         prices=prices,
-        rpm=_number(extra, "rpm", name),
-        ipm=_number(extra, "ipm", name),
-        max_concurrency=_number(extra, "max_concurrency", name, integer=True) or 4,
+        rpm=rpm,
+        ipm=ipm,
+        max_concurrency=_number(extra, "max_concurrency", name, integer=True)
+        or derived_concurrency(rpm, ipm, timeout),
         project=str(project) if project else None,
         location=str(location) if location else None,
         credentials_info=Secret(str(credentials)) if credentials else None,
         billed_on_failure=_flag(extra.get("billed_on_failure", False)),
-        attempt_timeout_s=_number(extra, "timeout", name) or DEFAULT_ATTEMPT_TIMEOUT_S,
+        attempt_timeout_s=timeout,
         signatures=protocol in ("gemini", "vertex") and not _flag(extra.get("drops_signatures", False)),
     )

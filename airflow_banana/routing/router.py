@@ -60,30 +60,36 @@ in time, waiting for it if it is blocked::
                 before c's first answer the EWMA is min(default_latency_s,
                 prior_latency_timeout_fraction (0.25) * c's attempt timeout))
     start(c)  = now                              if c can give a permit now
-              = base(c) + ahead(c) * T(c) / p(c) otherwise
+              = base(c) + ahead(c) * T(c)        otherwise
     base(c)   = when c unblocks (rate slot, retry hint, breaker, item backoff; for a
                 concurrency block: now + T(c))
     ahead(c)  = items already queued for c in front of this one (earliest deadline first,
                 then arrival: a late newcomer never pushes an urgent item off c)
     T(c)      = seconds per call c can take: max(limiter interval, L_ewma(c) / max_concurrency)
-    fits(c)   = start(c) + L(c) + deadline_margin_s <= deadline
+                / rate factor (the share of time and answers retry hints leave, HintHistory:
+                a channel a shared quota keeps closing gives a fraction of its nominal rate)
+    need(c)   = L(c) + deadline_margin_s, plus, when p(c) < reliable_success_rate (0.9), L of
+                the fastest channel with p >= 0.9: a try on a channel that fails often leaves
+                room for the call that rescues it
+    fits(c)   = start(c) + need(c) <= deadline
 
 The first fitting channel that is free now gets the attempt. A fitting channel that is blocked
-is waited for -- the item joins its queue and sleeps until ``min(optimistic start, latest
-start on c, latest switch)``, where the latest switch is the last moment the NEXT fitting
-channel in cost order could still be started and finish in time
-(``deadline - margin - L(next) - wait(next)``), moved earlier by ``ahead(c) / R`` where ``R``
-is the summed pessimistic rate ``p / T`` of the fitting channels after ``c``: the items ahead
-on ``c`` would spill first if ``c`` stalls, so this item leaves room on the fallbacks for them.
+is waited for -- the item joins its queue and sleeps until ``min(start(c), latest start on c
+= deadline - need(c), latest switch)``, where the latest switch is the last moment the NEXT
+fitting channel in cost order could still be started and finish in time
+(``deadline - need(next) - wait(next)``), moved earlier by ``ahead(c) / R`` where ``R`` is the
+summed success rate ``p / T`` of the fitting channels after ``c``: the items ahead on ``c``
+would spill first if ``c`` stalls, so this item leaves room on the fallbacks for them.
 Waiters therefore reach the fallback one by one (the tail first, the EDF head keeps its place)
 instead of all at the same latest moment; the reservation never pushes an item off a channel
 it still fits (if it alone would make waiting "too late", the plain latest switch is used).
 When that moment comes and ``c`` is still blocked, waiting no longer fits and the item spills
-to the next channel. So an item never
-misses a deadline it could have met by spilling now just because it waited (to the accuracy
-of the latency estimate; ``deadline_margin_s`` absorbs the rest). ``p(c)`` (recent success
-rate) makes the queue estimate pessimistic for the feasibility test (failures consume slots
-too); the wake-up time uses the optimistic ``ahead * T`` so a freed slot is not left idle.
+to the next channel. So an item never misses a deadline it could have met by spilling now
+just because it waited (to the accuracy of the latency estimate; ``deadline_margin_s`` and
+the rescue call in ``need`` absorb the rest). ``start`` counts one slot per item ahead, not
+``1 / p``: an item ahead that fails re-queues behind this one (a new place), so its retry
+does not delay this item; counting ``1 / p`` slots made a 45 %-failing relay look half as
+fast as it was and spilled its items to dearer channels that then finished early.
 Queue positions spread wake-ups (the head also wakes on a release), so N waiting items cost
 O(N) router calls per slot, not O(N) per release. ``forget(item)`` drops a cancelled item's
 place. When no channel fits, the item falls back to the rules above (best effort: whatever is
@@ -109,10 +115,11 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.channels.config import TYPICAL_CALL_S, ChannelConfig
 from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.models import IMAGE_SIZES, ImageRequest
 from airflow_banana.pricing import price_table
+from airflow_banana.routing.availability import HintHistory
 from airflow_banana.routing.breaker import BreakerConfig
 from airflow_banana.routing.budget import RetryBudget, RetryBudgetConfig, SpendBudget
 from airflow_banana.routing.clock import QUOTA_TIMEZONE, Clock, SystemClock, WallClock, next_daily_reset
@@ -142,7 +149,7 @@ class RouterConfig:
     tie_epsilon: float = 0.02
     prior_successes: float = 4.5
     prior_failures: float = 0.5
-    default_latency_s: float = 30.0
+    default_latency_s: float = TYPICAL_CALL_S
     # Before a channel's first answer its latency prior is min(default_latency_s, this x its
     # attempt timeout): a connection tuned for fast calls plans with fast calls from t = 0.
     prior_latency_timeout_fraction: float = 0.25
@@ -167,6 +174,9 @@ class RouterConfig:
     deadline_aware: bool = True  # items with a deadline: cheapest channel that still makes it
     deadline_margin_s: float = 10.0
     deadline_latency_factor: float = 2.0  # latency EWMA x this ~ p95 of a call
+    # An attempt on a channel succeeding less often than this must leave room for one call on
+    # the fastest channel that does, in case it fails (the deadline-aware plan, see above).
+    reliable_success_rate: float = 0.9
     default_deadline_s: float | None = None  # deadline for items without one, from the run start
     rate_guard_s: float = 0.5  # limiter window 60 s + this: no 429 from transit jitter at the cap
 
@@ -185,7 +195,11 @@ class RouterConfig:
             <= 0
         ):
             raise ConfigurationError(f"router durations must be positive: {self}")
-        if self.deadline_margin_s < 0 or self.deadline_latency_factor <= 0:
+        if (
+            self.deadline_margin_s < 0
+            or self.deadline_latency_factor <= 0
+            or not (0 < self.reliable_success_rate <= 1)
+        ):
             raise ConfigurationError(f"router deadline margin/latency factor out of range: {self}")
         if self.default_deadline_s is not None and self.default_deadline_s <= 0:
             raise ConfigurationError(f"router default_deadline_s must be positive: {self}")
@@ -380,6 +394,7 @@ class Router:
             threshold=self.config.failover_alert_threshold, window_s=self.config.failover_window_s
         )
         self._open: dict[str, _Open] = {}
+        self._hints = {name: HintHistory(window_s=self.config.stats_half_life_s) for name in self.channels}
 
     # ------------------------------------------------------------ views
 
@@ -522,10 +537,31 @@ class Router:
         timeout = self.channels[ranked.channel].attempt_timeout_s
         return min(ranked.latency_s * self.config.deadline_latency_factor, timeout)
 
-    def service_interval(self, ranked: RankedChannel) -> float:
-        """Seconds per call the channel can take at its limits (rate or concurrency bound)."""
+    def service_interval(self, ranked: RankedChannel, now: float) -> float:
+        """Seconds per call the channel really takes: its limits (rate or concurrency bound),
+        stretched by the share of time and answers lost to retry hints (``HintHistory``)."""
         limits = self._policies[ranked.channel].limits
-        return max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
+        nominal = max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
+        return nominal / self._hints[ranked.channel].rate_factor(now)
+
+    def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel]) -> float:
+        """Seconds an attempt started on ``ranked`` needs before the deadline.
+
+        A p95-ish call plus ``deadline_margin_s``; on a channel that fails often (success rate
+        below ``reliable_success_rate``) a p95-ish call there and then one on the fastest
+        reliable alternative, so an item whose last cheap try fails can still be rescued in
+        time. Two p95s in a row already hold more slack than the margin (both calls running
+        to their p95 is rare), so the larger of the margin and that rescue call is added.
+        """
+        margin = self.config.deadline_margin_s
+        if ranked.success_rate < self.config.reliable_success_rate:
+            rescues = [
+                self.expected_latency(r)
+                for r in candidates
+                if r.channel != ranked.channel and r.success_rate >= self.config.reliable_success_rate
+            ]
+            margin = max(margin, min(rescues, default=0.0))
+        return self.expected_latency(ranked) + margin
 
     def queued(self, channel: str) -> int:
         """How many items wait in ``channel``'s queue (deadline-aware path)."""
@@ -558,15 +594,15 @@ class Router:
 
     def _estimate(
         self, item: ItemProgress, ranked: RankedChannel, now: float, previous: tuple[str, int] | None
-    ) -> tuple[float, float, int, Denial | None] | None:
-        """(pessimistic start, optimistic start, items ahead, blocking denial) or None if unusable."""
+    ) -> tuple[float, int, Denial | None] | None:
+        """(expected start, items ahead, blocking denial) or None if unusable."""
         denial = self._item_denial(item, ranked, now)
         if denial is not None and denial.reason is DenialReason.UNAFFORDABLE:
             return None
         snap = ranked.snapshot
         if denial is None and snap.blocked_by is None:
-            return now, now, 0, None  # free now: work-conserving, whoever is awake takes it
-        interval = self.service_interval(ranked)
+            return now, 0, None  # free now: work-conserving, whoever is awake takes it
+        interval = self.service_interval(ranked, now)
         if snap.blocked_by is not None:
             at = snap.available_at
             if at is not None and math.isinf(at):
@@ -582,9 +618,9 @@ class Router:
         # ahead; a newcomer goes behind every item with its deadline or an earlier one.
         mine = previous[1] if previous is not None and previous[0] == ranked.channel else math.inf
         ahead = bisect.bisect_left(queue, self._queue_key(item, mine))
-        optimistic = base + ahead * interval
-        pessimistic = base + ahead * interval / max(ranked.success_rate, 0.05)
-        return pessimistic, optimistic, ahead, denial
+        # One slot per item ahead: one that fails re-queues behind this item (a new place), so its
+        # retry does not delay this one; this item's own failure is what ``finish_need`` covers.
+        return base + ahead * interval, ahead, denial
 
     def _deadline_plan(
         self,
@@ -600,15 +636,12 @@ class Router:
         cfg = self.config
         deadline = item.deadline
         assert deadline is not None
-        margin = cfg.deadline_margin_s
-        plans: list[tuple[RankedChannel, float, float, int, Denial | None]] = []
+        need = {r.channel: self.finish_need(r, candidates) for r in candidates}
+        plans: list[tuple[RankedChannel, float, int, Denial | None]] = []
         for ranked in candidates:
             estimate = self._estimate(item, ranked, now, previous)
-            if estimate is None:
-                continue
-            pessimistic, optimistic, ahead, denial = estimate
-            if pessimistic + self.expected_latency(ranked) + margin <= deadline:
-                plans.append((ranked, pessimistic, optimistic, ahead, denial))
+            if estimate is not None and estimate[0] + need[ranked.channel] <= deadline:
+                plans.append((ranked, *estimate))
         # Within a tie group (same expected cost) a channel free now beats waiting for another.
         group, groups, first_cost = -1, [], 0.0
         for ranked, *_ in plans:
@@ -619,10 +652,10 @@ class Router:
             ):
                 group, first_cost = group + 1, ranked.expected_cost_usd
             groups.append(group)
-        order = sorted(range(len(plans)), key=lambda k: (groups[k], plans[k][4] is not None))
+        order = sorted(range(len(plans)), key=lambda k: (groups[k], plans[k][3] is not None))
         plans = [plans[k] for k in order]
         denials: list[Denial] = []
-        for i, (ranked, _pessimistic, optimistic, ahead, denial) in enumerate(plans):
+        for i, (ranked, start, ahead, denial) in enumerate(plans):
             if denial is None:
                 result = self._try(item, ranked, now)
                 if isinstance(result, Permit):
@@ -630,27 +663,27 @@ class Router:
                 denials.append(result)
                 if result.retry_at is None or result.reason in _NOT_WORTH_WAITING:
                     continue  # thrown dice or money: the next fitting channel
-                optimistic = max(optimistic, result.retry_at)
+                start = max(start, result.retry_at)
                 denial = result
-            latest_start = deadline - self.expected_latency(ranked) - margin
+            latest_start = deadline - need[ranked.channel]
             latest_switch = math.inf
             if i + 1 < len(plans):
                 nxt, nxt_start, *_ = plans[i + 1]
                 # Fleet view: the ``ahead`` items queued before this one on ``ranked`` spill
                 # before it if ``ranked`` stalls, onto the remaining fitting channels at their
-                # (pessimistic) rate; reserve that load so spills start early and spread out
+                # success rate; reserve that load so spills start early and spread out
                 # instead of everyone switching at the same latest moment.
                 spill_rate = sum(
-                    max(r.success_rate, 0.05) / max(self.service_interval(r), 1e-9)
+                    max(r.success_rate, 0.05) / max(self.service_interval(r, now), 1e-9)
                     for r, *_ in plans[i + 1 :]
                 )
-                plain_switch = deadline - margin - self.expected_latency(nxt) - (nxt_start - now)
+                plain_switch = deadline - need[nxt.channel] - (nxt_start - now)
                 latest_switch = plain_switch - ahead / spill_rate
-                if min(optimistic, latest_start, latest_switch) <= now < plain_switch:
+                if min(start, latest_start, latest_switch) <= now < plain_switch:
                     # The fallbacks could not absorb everyone ahead anyway and this item still
                     # fits here: the reservation must not push it off a channel that fits.
                     latest_switch = plain_switch
-            until = min(optimistic, latest_start, latest_switch)
+            until = min(start, latest_start, latest_switch)
             if until <= now:
                 denials.append(denial)
                 continue  # waiting would risk the deadline: spill to the next channel
@@ -758,6 +791,12 @@ class Router:
         if opened is None:
             return ()  # reported before: one attempt is recorded once
         events = self.backend.record(permit, outcome, now)
+        if not outcome.cancelled:
+            self._hints[permit.channel].record(
+                now,
+                rate_limited=outcome.error_class is ErrorClass.RATE_LIMITED,
+                closed_until=outcome.closed_until if outcome.error_class is ErrorClass.RATE_LIMITED else None,
+            )
         self.spend.settle(permit.permit_id, spent=outcome.cost_usd, uncertain=uncertain)
         item.attempts.append(
             AttemptRecord(

@@ -267,9 +267,7 @@ def _forget_old_permits(record: ChannelRecord, now: float) -> None:
 def _next_rate_slot(record: ChannelRecord, limits: LimitConfig, now: float, images: int) -> float:
     earliest = now
     if limits.rpm is not None:
-        earliest = max(
-            earliest, gcra_earliest(record.rpm, limits.rpm, limits.burst, now, 1, limits.window_s)
-        )
+        earliest = max(earliest, gcra_earliest(record.rpm, limits.rpm, limits.burst, now, 1, limits.window_s))
     if limits.ipm is not None:
         earliest = max(
             earliest, gcra_earliest(record.ipm, limits.ipm, limits.burst, now, images, limits.window_s)

@@ -128,13 +128,17 @@ class FaultProfile:
     The outage window starts ``outage_start_s`` after the profile was set and lasts
     ``outage_duration_s``. ``strict_signatures`` None = the path default (Developer strict,
     Vertex lenient). ``openai_markdown`` makes ``/chat/completions`` answer with a markdown data
-    URL in ``content`` instead of ``images``.
+    URL in ``content`` instead of ``images``. ``retry_delay_enforced`` makes a 429 drawn by
+    ``rate_limit_rate`` mean what a real one means (a quota shared with other callers ran
+    out): every request before its ``retryDelay`` ends gets a 429 with the delay that is left;
+    without it each 429 is an independent dice roll and the hint is not enforced.
     """
 
     name: str | None = None
     overload_rate: float = 0.0
     rate_limit_rate: float = 0.0
     retry_delay_s: float = 26.0
+    retry_delay_enforced: bool = False
     hang_rate: float = 0.0
     reset_rate: float = 0.0
     truncated_rate: float = 0.0

@@ -81,6 +81,7 @@ class _KeyState:
     minute_requests: deque[float] = field(default_factory=deque)
     minute_images: deque[float] = field(default_factory=deque)
     day_requests: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0  # an enforced retryDelay: 429 for everyone until then
 
 
 class FaultEngine:
@@ -171,17 +172,25 @@ class FaultEngine:
                 return self._marker_decision(marks[0], prof, latency)
             if self._in_outage(prof, state, now):
                 return Decision(fault="outage", status=503, latency_s=latency)
+            if now < state.locked_until:
+                return Decision(
+                    fault="rate_limit", status=429, latency_s=latency, retry_delay_s=state.locked_until - now
+                )
             quota = self._admit(prof, state, now, images)
             if quota is not None:
                 return quota
-            if marks:
-                return self._marker_decision(marks[0], prof, latency)
+            fault = marks[0] if marks else None
             edge = 0.0
-            for fault in RATE_FAULTS:
-                edge += prof.rate_of(fault)
+            for candidate in RATE_FAULTS if fault is None else ():
+                edge += prof.rate_of(candidate)
                 if draw < edge:
-                    return self._marker_decision(fault, prof, latency)
-            return Decision(latency_s=latency)
+                    fault = candidate
+                    break
+            if fault is None:
+                return Decision(latency_s=latency)
+            if fault == "rate_limit" and prof.retry_delay_enforced:
+                state.locked_until = now + prof.retry_delay_s
+            return self._marker_decision(fault, prof, latency)
 
     def _marker_decision(self, fault: str, prof: FaultProfile, latency: float) -> Decision:
         if fault == "overload":

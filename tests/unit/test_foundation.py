@@ -95,6 +95,24 @@ def test_parse_channel_defaults_and_overrides() -> None:
 
 
 @pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, 4),  # no rate: the default
+        ({"rpm": 10}, 7),  # ceil(10 / 60 x 30 x 1.25)
+        ({"rpm": 50}, 32),
+        ({"rpm": 50, "ipm": 10}, 7),  # the tighter rate binds
+        ({"rpm": 2}, 4),  # never below the default
+        ({"rpm": 1000}, 64),  # nor above the cap
+        ({"rpm": 60, "timeout": 8}, 10),  # calls cannot outlast the attempt timeout
+        ({"rpm": 50, "max_concurrency": 3}, 3),  # what the connection says wins
+    ],
+)
+def test_max_concurrency_is_derived_from_the_rate_when_unset(extra: dict[str, object], expected: int) -> None:
+    cfg = parse_channel("g", host=None, password="k", extra={"protocol": "gemini", **extra})
+    assert cfg.max_concurrency == expected
+
+
+@pytest.mark.parametrize(
     ("extra", "password", "message"),
     [
         ({"protocol": "smtp"}, "k", "protocol must be one of"),

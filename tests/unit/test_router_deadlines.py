@@ -14,7 +14,7 @@ import random
 import pytest
 
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.exceptions import ConfigurationError, ErrorClass
+from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.routing import (
     Attempt,
     BreakerConfig,
@@ -184,8 +184,8 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
         else:
             assert isinstance(d, Attempt)
             spilled.append(d.channel)
-    # place k starts (pessimistically) at slot + k * slot / 0.9; it fits while that is <= 80
-    fitting = sum(1 for k in range(11) if t0 + slot + k * slot / 0.9 <= t0 + 80.0)
+    # place k starts at slot + k * slot (one slot per item ahead); it fits while that is <= 80
+    fitting = sum(1 for k in range(11) if t0 + slot + k * slot <= t0 + 80.0)
     assert len(waits) == fitting == 7
     assert spilled == ["direct"] * (11 - fitting)
     # wake-ups at the optimistic place times, or earlier at the place's reserved latest switch
@@ -318,8 +318,8 @@ def test_fifty_waiters_on_a_relay_with_room_for_twenty_spill_thirty_now() -> Non
     router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 60.0
-    # relay fits place k while t0 + slot + k * slot / 0.9 + L + MARGIN <= deadline
-    deadline = t0 + slot + 19 * slot / 0.9 + L + MARGIN + 0.01  # room for places 0..19
+    # relay fits place k while t0 + slot + k * slot + L + MARGIN <= deadline
+    deadline = t0 + slot + 19 * slot + L + MARGIN + 0.01  # room for places 0..19
     first = decide(router, ItemProgress("busy", deadline=deadline + 100))
     assert isinstance(first, Attempt) and first.channel == "relay"
     items = [ItemProgress(f"i{k:02d}", deadline=deadline) for k in range(50)]
@@ -337,7 +337,7 @@ def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> N
     t0 = clock.now()
     slot = 60.5 / 60.0
     decide(router, ItemProgress("busy"))  # takes the free slot; no deadline, not queued
-    roomy = t0 + slot + 9 * slot / 0.9 + L + MARGIN + 0.01  # room for places 0..9
+    roomy = t0 + slot + 9 * slot + L + MARGIN + 0.01  # room for places 0..9
     late = [ItemProgress(f"late{k}", deadline=roomy + 0.001 * k) for k in range(10)]
     assert all(isinstance(decide(router, it), Wait) for it in late)  # alone, they all fit
     urgent = [ItemProgress(f"urgent{k}", deadline=roomy - 1.0) for k in range(5)]
@@ -356,7 +356,7 @@ def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order()
     t0 = clock.now()
     slot = 60.5 / 60.0
     decide(router, ItemProgress("busy"))
-    deadline = t0 + 110.0  # relay place k fits while slot + k * slot / 0.9 <= 40
+    deadline = t0 + 110.0  # relay place k fits while slot + k * slot <= 40
     items = [ItemProgress(f"i{k:02d}", deadline=deadline + 0.001 * k) for k in range(30)]
     assert all(isinstance(decide(router, it), Wait) for it in items)  # relay fits every one
     clock.advance(1.1)  # the relay's next rate slot: another item's call draws the 429
@@ -364,7 +364,7 @@ def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order()
     reopen = clock.now() + 20.0
     # they re-plan latest deadline first: the order of wake-ups must not matter
     decisions = {it.item_id: decide(router, it) for it in reversed(items)}
-    fits = sum(1 for k in range(30) if reopen + k * slot / 0.9 + L + MARGIN <= deadline)
+    fits = sum(1 for k in range(30) if reopen + k * slot + L + MARGIN <= deadline)
     on_relay = sorted(k for k, d in decisions.items() if isinstance(d, Wait) and "'relay'" in d.reason)
     assert 0 < fits < 30 and on_relay == [f"i{k:02d}" for k in range(fits)]  # EDF prefix stays
     moved = [decisions[f"i{k:02d}"] for k in range(fits, 30)]
@@ -391,3 +391,61 @@ def test_waiters_reserve_the_fallback_for_the_items_ahead_so_spills_spread() -> 
     expected = [min(t0 + 30.0 + k * slot, plain - k * gap) for k in range(6)]
     assert untils == pytest.approx(expected)
     assert len(set(untils)) == 6 and untils[-1] < untils[0]
+
+
+# ----------------------------------------------------------------------------- retry hints and rescue room
+
+
+def test_a_channel_that_hints_keep_closing_is_planned_at_the_rate_it_really_gives() -> None:
+    def waiting_on_relay(hints: int) -> int:
+        router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5, stats_half_life_s=600.0)
+        for k in range(hints):  # one call each time it opens, answered "429, retry in 20 s"
+            item = ItemProgress(f"h{k}")
+            action = decide(router, item)
+            assert isinstance(action, Attempt) and action.channel == "relay"
+            error = ChannelError(
+                "429", channel="relay", error_class=ErrorClass.RATE_LIMITED, retry_after=20.0
+            )
+            router.report_failure(item, action.permit, error)
+            clock.advance(20.0)
+        decide(router, ItemProgress("busy"))  # takes the relay's free slot
+        deadline = clock.now() + 200.0
+        decisions = [decide(router, ItemProgress(f"i{k}", deadline=deadline)) for k in range(100)]
+        return sum(1 for d in decisions if isinstance(d, Wait) and "'relay'" in d.reason)
+
+    # never hinted: one call per ~1 s, so every item that can start by deadline - L - margin waits
+    assert waiting_on_relay(0) > 100 - 10
+    # shut half of the last 10 minutes, and 15 of its 15 answers were 429s: it gives ~1/20 of
+    # its nominal rate, so only a handful are worth queueing for it; the rest go to direct now
+    assert waiting_on_relay(15) < 10
+
+
+def _teach(router: Router, channel: str, successes: int, failures: int, latency_s: float) -> None:
+    now = router.clock.now()
+    for _ in range(successes):
+        router.backend.record(_permit(router, channel), Outcome(None, latency_s=latency_s), now)
+    for _ in range(failures):
+        router.backend.record(_permit(router, channel), Outcome(ErrorClass.RETRYABLE, latency_s=1.0), now)
+
+
+@pytest.mark.parametrize(
+    ("relay_failures", "slack", "channel"),
+    [
+        # relay fails 4 in 10 (p = 10.5 / 15 < 0.9, still the cheapest per image and under the
+        # breaker's 50 %): a try there needs its L (20) plus room for one call on direct (L 30,
+        # more than the 10 s margin): 50 s
+        (4, 45.0, "direct"),
+        (4, 50.0, "relay"),
+        # a reliable relay needs only its L plus the margin: 30 s
+        (0, 45.0, "relay"),
+        (0, 30.0, "relay"),
+    ],
+)
+def test_a_try_on_a_channel_that_often_fails_leaves_room_for_its_rescue(
+    relay_failures: int, slack: float, channel: str
+) -> None:
+    router, clock = make([RELAY, chan("direct", max_concurrency=100)])
+    _teach(router, "relay", 10 - relay_failures, relay_failures, latency_s=10.0)  # L(relay) = 2 x 10
+    _teach(router, "direct", 1, 0, latency_s=15.0)  # L(direct) = 2 x 15; direct needs 40 s
+    action = decide(router, ItemProgress("x", deadline=clock.now() + slack))
+    assert isinstance(action, Attempt) and action.channel == channel

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ChannelError, ErrorClass
 from airflow_banana.routing import (
@@ -165,15 +167,26 @@ def test_retry_before_failover_is_cheaper_than_failing_over_at_once() -> None:
     assert patient.router.spend.spent_usd < hasty.router.spend.spent_usd
 
 
-def test_r2_dead_channel_opens_once_and_probes_one_at_a_time() -> None:
+@pytest.mark.parametrize(
+    ("breaker", "parallel"),
+    [
+        (BreakerConfig(), 8),  # a channel that bills failures: the strict breaker
+        # a free-failure relay gets the tolerant one (12 in a row); with only 8 items the ranking
+        # (price / success rate) moves them off the relay before that, so keep it busy with 24
+        (BreakerConfig.tolerant(), 24),
+    ],
+)
+def test_r2_dead_channel_opens_and_probes_one_at_a_time(breaker: BreakerConfig, parallel: int) -> None:
     def dead_relay(channel: str, now: float) -> tuple[ErrorClass | None, float, float | None]:
         return (ErrorClass.RETRYABLE, 0.5, None) if channel == "relay" else (None, 8.0, None)
 
-    run = simulate(dead_relay)
+    run = simulate(dead_relay, breaker=breaker, parallel=parallel)
     assert len(run.done) == 200 and set(run.done.values()) == {"direct"}
     relay = [(s, e) for s, e, c, p in run.calls if c == "relay"]
-    assert len(relay) <= 5 + 8  # the tripping failures (+ in-flight stragglers) and the probes
     probes = sorted((s, e) for s, e, c, p in run.calls if c == "relay" and p)
+    # the tripping run of failures, the calls still in flight when it opened (relay
+    # max_concurrency 8), then one probe at a time
+    assert len(relay) <= breaker.consecutive_failures + 8 + len(probes)
     assert probes and all(a[1] <= b[0] for a, b in itertools.pairwise(probes))  # never two at once
     assert run.router.states()["relay"].openings >= 2  # failed probes reopen it
 

@@ -53,6 +53,18 @@ def test_rpm_quota_with_retry_delay_until_window_frees() -> None:
     assert eng.decide("k").fault is None
 
 
+@pytest.mark.parametrize(("enforced", "left_at_3s"), [(True, 2.0), (False, 5.0)])
+def test_retry_delay_enforced_or_a_fresh_dice_roll(enforced: bool, left_at_3s: float) -> None:
+    eng, clock = engine(FaultProfile(rate_limit_rate=1.0, retry_delay_s=5.0, retry_delay_enforced=enforced))
+    assert eng.decide("k").retry_delay_s == pytest.approx(5.0)
+    clock.now += 3
+    # enforced: the key is still closed, the answer carries the delay that is left; otherwise the
+    # 429 is a new independent draw with the full delay
+    assert eng.decide("k").retry_delay_s == pytest.approx(left_at_3s)
+    clock.now += 2
+    assert eng.decide("k").retry_delay_s == pytest.approx(5.0)  # closed again by a new draw
+
+
 def test_rpd_quota_uses_day_id_and_refusals_do_not_count() -> None:
     eng, clock = engine(FaultProfile(rpd=1), day_s=100)
     assert eng.decide("k").fault is None
