@@ -52,6 +52,8 @@ class HintHistory:
             first, last = self._closed[-1]
             self._closed[-1] = (first, max(last, end))
         else:
+            # keep the list to one window even when nobody asks for the share (no deadlines)
+            self._closed = [(a, b) for a, b in self._closed if b > start - self.window_s]
             self._closed.append((start, end))
 
     def _decay(self, now: float) -> None:
