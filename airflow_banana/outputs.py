@@ -4,6 +4,7 @@ Layout under an output prefix::
 
     images/{id}.{png|jpg}        the image, stored with its TRUE type (sniffed, not declared)
     metadata/{id}.json           the commit record: request fingerprint, attempts, cost, image facts
+    claims/{id}.json             who is generating the item right now (``airflow_banana.claims``)
     runs/{run_key}/report.json   the run report (+ report.md, rejects.jsonl)
 
 The metadata object is the commit record: an item counts as done only when its metadata says
@@ -46,6 +47,9 @@ class OutputStore:
 
     def metadata_uri(self, item_id: str) -> str:
         return join_uri(self.prefix, "metadata", f"{item_id}.json")
+
+    def claim_uri(self, item_id: str) -> str:
+        return join_uri(self.prefix, "claims", f"{item_id}.json")
 
     def run_uri(self, run_key: str, name: str) -> str:
         return join_uri(self.prefix, "runs", run_key, name)

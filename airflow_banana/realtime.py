@@ -4,6 +4,10 @@ All decisions (which channel, wait, give up) are the pure router's; this module 
 I/O around them on one asyncio loop: it calls channels, validates the image, commits it through
 the ``OutputStore`` and logs progress. Because no ``await`` happens inside a router call, every
 decision is atomic with respect to the other items in flight.
+
+Before an item's first call the engine takes the item's claim (``airflow_banana.claims``); when
+another worker holds it, the item waits outside the concurrency slots for that worker's result
+instead of paying for its own, and is skipped when that result lands.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from airflow_banana.channels.base import Channel
-from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError
+from airflow_banana.claims import ClaimHeld, ItemClaims
+from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.outputs import OutputStore, utcnow_iso
@@ -71,6 +76,19 @@ class RealtimeSettings:
     max_in_flight: int | None = None  # task-wide; default: the sum of the channels' concurrency
     progress_interval_s: float = 30.0
     on_failover_alert: Callable[[Mapping[str, Any]], None] | None = None
+    # Claims (see airflow_banana.claims): off only when nothing else can generate these items.
+    claims: bool = True
+    claim_ttl_s: float = 900.0  # longer than any item takes, or a slow item can be bought twice
+    claim_poll_s: float = 10.0  # how often an item held by another worker checks for its result
+
+
+@dataclass
+class _OwnClaim:
+    """The claim this engine holds on one item; the expiry we wrote, so renewals need no read."""
+
+    item_id: str
+    expires_at: float
+    lost: bool = False
 
 
 @dataclass
@@ -119,16 +137,21 @@ class RealtimeEngine:
         self.settings = settings or RealtimeSettings()
         self.metrics = metrics
         self.clock = router.clock
+        self.claims = ItemClaims(store)
         self._released = asyncio.Event()
         self._done = 0
         self._total = 0
         self._spent = 0.0
         self._started = self.clock.now()
+        self._started_wall = time.time()
+        # Under force: each item's success as stored at the start, which this run replaces.
+        self._replaced: dict[str, dict[str, Any] | None] = {}
 
     # ------------------------------------------------------------------ public
     async def run(self, work: Sequence[WorkItem]) -> RunResult:
         started = utcnow_iso()
         self._started = self.clock.now()
+        self._started_wall = time.time()
         self._total = len(work)
         outcomes: list[ItemOutcome | None] = [None] * len(work)
         todo: list[int] = []
@@ -146,6 +169,9 @@ class RealtimeEngine:
                 self._done += 1
             else:
                 todo.append(i)
+        if self.settings.force and self.settings.claims:
+            records = await asyncio.gather(*(self._done_record(work[i].request) for i in todo))
+            self._replaced = {work[i].request.item_id: r for i, r in zip(todo, records, strict=True)}
         if len(todo) < len(work):
             log.info(
                 "%d of %d items already done in storage: skipped, nothing paid",
@@ -179,34 +205,177 @@ class RealtimeEngine:
 
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
         config = self.router.config
-        if config.deadline_aware and (w.deadline is not None or config.default_deadline_s is not None):
-            # The deadline-aware router plans over every waiting item (queue places decide who
-            # waits for the cheap channel and who spills now), so these items must all be
-            # visible to it; channel permits bound the calls, queue places spread the wake-ups.
-            return await self._generate(w)
-        async with slots:
-            return await self._generate(w)
+        # The deadline-aware router plans over every waiting item (queue places decide who
+        # waits for the cheap channel and who spills now), so these items must all be
+        # visible to it; channel permits bound the calls, queue places spread the wake-ups.
+        unbounded = config.deadline_aware and (
+            w.deadline is not None or config.default_deadline_s is not None
+        )
+        if not self.settings.claims:
+            if unbounded:
+                return await self._generate(w)
+            async with slots:
+                return await self._generate(w)
+        announced = False
+        while True:
+            # The claim is taken inside the slot, right before generating, so a claim is held
+            # only by an item that is about to call; waiting for another worker happens outside
+            # the slot, so held items do not starve the ones this engine could generate now.
+            async with contextlib.nullcontext() if unbounded else slots:
+                taken = await self._take_claim(w)
+                if isinstance(taken, _OwnClaim):
+                    try:
+                        # The claim is free again once its holder committed, so a success may
+                        # have landed since the run started; the holder commits before releasing.
+                        record = await self._new_success(w.request)
+                        if record is not None:
+                            return self._skipped(
+                                w,
+                                record,
+                                f"generated by another worker ({record.get('run_key')}) "
+                                "before this run got to it; not paid twice",
+                            )
+                        return await self._generate(w, taken)
+                    finally:
+                        await asyncio.to_thread(self.claims.release, w.request.item_id, owner=self.run_key)
+            if isinstance(taken, ItemOutcome):
+                return taken
+            outcome = await self._wait_for_holder(w, taken, announce=not announced)
+            announced = True
+            if outcome is not None:
+                return outcome
+
+    async def _take_claim(self, w: WorkItem) -> _OwnClaim | ClaimHeld | ItemOutcome:
+        """Our claim, who else holds it, or (claim storage failing) the item's NOT_ATTEMPTED outcome."""
+        request = w.request
+        ttl = self.settings.claim_ttl_s
+        # Computed before the write, so the in-memory expiry is never later than the stored one.
+        expires_at = self.claims.now() + ttl
+        try:
+            held = await asyncio.to_thread(
+                self.claims.take, request.item_id, request.fingerprint(), owner=self.run_key, ttl_s=ttl
+            )
+        except StorageError as err:
+            # Without a claim another worker may be paying for this item right now; generating
+            # anyway could buy it twice, and the item is not lost: a retry picks it up.
+            return self._not_attempted(
+                w,
+                f"its claim could not be taken ({err}); not generated so it cannot be paid twice; "
+                "a retry picks it up",
+            )
+        return _OwnClaim(request.item_id, expires_at) if held is None else held
+
+    async def _wait_for_holder(self, w: WorkItem, held: ClaimHeld, *, announce: bool) -> ItemOutcome | None:
+        """Wait for the worker holding the item's claim; None when the claim is free to take again."""
+        request = w.request
+        item_id = request.item_id
+        if announce:
+            log.info(
+                "item '%s': being generated by %s (claim until %s); waiting for its result instead of "
+                "paying twice",
+                item_id,
+                held.owner,
+                held.expires_iso,
+            )
+            self._incr("claim_waits")
+        poll = self.settings.claim_poll_s
+        deadline = self._wall_deadline(w)
+        while True:
+            give_up_at = deadline if deadline is not None else held.expires_at + poll
+            now = self.claims.now()
+            if now >= give_up_at:
+                why = "its deadline passed" if deadline is not None else "its claim was not released"
+                return self._not_attempted(
+                    w,
+                    f"{why} while {held.owner} was generating it (claim until {held.expires_iso}); "
+                    "not generated here so it is not paid twice; a retry picks it up",
+                )
+            await asyncio.sleep(min(poll, give_up_at - now))
+            record = await self._new_success(request)
+            if record is not None:
+                return self._skipped(
+                    w,
+                    record,
+                    f"generated by another worker ({held.owner}) while this run waited; not paid twice",
+                )
+            try:
+                current = await asyncio.to_thread(self.claims.holder, item_id)
+            except StorageError as err:
+                log.info("item '%s': reading its claim failed (%s); polling again", item_id, err)
+                continue
+            if current is None or current.owner == self.run_key or current.expires_at <= self.claims.now():
+                return None
+            held = current
+
+    async def _new_success(self, request: ImageRequest) -> dict[str, Any] | None:
+        """A success for the item committed by someone else since this run started, else None."""
+        record = await self._done_record(request)
+        if record is None or record == self._replaced.get(request.item_id):
+            return None  # under force, the success we were told to replace does not count
+        return record
+
+    async def _done_record(self, request: ImageRequest) -> dict[str, Any] | None:
+        """``done_record`` off the loop; a failed read is logged and means "nothing yet"."""
+        try:
+            return await asyncio.to_thread(self.store.done_record, request.item_id, request.fingerprint())
+        except StorageError as err:
+            log.info("item '%s': checking for another worker's result failed (%s)", request.item_id, err)
+            return None
+
+    def _skipped(self, w: WorkItem, record: Mapping[str, Any], reason: str) -> ItemOutcome:
+        self._done += 1
+        return ItemOutcome(
+            w.request.item_id,
+            SKIPPED,
+            w.request.image_size,
+            image_uri=record["image"]["uri"],
+            channel=record.get("channel"),
+            reason=reason,
+        )
+
+    def _wall_deadline(self, w: WorkItem) -> float | None:
+        if w.deadline is not None:
+            return w.deadline.timestamp()
+        default = self.router.config.default_deadline_s
+        return None if default is None else self._started_wall + default
+
+    def _not_attempted(self, w: WorkItem, reason: str) -> ItemOutcome:
+        """An item this run leaves to another worker (or a retry); no metadata is written for it.
+
+        The other worker may be committing the item right now: a failure record written here
+        could make its success commit lose, leaving its paid image without a record.
+        """
+        request = w.request
+        outcome = ItemOutcome(request.item_id, NOT_ATTEMPTED, request.image_size, reason=reason)
+        log.warning("item '%s': no image (%s)", request.item_id, outcome.reason)
+        self._done += 1
+        self._incr("items_failed")
+        return outcome
 
     def _deadline_on_clock(self, deadline: datetime | None) -> float | None:
         if deadline is None:
             return None
         return self.clock.now() + (deadline.timestamp() - time.time())
 
-    async def _generate(self, w: WorkItem) -> ItemOutcome:
+    async def _generate(self, w: WorkItem, claim: _OwnClaim | None = None) -> ItemOutcome:
         request = w.request
         item = ItemProgress.for_request(request, deadline=self._deadline_on_clock(w.deadline))
         try:
-            return await self._drive(w, item)
+            return await self._drive(w, item, claim)
         finally:
             self.router.forget(item)  # a cancelled item must not hold a queue place
 
-    async def _drive(self, w: WorkItem, item: ItemProgress) -> ItemOutcome:
+    async def _drive(self, w: WorkItem, item: ItemProgress, claim: _OwnClaim | None = None) -> ItemOutcome:
         request = w.request
         first_start: float | None = None
         while True:
             action = self.router.next_action(item)
             if isinstance(action, GiveUp):
                 return await self._fail(w, item, action)
+            if claim is not None:
+                # Also before a wait: a deadline-aware item may queue for a cheap channel longer
+                # than the TTL, and a claim lost before the first call is one paid twice.
+                await self._renew_if_due(claim)
             if isinstance(action, Wait):
                 await self._wait(action)
                 continue
@@ -216,6 +385,17 @@ class RealtimeEngine:
                 continue
             latency = self.clock.now() - first_start
             return await self._commit(w, item, *answer, latency)
+
+    async def _renew_if_due(self, claim: _OwnClaim) -> None:
+        """Extend our claim once less than half its TTL is left; no storage call before that."""
+        ttl = self.settings.claim_ttl_s
+        if claim.lost or claim.expires_at - self.claims.now() >= ttl / 2:
+            return
+        renewed = await asyncio.to_thread(self.claims.renew, claim.item_id, owner=self.run_key, ttl_s=ttl)
+        if renewed is None:
+            claim.lost = True  # logged by renew; trying again before every call would only repeat it
+        else:
+            claim.expires_at = renewed
 
     async def _wait(self, action: Wait) -> None:
         delay = max(0.0, action.until - self.clock.now())

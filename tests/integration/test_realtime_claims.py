@@ -1,0 +1,358 @@
+"""Two workers, one item: item claims keep overlapping runs from paying twice.
+
+Real parts: the shipped simulator over HTTP (three channels, as ``test_realtime_faults.py``
+builds them), local storage shared by the engines, and fake-gcs-server for the create-only
+claim on ``gs://``. The simulator's billing ledger is the proof: each request fingerprint is
+billed at most once, however many runs wanted the item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_banana.channels import build_channel
+from airflow_banana.channels.config import ChannelConfig, parse_channel
+from airflow_banana.claims import ClaimHeld, ItemClaims
+from airflow_banana.exceptions import PreconditionFailedError
+from airflow_banana.models import ImageRequest
+from airflow_banana.outputs import OutputStore
+from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
+from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, SUCCEEDED, build_report
+from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, ThrottleConfig, router_for
+from airflow_banana.storage import open_storage
+from airflow_banana.testing import FaultProfile
+from airflow_banana.testing.config import SimulatorConfig
+from airflow_banana.testing.connections import channel_connection
+from airflow_banana.testing.server import Simulator
+
+pytestmark = pytest.mark.integration
+
+# The small helpers below are those of test_realtime_faults.py (kept local: test modules are
+# not a package here).
+RELAY, GEMINI, VERTEX = "relay", "gemini", "vertex"
+KEYS = {RELAY: "relay-key", GEMINI: "gemini-key", VERTEX: "vertex-token"}
+PROTOCOLS = {RELAY: "openai", GEMINI: "gemini", VERTEX: "vertex"}
+RELAY_PRICES = {"1K": 0.05, "2K": 0.05, "4K": 0.05}
+GENERATION_ROUTES = [
+    "airflow_banana.testing.admin",
+    "airflow_banana.testing.gemini_routes",
+    "airflow_banana.testing.openai_compat",
+]
+FAST_ROUTER = {
+    "retry_backoff_base_s": 0.05,
+    "retry_backoff_max_s": 0.4,
+    "max_wait_for_retry_s": 0.1,
+    "default_retry_after_s": 0.5,
+    "release_poll_s": 0.05,
+    "timeout_grace_s": 0.5,
+    "stats_half_life_s": 5.0,
+    "deadline_margin_s": 0.2,
+    "rate_guard_s": 6.0,
+}
+FAST_BREAKER = BreakerConfig(
+    window_s=3.0, bucket_s=0.25, base_open_s=0.3, max_open_s=1.0, probe_lease_s=2.0, reopen_decay_s=5.0
+)
+FAST_THROTTLE = ThrottleConfig(window_s=2.0, bucket_s=0.25, recheck_s=0.05)
+LATENCY_MS = (200.0, 400.0)
+POLL_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def claims_simulator() -> Iterator[Simulator]:
+    importlib.import_module("google.genai")  # pay the SDK import before any timed call
+    with Simulator(SimulatorConfig(minute_s=1.0, day_s=3.0), modules=GENERATION_ROUTES) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def rsim(claims_simulator: Simulator) -> Iterator[Simulator]:
+    claims_simulator.reset(faults=True)
+    for name, key in KEYS.items():
+        claims_simulator.set_faults(key, FaultProfile(name=name, latency_ms=LATENCY_MS))
+    yield claims_simulator
+    claims_simulator.reset(faults=True)
+
+
+def three_channels(sim: Simulator) -> list[ChannelConfig]:
+    configs = []
+    for name in (RELAY, GEMINI, VERTEX):
+        protocol = PROTOCOLS[name]
+        prices = RELAY_PRICES if protocol == "openai" else None
+        conn = json.loads(
+            channel_connection(sim.base_url, protocol=protocol, key=KEYS[name], prices=prices, timeout=5)
+        )
+        configs.append(parse_channel(name, host=conn["host"], password=conn["password"], extra=conn["extra"]))
+    return configs
+
+
+def work_items(n: int, *, deadline_s: float | None = None) -> list[WorkItem]:
+    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s is not None else None
+    return [
+        WorkItem(
+            ImageRequest(item_id=f"item-{i:03d}", prompt=f"studio photo of product {i}"), deadline=deadline
+        )
+        for i in range(n)
+    ]
+
+
+def settings(**kwargs: Any) -> RealtimeSettings:
+    return RealtimeSettings(progress_interval_s=60.0, **{"claim_poll_s": POLL_S, **kwargs})
+
+
+def run_engines(
+    sim: Simulator,
+    out: Path,
+    runs: Mapping[str, RealtimeSettings],
+    work: Sequence[WorkItem],
+    *,
+    router: Mapping[str, Any] | None = None,
+) -> dict[str, RunResult]:
+    """One engine per run key (its own channels and router, as separate workers have), all at once."""
+    store = OutputStore(open_storage(), str(out))
+    engines = {}
+    channels = []
+    for run_key, run_settings in runs.items():
+        configs = three_channels(sim)
+        rt = router_for(
+            configs,
+            SystemClock(),
+            random.Random(len(engines)),
+            config=RouterConfig(**{**FAST_ROUTER, **dict(router or {})}),
+            breaker=FAST_BREAKER,
+            throttle=FAST_THROTTLE,
+        )
+        built = {c.name: build_channel(c) for c in configs}
+        channels.extend(built.values())
+        engines[run_key] = RealtimeEngine(
+            channels=built, router=rt, store=store, run_key=run_key, settings=run_settings
+        )
+
+    async def go() -> list[RunResult]:
+        try:
+            return await asyncio.gather(*(engine.run(list(work)) for engine in engines.values()))
+        finally:
+            for channel in channels:
+                await channel.aclose()
+
+    return dict(zip(engines, asyncio.run(go()), strict=True))
+
+
+def by_status(result: RunResult, status: str) -> set[str]:
+    return {o.item_id for o in result.outcomes if o.status == status}
+
+
+def billed_fingerprints(sim: Simulator) -> list[str]:
+    return [b["fingerprint"] for b in sim.billable()]
+
+
+def plant_claims(out: Path, work: Sequence[WorkItem], *, owner: str, ttl_s: float) -> dict[str, Any]:
+    """Claims as a worker that then died would have left them; returns the first one as stored."""
+    store = OutputStore(open_storage(), str(out))
+    claims = ItemClaims(store)
+    for w in work:
+        assert claims.take(w.request.item_id, w.request.fingerprint(), owner=owner, ttl_s=ttl_s) is None
+    return dict(store.storage.read_json(store.claim_uri(work[0].request.item_id)))
+
+
+# ----------------------------------------------------------------------------- two runs
+
+
+def test_two_overlapping_runs_split_the_items_and_pay_for_each_once(rsim, tmp_path, caplog):
+    work = work_items(12)
+    fingerprints = {w.request.item_id: w.request.fingerprint() for w in work}
+    # Few slots per run, so each run must move on to other items while the other one works:
+    # an item waiting for the other run does not hold a slot.
+    runs = {"run-a": settings(max_in_flight=3), "run-b": settings(max_in_flight=3)}
+    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
+        results = run_engines(rsim, tmp_path, runs, work)
+
+    store = OutputStore(open_storage(), str(tmp_path))
+    for item_id, fp in fingerprints.items():
+        assert store.done_record(item_id, fp) is not None, f"{item_id} has no image"
+    paid = billed_fingerprints(rsim)
+    assert sorted(paid) == sorted(fingerprints.values()), "an item was paid twice (or not at all)"
+
+    made = {key: by_status(result, SUCCEEDED) for key, result in results.items()}
+    assert made["run-a"] and made["run-b"], f"the items did not split: {made}"
+    assert made["run-a"].isdisjoint(made["run-b"])
+    assert made["run-a"] | made["run-b"] == set(fingerprints)
+    for key, other in (("run-a", "run-b"), ("run-b", "run-a")):
+        skipped = {o.item_id: o for o in results[key].outcomes if o.status == SKIPPED}
+        assert set(skipped) == made[other], key
+        for outcome in skipped.values():
+            assert f"another worker ({other})" in outcome.reason and "not paid twice" in outcome.reason
+            assert outcome.image_uri and store.storage.exists(outcome.image_uri)
+            assert outcome.cost_usd == 0
+    waits = [r.getMessage() for r in caplog.records if "waiting for its result" in r.getMessage()]
+    assert waits, "no item waited for the other run"
+    assert "instead of paying twice" in waits[0] and "(claim until 20" in waits[0]
+    # claims are released after the commit: nothing is left for a later run to wait on
+    assert list(store.storage.list(store.prefix + "/claims/")) == []
+    # each run's report says what the other one bought
+    for key, result in results.items():
+        report = build_report(result.outcomes, run_key=key, lane="realtime", started_at="", finished_at="")
+        assert report["items"]["succeeded"] + report["items"]["skipped"] == 12
+
+
+def test_without_claims_two_overlapping_runs_pay_twice(rsim, tmp_path):
+    """The gap claims close (and proof the test above can fail): switched off, items are bought twice."""
+    work = work_items(4)
+    runs = {"run-a": settings(claims=False), "run-b": settings(claims=False)}
+    run_engines(rsim, tmp_path, runs, work)
+
+    paid = billed_fingerprints(rsim)
+    assert len(paid) > len(set(paid))
+    assert not (tmp_path / "claims").exists()
+
+
+# ----------------------------------------------------------------------------- dead workers
+
+
+def test_a_dead_attempt_of_the_same_run_key_is_retaken_at_once(rsim, tmp_path, caplog):
+    work = work_items(4)
+    plant_claims(tmp_path, work, owner="run-a", ttl_s=900.0)
+    started = time.monotonic()
+    # a long poll: had any item waited for its own dead claim, this test would take 30 s+
+    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
+        results = run_engines(rsim, tmp_path, {"run-a": settings(claim_poll_s=30.0)}, work)
+
+    assert time.monotonic() - started < 10.0
+    assert by_status(results["run-a"], SUCCEEDED) == {w.request.item_id for w in work}
+    assert not [r for r in caplog.records if "waiting for its result" in r.getMessage()]
+    paid = billed_fingerprints(rsim)
+    assert sorted(paid) == sorted(w.request.fingerprint() for w in work)
+    assert not list(open_storage().list(str(tmp_path / "claims") + "/"))
+
+
+def test_a_claim_that_never_resolves_leaves_items_not_attempted_at_their_deadline(rsim, tmp_path):
+    work = work_items(4, deadline_s=1.5)
+    planted = plant_claims(tmp_path, work, owner="backfill__generate__run7", ttl_s=900.0)
+    started = time.monotonic()
+    results = run_engines(rsim, tmp_path, {"run-a": settings(claim_poll_s=0.2)}, work)
+    elapsed = time.monotonic() - started
+
+    result = results["run-a"]
+    assert by_status(result, NOT_ATTEMPTED) == {w.request.item_id for w in work}
+    assert 1.0 < elapsed < 6.0, "items were not given up at their deadline"
+    expiry_iso = planted["expires_at_iso"][:16]  # to the minute: each item's claim is its own
+    report = build_report(result.outcomes, run_key="run-a", lane="realtime", started_at="", finished_at="")
+    assert len(report["failed_items"]) == 4
+    for failure in report["failed_items"]:
+        reason = failure["reason"]
+        assert "backfill__generate__run7" in reason and "deadline" in reason, reason
+        assert expiry_iso in reason and "a retry picks it up" in reason, reason
+    assert not rsim.billable(), "a held item was paid for"
+    assert not [r for r in rsim.requests() if r["method"] == "POST"], "a channel was called"
+    # the holder's claims and (absent) metadata are untouched: it may still commit
+    store = OutputStore(open_storage(), str(tmp_path))
+    for w in work:
+        assert (
+            store.storage.read_json(store.claim_uri(w.request.item_id))["owner"] == "backfill__generate__run7"
+        )
+        assert not store.storage.exists(store.metadata_uri(w.request.item_id))
+
+
+def test_a_waiting_item_frees_its_slot_and_takes_over_the_claim_when_it_expires(rsim, tmp_path):
+    work = work_items(4)
+    held, free = work[0], work[1:]
+    expires = plant_claims(tmp_path, [held], owner="crashed-run", ttl_s=1.5)["expires_at"]
+    # one slot: had the waiting item kept it, nothing else would start before the claim expired
+    results = run_engines(rsim, tmp_path, {"run-a": settings(max_in_flight=1, claim_poll_s=0.1)}, work)
+
+    assert by_status(results["run-a"], SUCCEEDED) == {w.request.item_id for w in work}
+    billed = {b["fingerprint"]: b["ts"] for b in rsim.billable()}
+    assert len(billed) == len(rsim.billable()) == 4
+    assert all(billed[w.request.fingerprint()] < expires for w in free), "the others waited for the slot"
+    assert billed[held.request.fingerprint()] > expires, "a live claim of another run was ignored"
+
+
+@pytest.mark.parametrize("ttl_s", [0.3, 900.0])
+def test_a_claim_is_renewed_before_an_attempt_once_half_its_ttl_is_gone(rsim, tmp_path, monkeypatch, ttl_s):
+    # the cheap relay always answers 503 after 200-400 ms, so every item makes a second attempt
+    rsim.set_faults(KEYS[RELAY], FaultProfile(name=RELAY, latency_ms=LATENCY_MS, overload_rate=1.0))
+    renewals: list[tuple[str, float | None]] = []
+    real_renew = ItemClaims.renew
+
+    def spy(self: ItemClaims, item_id: str, *, owner: str, ttl_s: float) -> float | None:
+        expiry = real_renew(self, item_id, owner=owner, ttl_s=ttl_s)
+        renewals.append((item_id, expiry))
+        return expiry
+
+    monkeypatch.setattr(ItemClaims, "renew", spy)
+    work = work_items(4)
+    results = run_engines(rsim, tmp_path, {"run-a": settings(claim_ttl_s=ttl_s)}, work)
+
+    assert by_status(results["run-a"], SUCCEEDED) == {w.request.item_id for w in work}
+    assert all(len(o.attempts) >= 2 for o in results["run-a"].outcomes)
+    if ttl_s < 1:  # the first attempt alone outlasts half the TTL: renewed before the second
+        assert {item for item, _ in renewals} == {w.request.item_id for w in work}
+        assert all(expiry is not None for _, expiry in renewals), "our own claim was not renewed"
+        # a claim that expired during the last call is left to whoever comes next (harmless)
+    else:  # plenty left: no storage round trip per attempt
+        assert renewals == []
+        assert not list(open_storage().list(str(tmp_path / "claims") + "/"))
+
+
+# ----------------------------------------------------------------------------- GCS
+
+
+def test_claims_are_create_only_on_gcs(gcs_bucket):
+    store = OutputStore(open_storage(), f"gs://{gcs_bucket}/out")
+    t = [1_700_000_000.0]
+    a = ItemClaims(store, now=lambda: t[0])
+    b = ItemClaims(store, now=lambda: t[0])
+
+    assert a.take("mug", "fp", owner="run-a", ttl_s=60) is None
+    assert b.take("mug", "fp", owner="run-b", ttl_s=60) == ClaimHeld("run-a", t[0] + 60)
+    with pytest.raises(PreconditionFailedError):
+        store.storage.write_json(store.claim_uri("mug"), {"owner": "run-b"}, if_absent=True)
+    # a stale generation is refused too: a take-over can only replace what it read
+    _, generation = store.storage.read_with_generation(store.claim_uri("mug"))
+    assert a.renew("mug", owner="run-a", ttl_s=60) == t[0] + 60
+    with pytest.raises(PreconditionFailedError):
+        store.storage.write_json(store.claim_uri("mug"), {"owner": "run-b"}, if_generation_match=generation)
+    t[0] += 61
+    assert b.take("mug", "fp", owner="run-b", ttl_s=60) is None
+    assert a.renew("mug", owner="run-a", ttl_s=60) is None  # taken over: logged, not raised
+    a.release("mug", owner="run-a")
+    assert store.storage.read_json(store.claim_uri("mug"))["owner"] == "run-b"
+    b.release("mug", owner="run-b")
+    assert not store.storage.exists(store.claim_uri("mug"))
+
+    for r in range(5):  # two workers racing for the same fresh item: exactly one wins
+        results = race(
+            partial(a.take, f"race-{r}", "fp", owner="run-a", ttl_s=60),
+            partial(b.take, f"race-{r}", "fp", owner="run-b", ttl_s=60),
+        )
+        assert sorted(held is None for held in results) == [False, True], results
+
+
+def race(*takes: Callable[[], ClaimHeld | None]) -> list[ClaimHeld | None]:
+    """Run the ``take`` calls in threads released together by a barrier; their results in order."""
+    barrier = threading.Barrier(len(takes))
+    results: list[ClaimHeld | str | None] = ["not run"] * len(takes)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = takes[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(takes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "not run" not in results
+    return results  # type: ignore[return-value]
