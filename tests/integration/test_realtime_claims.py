@@ -10,62 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from realtime_sim import (
+    DAY_S,
+    FAST_BREAKER,
+    FAST_ROUTER,
+    FAST_THROTTLE,
+    GENERATION_ROUTES,
+    KEYS,
+    MINUTE_S,
+    RELAY,
+    three_channels,
+    work_items,
+)
 
 from airflow_banana.channels import build_channel
-from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import PreconditionFailedError
-from airflow_banana.models import ImageRequest
 from airflow_banana.outputs import OutputStore
 from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, SUCCEEDED, build_report
-from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, ThrottleConfig, router_for
+from airflow_banana.routing import RouterConfig, SystemClock, router_for
 from airflow_banana.storage import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
-from airflow_banana.testing.connections import channel_connection
 from airflow_banana.testing.server import Simulator
 
 pytestmark = pytest.mark.integration
 
-# The small helpers below are those of test_realtime_faults.py (kept local: test modules are
-# not a package here).
-RELAY, GEMINI, VERTEX = "relay", "gemini", "vertex"
-KEYS = {RELAY: "relay-key", GEMINI: "gemini-key", VERTEX: "vertex-token"}
-PROTOCOLS = {RELAY: "openai", GEMINI: "gemini", VERTEX: "vertex"}
-RELAY_PRICES = {"1K": 0.05, "2K": 0.05, "4K": 0.05}
-GENERATION_ROUTES = [
-    "airflow_banana.testing.admin",
-    "airflow_banana.testing.gemini_routes",
-    "airflow_banana.testing.openai_compat",
-]
-FAST_ROUTER = {
-    "retry_backoff_base_s": 0.05,
-    "retry_backoff_max_s": 0.4,
-    "max_wait_for_retry_s": 0.1,
-    "default_retry_after_s": 0.5,
-    "release_poll_s": 0.05,
-    "timeout_grace_s": 0.5,
-    "stats_half_life_s": 5.0,
-    "deadline_margin_s": 0.2,
-    "rate_guard_s": 6.0,
-}
-FAST_BREAKER = BreakerConfig(
-    window_s=3.0, bucket_s=0.25, base_open_s=0.3, max_open_s=1.0, probe_lease_s=2.0, reopen_decay_s=5.0
-)
-FAST_THROTTLE = ThrottleConfig(window_s=2.0, bucket_s=0.25, recheck_s=0.05)
 LATENCY_MS = (200.0, 400.0)
 POLL_S = 0.05
 
@@ -73,7 +54,7 @@ POLL_S = 0.05
 @pytest.fixture(scope="module")
 def claims_simulator() -> Iterator[Simulator]:
     importlib.import_module("google.genai")  # pay the SDK import before any timed call
-    with Simulator(SimulatorConfig(minute_s=1.0, day_s=3.0), modules=GENERATION_ROUTES) as simulator:
+    with Simulator(SimulatorConfig(minute_s=MINUTE_S, day_s=DAY_S), modules=GENERATION_ROUTES) as simulator:
         yield simulator
 
 
@@ -84,28 +65,6 @@ def rsim(claims_simulator: Simulator) -> Iterator[Simulator]:
         claims_simulator.set_faults(key, FaultProfile(name=name, latency_ms=LATENCY_MS))
     yield claims_simulator
     claims_simulator.reset(faults=True)
-
-
-def three_channels(sim: Simulator) -> list[ChannelConfig]:
-    configs = []
-    for name in (RELAY, GEMINI, VERTEX):
-        protocol = PROTOCOLS[name]
-        prices = RELAY_PRICES if protocol == "openai" else None
-        conn = json.loads(
-            channel_connection(sim.base_url, protocol=protocol, key=KEYS[name], prices=prices, timeout=5)
-        )
-        configs.append(parse_channel(name, host=conn["host"], password=conn["password"], extra=conn["extra"]))
-    return configs
-
-
-def work_items(n: int, *, deadline_s: float | None = None) -> list[WorkItem]:
-    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s is not None else None
-    return [
-        WorkItem(
-            ImageRequest(item_id=f"item-{i:03d}", prompt=f"studio photo of product {i}"), deadline=deadline
-        )
-        for i in range(n)
-    ]
 
 
 def settings(**kwargs: Any) -> RealtimeSettings:

@@ -25,19 +25,34 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from realtime_sim import (
+    DAY_S,
+    FAST_BREAKER,
+    FAST_ROUTER,
+    FAST_THROTTLE,
+    GEMINI,
+    GENERATION_ROUTES,
+    KEYS,
+    MINUTE_S,
+    PROTOCOLS,
+    RELAY,
+    RELAY_PRICES,
+    VERTEX,
+    three_channels,
+    work_items,
+)
 
 from airflow_banana.channels import build_channel
-from airflow_banana.channels.config import ChannelConfig, parse_channel
-from airflow_banana.models import ImageRequest
+from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.outputs import OutputStore
 from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.report import build_report
-from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, ThrottleConfig, router_for
+from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, router_for
 from airflow_banana.routing.clock import next_daily_reset
 from airflow_banana.storage import open_storage
 from airflow_banana.testing import FaultProfile
@@ -46,43 +61,6 @@ from airflow_banana.testing.connections import channel_connection
 from airflow_banana.testing.server import Simulator
 
 pytestmark = pytest.mark.integration
-
-MINUTE_S = 1.0
-DAY_S = 3.0
-RELAY, GEMINI, VERTEX = "relay", "gemini", "vertex"
-KEYS = {RELAY: "relay-key", GEMINI: "gemini-key", VERTEX: "vertex-token"}
-PROTOCOLS = {RELAY: "openai", GEMINI: "gemini", VERTEX: "vertex"}
-RELAY_PRICES = {"1K": 0.05, "2K": 0.05, "4K": 0.05}
-GENERATION_ROUTES = [
-    "airflow_banana.testing.admin",
-    "airflow_banana.testing.gemini_routes",
-    "airflow_banana.testing.openai_compat",
-]
-
-# Durations of the real router scaled ~1:60 so a breaker opens, probes and closes within a test.
-FAST_ROUTER = {
-    "retry_backoff_base_s": 0.05,
-    "retry_backoff_max_s": 0.4,
-    "max_wait_for_retry_s": 0.1,
-    "default_retry_after_s": 0.5,
-    "release_poll_s": 0.05,
-    "timeout_grace_s": 0.5,
-    "stats_half_life_s": 5.0,
-    "deadline_margin_s": 0.2,
-    # The limiter spaces requests over 60 s + guard of OUR minute; here the provider's minute is
-    # 1 s while transit jitter is not compressed (~25 ms on a busy loopback), so the guard is
-    # 0.1 s of the 1 s minute (loopback stalls on 2 busy cores reach that), in 60 s units.
-    "rate_guard_s": 0.1 * 60 / MINUTE_S,
-}
-FAST_BREAKER = BreakerConfig(
-    window_s=3.0,
-    bucket_s=0.25,
-    base_open_s=0.3,
-    max_open_s=1.0,
-    probe_lease_s=2.0,
-    reopen_decay_s=5.0,
-)
-FAST_THROTTLE = ThrottleConfig(window_s=2.0, bucket_s=0.25, recheck_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -106,37 +84,6 @@ def rsim(rt_simulator: Simulator) -> Iterator[Simulator]:
 def faults(sim: Simulator, channel: str, **profile: Any) -> None:
     """Give ``channel``'s key a profile (its outage clock starts at the key's next request)."""
     sim.set_faults(KEYS[channel], FaultProfile(name=channel, **profile))
-
-
-def channel_config(sim: Simulator, name: str, **extra: Any) -> ChannelConfig:
-    """A channel exactly as an ``AIRFLOW_CONN_*`` connection to the simulator would give it."""
-    protocol = PROTOCOLS[name]
-    extra.setdefault("prices", RELAY_PRICES if protocol == "openai" else None)
-    extra.setdefault("timeout", 5)
-    conn = json.loads(channel_connection(sim.base_url, protocol=protocol, key=KEYS[name], **extra))
-    return parse_channel(name, host=conn["host"], password=conn["password"], extra=conn["extra"])
-
-
-def three_channels(sim: Simulator, **per_channel: Mapping[str, Any]) -> list[ChannelConfig]:
-    return [channel_config(sim, name, **dict(per_channel.get(name, {}))) for name in (RELAY, GEMINI, VERTEX)]
-
-
-def work_items(
-    n: int, *, prompts: Mapping[int, str] | None = None, deadline_s: float | None = None
-) -> list[WorkItem]:
-    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s is not None else None
-    ratios = ["1:1", "4:3", "16:9", "9:16"]
-    return [
-        WorkItem(
-            ImageRequest(
-                item_id=f"item-{i:03d}",
-                prompt=(prompts or {}).get(i, f"studio photo of product {i}"),
-                aspect_ratio=ratios[i % len(ratios)],
-            ),
-            deadline=deadline,
-        )
-        for i in range(n)
-    ]
 
 
 @dataclass
