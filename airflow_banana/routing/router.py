@@ -68,9 +68,9 @@ in time, waiting for it if it is blocked::
     T(c)      = seconds per call c can take: max(limiter interval, L_ewma(c) / max_concurrency)
                 / rate factor (the share of time and answers retry hints leave, HintHistory:
                 a channel a shared quota keeps closing gives a fraction of its nominal rate)
-    need(c)   = L(c) + deadline_margin_s, plus, when p(c) < reliable_success_rate (0.9), L of
-                the fastest channel with p >= 0.9: a try on a channel that fails often leaves
-                room for the call that rescues it
+    need(c)   = L(c) + deadline_margin_s; when p(c) < reliable_success_rate (0.9) the margin
+                is at least L of the fastest channel with p >= 0.9: a try on a channel that
+                fails often leaves room for the call that rescues it
     fits(c)   = start(c) + need(c) <= deadline
 
 The first fitting channel that is free now gets the attempt. A fitting channel that is blocked
@@ -200,7 +200,10 @@ class RouterConfig:
             or self.deadline_latency_factor <= 0
             or not (0 < self.reliable_success_rate <= 1)
         ):
-            raise ConfigurationError(f"router deadline margin/latency factor out of range: {self}")
+            raise ConfigurationError(
+                "router deadline_margin_s, deadline_latency_factor or reliable_success_rate "
+                f"out of range: {self}"
+            )
         if self.default_deadline_s is not None and self.default_deadline_s <= 0:
             raise ConfigurationError(f"router default_deadline_s must be positive: {self}")
 
