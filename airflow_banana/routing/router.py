@@ -21,6 +21,8 @@ by expected cost per successful image ``price(image_size) / p`` where
 ``p = (s + a) / (s + f + a + b)`` is the channel's recent success rate (exponentially decayed
 counts ``s``, ``f`` from the backend) smoothed by a Beta(a, b) prior (a=4.5, b=0.5: a fresh
 channel is assumed 90 % good with the weight of 5 calls, so it is neither free nor infinite).
+A half-open channel (waiting for its probe) is ranked at the prior too, and a probe that
+closes the breaker clears the outage's counts: its failures say nothing about it any more.
 Costs within ``tie_epsilon`` (2 %, relative to the cheapest of the group) tie, and ties go to
 the lower latency EWMA, then the name.
 
@@ -120,7 +122,7 @@ from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationEr
 from airflow_banana.models import IMAGE_SIZES, ImageRequest
 from airflow_banana.pricing import price_table
 from airflow_banana.routing.availability import HintHistory
-from airflow_banana.routing.breaker import BreakerConfig
+from airflow_banana.routing.breaker import BreakerConfig, BreakerState
 from airflow_banana.routing.budget import RetryBudget, RetryBudgetConfig, SpendBudget
 from airflow_banana.routing.clock import QUOTA_TIMEZONE, Clock, SystemClock, WallClock, next_daily_reset
 from airflow_banana.routing.failover import FailoverCounter
@@ -414,9 +416,15 @@ class Router:
         ranked = []
         for name in self.channels:
             snap = self.backend.snapshot(name, now)
-            rate = (snap.recent_successes + cfg.prior_successes) / (
-                snap.recent_successes + snap.recent_failures + cfg.prior_successes + cfg.prior_failures
-            )
+            if snap.breaker is BreakerState.HALF_OPEN:
+                # Its recent failures are the outage's and the probe is what will tell: ranked
+                # by them, a cheap primary would sit last and get its probe only when every
+                # other channel is busy (R14: back on it soon after recovery).
+                rate = cfg.prior_successes / (cfg.prior_successes + cfg.prior_failures)
+            else:
+                rate = (snap.recent_successes + cfg.prior_successes) / (
+                    snap.recent_successes + snap.recent_failures + cfg.prior_successes + cfg.prior_failures
+                )
             price = self.price(name, image_size)
             latency = snap.latency_ewma_s if snap.latency_ewma_s is not None else self.prior_latency(name)
             ranked.append(RankedChannel(name, price, rate, price / rate, latency, priority.get(name), snap))

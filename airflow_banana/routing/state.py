@@ -33,8 +33,9 @@ How each outcome counts (``OUTCOME_RULES``)::
     CHANNEL_FATAL    -           no                -                    disabled for the run
     cancelled        -           -                 -                    -
 
-A successful half-open probe also clears the channel's throttle window: the failures that led
-to the outage would otherwise keep rejecting traffic to the recovered channel for two minutes.
+A successful half-open probe also clears the channel's throttle window and its decayed
+success/failure counts: the failures that led to the outage would otherwise keep rejecting
+traffic to the recovered channel for two minutes and rank it as dear for half-lives.
 
 NO_IMAGE counts against the breaker so that a relay that strips images from every answer is
 routed around; a prompt that rarely yields no image cannot trip it alone (bounded retries per
@@ -383,8 +384,11 @@ def apply_outcome(
             events.append(ChannelEvent(transition.value))
         if transition is brk.BreakerEvent.CLOSED:
             # the probe proved the outage over; its failures must not keep throttling a healthy
-            # channel for the rest of the window (R14: back on the cheap primary soon)
+            # channel for the rest of the window, nor keep its success rate (and so its rank,
+            # price / rate) at the outage's level for half-lives (R14: back on the cheap primary
+            # soon): the channel starts again from the prior, plus the probe's own success
             window_clear(record.throttle.window)
+            stats.recent_successes = stats.recent_failures = 0.0
     thr.count_request(record.throttle, policy.throttle, now)
     if rule.throttle_accept:
         thr.count_accept(record.throttle, policy.throttle, now)

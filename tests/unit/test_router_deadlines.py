@@ -449,3 +449,29 @@ def test_a_try_on_a_channel_that_often_fails_leaves_room_for_its_rescue(
     _teach(router, "direct", 1, 0, latency_s=15.0)  # L(direct) = 2 x 15; direct needs 40 s
     action = decide(router, ItemProgress("x", deadline=clock.now() + slack))
     assert isinstance(action, Attempt) and action.channel == channel
+
+
+def test_after_an_outage_the_cheap_primary_gets_its_probe_first_and_is_cheap_again() -> None:
+    clock = FakeClock()
+    router = router_for(
+        [RELAY, chan("direct", max_concurrency=100)],
+        clock,
+        random.Random(3),
+        breaker=BreakerConfig.tolerant(jitter=0.0),  # what a relay that bills no failures gets
+        throttle=ThrottleConfig(enabled=False),
+    )
+    _teach(router, "relay", 0, 12, latency_s=10.0)  # an outage: 12 failures in a row trip it
+    assert router.states()["relay"].breaker == "open"
+    item = ItemProgress("x", deadline=clock.now() + 10_000)
+    assert decide(router, item).channel == "direct"  # type: ignore[union-attr]
+    clock.advance(router.backend.snapshot("relay", clock.now()).open_until - clock.now() + 0.1)
+    # half-open: ranked at the prior (0.05 / 0.9 < 0.134), not at the outage's 4.5 / 17
+    # (0.05 / 0.26 > 0.134: last, so it would get its probe only when direct is busy)
+    assert router.rank("1K")[0].channel == "relay"
+    probe = decide(router, ItemProgress("y", deadline=clock.now() + 10_000))
+    assert isinstance(probe, Attempt) and probe.channel == "relay" and probe.permit.probe
+    router.report_success(ItemProgress("y"), probe.permit)
+    snap = router.states()["relay"]
+    assert snap.breaker == "closed"
+    assert (snap.recent_successes, snap.recent_failures) == (1.0, 0.0)  # the outage is forgotten
+    assert router.rank("1K")[0].channel == "relay"
