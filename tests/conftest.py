@@ -10,7 +10,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +42,29 @@ def airflow_db() -> Path:
         env=os.environ.copy(),
     )
     return _AIRFLOW_HOME
+
+
+@pytest.fixture
+def run_together() -> Callable[..., list[Any]]:
+    """Run callables in threads released together by a barrier (races on purpose); results in order."""
+
+    def run_all(*calls: Callable[[], Any]) -> list[Any]:
+        barrier = threading.Barrier(len(calls))
+        results: list[Any] = [_NOT_RUN] * len(calls)
+
+        def run(i: int) -> None:
+            barrier.wait()
+            results[i] = calls[i]()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _NOT_RUN not in results, "a racing call raised"
+        return results
+
+    return run_all
+
+
+_NOT_RUN = object()

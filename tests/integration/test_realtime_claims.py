@@ -12,9 +12,8 @@ import asyncio
 import importlib
 import logging
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -268,7 +267,7 @@ def test_a_claim_is_renewed_before_an_attempt_once_half_its_ttl_is_gone(rsim, tm
 # ----------------------------------------------------------------------------- GCS
 
 
-def test_claims_are_create_only_on_gcs(gcs_bucket):
+def test_claims_are_create_only_on_gcs(gcs_bucket, run_together):
     store = OutputStore(open_storage(), f"gs://{gcs_bucket}/out")
     t = [1_700_000_000.0]
     a = ItemClaims(store, now=lambda: t[0])
@@ -292,26 +291,8 @@ def test_claims_are_create_only_on_gcs(gcs_bucket):
     assert not store.storage.exists(store.claim_uri("mug"))
 
     for r in range(5):  # two workers racing for the same fresh item: exactly one wins
-        results = race(
+        results = run_together(
             partial(a.take, f"race-{r}", "fp", owner="run-a", ttl_s=60),
             partial(b.take, f"race-{r}", "fp", owner="run-b", ttl_s=60),
         )
         assert sorted(held is None for held in results) == [False, True], results
-
-
-def race(*takes: Callable[[], ClaimHeld | None]) -> list[ClaimHeld | None]:
-    """Run the ``take`` calls in threads released together by a barrier; their results in order."""
-    barrier = threading.Barrier(len(takes))
-    results: list[ClaimHeld | str | None] = ["not run"] * len(takes)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = takes[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(takes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert "not run" not in results
-    return results  # type: ignore[return-value]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -169,33 +167,15 @@ def test_storage_rejects_a_second_create(store: OutputStore):
         store.storage.write_json(store.claim_uri("a"), {"owner": "y"}, if_absent=True)
 
 
-def race(*takes: Callable[[], ClaimHeld | None]) -> list[ClaimHeld | None]:
-    """Run the ``take`` calls in threads released together by a barrier; their results in order."""
-    barrier = threading.Barrier(len(takes))
-    results: list[ClaimHeld | str | None] = ["not run"] * len(takes)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = takes[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(takes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert "not run" not in results
-    return results  # type: ignore[return-value]
-
-
 @pytest.mark.parametrize("expired", [False, True], ids=["fresh", "expired"])
-def test_two_threads_racing_take_exactly_one_wins(store: OutputStore, expired: bool):
+def test_two_threads_racing_take_exactly_one_wins(store: OutputStore, expired: bool, run_together):
     now = FakeNow()
     owners = ("w1", "w2")
     for r in range(20):
         item = f"item-{r}"
         if expired:  # both take over the same dead worker's claim
             ItemClaims(store, now=FakeNow(now.t - 2 * TTL)).take(item, FP, owner="dead", ttl_s=TTL)
-        results = race(
+        results = run_together(
             *(partial(ItemClaims(store, now=now).take, item, FP, owner=o, ttl_s=TTL) for o in owners)
         )
         winners = [o for o, held in zip(owners, results, strict=True) if held is None]
