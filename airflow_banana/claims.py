@@ -33,6 +33,10 @@ from airflow_banana.outputs import OutputStore
 
 log = logging.getLogger(__name__)
 
+# Longer than any item takes (attempt timeouts + backoff + queueing), or a slow item's claim
+# expires under it and another run buys the image too.
+DEFAULT_TTL_S = 900.0
+
 # A take loops only while the claim vanishes between our failed create and our read (its holder
 # released it meanwhile); more than a few rounds means something keeps deleting it.
 _TAKE_ROUNDS = 5

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from airflow_banana.channels.base import Channel
+from airflow_banana.claims import DEFAULT_TTL_S as CLAIM_TTL_S
 from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
@@ -78,7 +79,7 @@ class RealtimeSettings:
     on_failover_alert: Callable[[Mapping[str, Any]], None] | None = None
     # Claims (see airflow_banana.claims): off only when nothing else can generate these items.
     claims: bool = True
-    claim_ttl_s: float = 900.0  # longer than any item takes, or a slow item can be bought twice
+    claim_ttl_s: float = CLAIM_TTL_S
     claim_poll_s: float = 10.0  # how often an item held by another worker checks for its result
 
 

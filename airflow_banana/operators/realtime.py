@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_banana.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
@@ -26,6 +27,8 @@ from airflow_banana.operators._common import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_banana.realtime import RealtimeSettings
 
 
 class RealtimeImageOperator(BaseOperator):
@@ -51,6 +54,10 @@ class RealtimeImageOperator(BaseOperator):
     :param redis_conn_id: a ``redis`` connection through which every worker shares breakers,
         rate limits and quotas (also accepted as ``redis_conn_id`` in a channel's extra);
         default: per-process state. If Redis is unreachable the task goes on with local state.
+    :param claim_ttl_s: how long an item's claim (taken before its first call, so two runs over
+        the same items buy each image once; docs/realtime.md "Two workers, one item") lasts
+        before another run may take it over; keep it above the longest gap between two attempts
+        of one item. ``None`` turns claims off: only when nothing else writes ``output_prefix``.
     """
 
     template_fields: Sequence[str] = (
@@ -82,6 +89,7 @@ class RealtimeImageOperator(BaseOperator):
         on_failover_alert: Callable[..., Any] | None = None,
         router_options: Mapping[str, Any] | None = None,
         redis_conn_id: str | None = None,
+        claim_ttl_s: float | None = DEFAULT_CLAIM_TTL_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,6 +108,12 @@ class RealtimeImageOperator(BaseOperator):
         self.on_failover_alert = on_failover_alert
         self.router_options = dict(router_options or {})
         self.redis_conn_id = redis_conn_id
+        self.claim_ttl_s = claim_ttl_s
+        if claim_ttl_s is not None and not claim_ttl_s > 0:
+            raise ConfigurationError(
+                f"{self.task_id}: claim_ttl_s must be a positive number of seconds (or None to turn "
+                f"claims off), got {claim_ttl_s!r}"
+            )
         if on_invalid not in ("reject", "quarantine"):
             raise ConfigurationError(
                 f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
@@ -156,7 +170,6 @@ class RealtimeImageOperator(BaseOperator):
     async def _run(
         self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context
     ) -> Any:
-        from airflow_banana.realtime import RealtimeSettings
         from airflow_banana.routing import RouterConfig
 
         try:
@@ -168,20 +181,26 @@ class RealtimeImageOperator(BaseOperator):
             )
         except TypeError as err:
             raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
-        settings = RealtimeSettings(
-            force=self.force,
-            progress_interval_s=self.progress_interval_s,
-            on_failover_alert=self._alert_callback(context),
-        )
         return await run_realtime_lane(
             configs,
             work,
             store=store,
             run_key=identity.run_key,
             task_id=self.task_id,
-            settings=settings,
+            settings=self._settings(context),
             router_config=config,
             redis_conn_id=self.redis_conn_id,
+        )
+
+    def _settings(self, context: Context) -> RealtimeSettings:
+        from airflow_banana.realtime import RealtimeSettings
+
+        return RealtimeSettings(
+            force=self.force,
+            progress_interval_s=self.progress_interval_s,
+            on_failover_alert=self._alert_callback(context),
+            claims=self.claim_ttl_s is not None,
+            claim_ttl_s=self.claim_ttl_s or DEFAULT_CLAIM_TTL_S,
         )
 
     def _alert_callback(self, context: Context) -> Callable[[Mapping[str, Any]], None] | None:

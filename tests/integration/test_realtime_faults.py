@@ -652,3 +652,45 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     report = open_storage().read_json(summary["report_uri"])
     assert report["channels"][f"banana_faults_{GEMINI}"]["errors"].get("channel_fatal", 0) >= 1
     assert alerts and alerts[0]["failovers_last_hour"] > 1  # the notifier got the task context
+
+
+def test_operator_waits_for_another_runs_claim_and_claim_ttl_none_turns_claims_off(
+    rsim, tmp_path, monkeypatch
+):
+    from airflow_banana.claims import ItemClaims
+    from airflow_banana.exceptions import BananaError, ConfigurationError
+    from airflow_banana.operators import RealtimeImageOperator
+    from airflow_banana.outputs import OutputStore
+
+    rows = [{"id": f"p{i}", "prompt": f"product {i}", "deadline": "PT2S"} for i in range(3)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    claims = ItemClaims(OutputStore(open_storage(), str(out)))
+    channels = _connections(rsim, monkeypatch)
+
+    def operator(**kwargs: Any) -> RealtimeImageOperator:
+        return RealtimeImageOperator(
+            task_id="generate",
+            manifest=str(manifest),
+            output_prefix=str(out),
+            channels=channels,
+            router_options={**FAST_ROUTER},
+            **kwargs,
+        )
+
+    with pytest.raises(ConfigurationError, match="claim_ttl_s"):
+        operator(claim_ttl_s=0)
+    # another run (a backfill, say) is generating these items right now
+    for row in rows:
+        assert claims.take(row["id"], "someone-elses-request", owner="backfill__generate", ttl_s=3600) is None
+    with pytest.raises(BananaError, match="3 item"):
+        operator().execute(_operator_context())  # type: ignore[arg-type]
+    assert not rsim.billable()  # it waited for the other run instead of paying
+    report = open_storage().read_json(
+        str(out / "runs" / "faults_dag__generate__manual__faults" / "report.json")
+    )
+    assert all("backfill__generate" in f["reason"] for f in report["failed_items"])
+
+    summary = operator(claim_ttl_s=None).execute(_operator_context())  # type: ignore[arg-type]
+    assert summary["items"]["succeeded"] == 3 and len(rsim.billable()) == 3
