@@ -213,9 +213,7 @@ class RealtimeEngine:
             w.deadline is not None or config.default_deadline_s is not None
         )
         if not self.settings.claims:
-            if unbounded:
-                return await self._generate(w)
-            async with slots:
+            async with contextlib.nullcontext() if unbounded else slots:
                 return await self._generate(w)
         announced = False
         while True:
