@@ -35,6 +35,7 @@ from airflow_banana.routing import (
     ChannelEvent,
     GiveUp,
     ItemProgress,
+    Objective,
     Router,
     Wait,
     describe,
@@ -205,13 +206,10 @@ class RealtimeEngine:
         return await asyncio.to_thread(self.store.done_record, w.request.item_id, w.request.fingerprint())
 
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
-        config = self.router.config
-        # The deadline-aware router plans over every waiting item (queue places decide who
-        # waits for the cheap channel and who spills now), so these items must all be
-        # visible to it; channel permits bound the calls, queue places spread the wake-ups.
-        unbounded = config.deadline_aware and (
-            w.deadline is not None or config.default_deadline_s is not None
-        )
+        # The cost-first router plans over every waiting item (queue places decide who waits
+        # for the cheap channel and who spills now), so these items must all be visible to it;
+        # channel permits bound the calls, queue places spread the wake-ups.
+        unbounded = self.router.config.objective is Objective.CHEAPEST
         if not self.settings.claims:
             async with contextlib.nullcontext() if unbounded else slots:
                 return await self._generate(w)
@@ -352,11 +350,10 @@ class RealtimeEngine:
             reason=reason,
         )
 
-    def _wall_deadline(self, w: WorkItem) -> float | None:
-        if w.deadline is not None:
-            return w.deadline.timestamp()
-        default = self.router.config.default_deadline_s
-        return None if default is None else self._started_wall + default
+    @staticmethod
+    def _wall_deadline(w: WorkItem) -> float | None:
+        """The item's hard deadline in epoch seconds; the router's default horizon is not one."""
+        return None if w.deadline is None else w.deadline.timestamp()
 
     def _not_attempted(self, w: WorkItem, reason: str) -> ItemOutcome:
         """An item this run leaves to another worker (or a retry); no metadata is written for it.

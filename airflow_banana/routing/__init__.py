@@ -2,7 +2,8 @@
 
 No I/O, no asyncio, no Airflow: time comes from an injected ``Clock``, randomness from an
 injected ``random.Random``, and per-channel mutable state sits behind ``ChannelStateBackend``
-(in-memory now, Redis later). Start at ``router.py``'s docstring for the engine loop.
+(in memory, or shared by every worker through Redis: ``redis_state.py``). Start at
+``router.py``'s docstring: the objective and the engine loop.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from airflow_banana.routing.clock import Clock, FakeClock, SystemClock, WallCloc
 from airflow_banana.routing.failover import FailoverCounter
 from airflow_banana.routing.limiter import LimitConfig
 from airflow_banana.routing.router import (
+    DEFAULT_DEADLINE_S,
     Attempt,
     AttemptRecord,
     Decision,
     GiveUp,
     GiveUpReason,
     ItemProgress,
+    Objective,
     RankedChannel,
     Router,
     RouterConfig,
@@ -41,6 +44,7 @@ from airflow_banana.routing.state import (
 from airflow_banana.routing.throttle import ThrottleConfig
 
 __all__ = [
+    "DEFAULT_DEADLINE_S",
     "Attempt",
     "AttemptRecord",
     "BreakerConfig",
@@ -60,6 +64,7 @@ __all__ = [
     "InMemoryStateBackend",
     "ItemProgress",
     "LimitConfig",
+    "Objective",
     "Outcome",
     "Permit",
     "RankedChannel",

@@ -8,11 +8,16 @@ channel. Here:
 * CLOSED -> OPEN when, over the sliding window (default 60 s, bucketed), ``calls >= minimum_calls``
   (10) and ``failures / calls >= failure_rate_threshold`` (0.5); or after ``consecutive_failures``
   (5) failures in a row.
-* OPEN for ``d(n) = min(max_open_s, base_open_s * 2**n * (1 + jitter * u))`` with ``u`` uniform in
-  [-1, 1] from the injected RNG, ``n`` = reopen count (defaults 30 s, 300 s cap, jitter 0.2).
-  Each opening increments ``n``; a healthy stretch decays it by one per ``reopen_decay_s``
-  (600 s) measured from the last close, so a flapping channel waits longer each time but a
-  channel that was fine for an hour starts again from ``base_open_s``.
+* OPEN for ``d = min(max_open_s, max(base_open_s, age) * (1 + jitter * u))`` with ``u`` uniform in
+  [-1, 1] from the injected RNG and ``age`` = how long the outage has lasted so far: the time
+  since the first failure after the channel's last healthy answer (defaults: 1 s floor, 300 s
+  cap, jitter 0.2). The open period fits the incident: a blip seen a second ago is probed again
+  about a second later, and every failed probe (the outage is older now) roughly doubles the
+  wait, so a ten-minute outage costs a handful of probes and is noticed within about its own
+  length once it ends. Why not a fixed first period (30 s): a 3 s blip would then cost 30 s of
+  the dearest channel. An outage that has lasted ``a`` is, with no other knowledge, as likely
+  as not to last another ``a`` (the Lindy rule behind doubling backoff), so probing at about
+  ``2a`` spends one call per doubling of the outage.
 * After ``open_until`` the breaker is HALF_OPEN: exactly one caller gets a probe lease
   (``probe_id``), valid ``probe_lease_s`` so a crashed prober cannot wedge the channel; after the
   lease expires the next caller gets a fresh lease and the old one is void.
@@ -61,11 +66,10 @@ class BreakerConfig:
     window_s: float = 60.0
     bucket_s: float = 5.0
     consecutive_failures: int = 5
-    base_open_s: float = 30.0
+    base_open_s: float = 1.0  # the shortest open period (a young outage)
     max_open_s: float = 300.0
     jitter: float = 0.2
     probe_lease_s: float = 130.0
-    reopen_decay_s: float = 600.0
 
     @classmethod
     def tolerant(cls, **overrides: float) -> BreakerConfig:
@@ -95,7 +99,7 @@ class BreakerConfig:
             raise ConfigurationError(f"breaker failure_rate_threshold must be in (0, 1], got {self}")
         if self.minimum_calls < 1 or self.consecutive_failures < 1:
             raise ConfigurationError(f"breaker minimum_calls and consecutive_failures must be >= 1: {self}")
-        if min(self.window_s, self.bucket_s, self.base_open_s, self.probe_lease_s, self.reopen_decay_s) <= 0:
+        if min(self.window_s, self.bucket_s, self.base_open_s, self.probe_lease_s) <= 0:
             raise ConfigurationError(f"breaker durations must be positive: {self}")
         if self.max_open_s < self.base_open_s or not 0 <= self.jitter < 1:
             raise ConfigurationError(f"breaker needs max_open_s >= base_open_s and 0 <= jitter < 1: {self}")
@@ -107,8 +111,9 @@ class BreakerRecord:
     window: WindowCounts = field(default_factory=lambda: WindowCounts(arity=2))
     consecutive_failures: int = 0
     open_until: float = 0.0
-    reopen_count: int = 0
+    reopen_count: int = 0  # failed probes in the current outage
     closed_at: float | None = None
+    failing_since: float | None = None  # first failure after the last healthy answer
     probe_id: int = 0  # id of the latest lease granted
     probe_lease_until: float | None = None  # None: no lease out
     openings: int = 0
@@ -123,10 +128,9 @@ class BreakerGate:
     retry_at: float | None = None
 
 
-def open_duration(config: BreakerConfig, reopen_count: int, rng: random.Random) -> float:
-    """``min(max_open_s, base_open_s * 2**n * (1 + jitter * U(-1, 1)))``."""
-    exponent = min(reopen_count, 32)  # 2**32 * base is far past any cap; avoid float overflow
-    raw = config.base_open_s * (2.0**exponent) * (1.0 + config.jitter * rng.uniform(-1.0, 1.0))
+def open_duration(config: BreakerConfig, age_s: float, rng: random.Random) -> float:
+    """``min(max_open_s, max(base_open_s, age) * (1 + jitter * U(-1, 1)))``; ``age``: the outage so far."""
+    raw = max(config.base_open_s, age_s) * (1.0 + config.jitter * rng.uniform(-1.0, 1.0))
     return min(config.max_open_s, raw)
 
 
@@ -163,17 +167,11 @@ def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
         record.probe_lease_until = None
 
 
-def _decayed_reopen_count(record: BreakerRecord, config: BreakerConfig, now: float) -> int:
-    if record.closed_at is None:
-        return record.reopen_count
-    steps = int((now - record.closed_at) // config.reopen_decay_s)
-    return max(0, record.reopen_count - steps)
-
-
 def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
+    since = record.failing_since if record.failing_since is not None else now
     record.state = BreakerState.OPEN
-    record.open_until = now + open_duration(config, count, rng)
-    record.reopen_count = count + 1
+    record.open_until = now + open_duration(config, now - since, rng)
+    record.reopen_count = count
     record.probe_lease_until = None
     record.consecutive_failures = 0
     record.openings += 1
@@ -198,24 +196,29 @@ def record_result(
         if probe_id is None or probe_id != record.probe_id or state is not BreakerState.HALF_OPEN:
             return None  # a late ordinary result, or a stale probe whose lease was replaced
         if failure:
-            _open(record, config, now, rng, record.reopen_count)
+            _open(record, config, now, rng, record.reopen_count + 1)
             return BreakerEvent.REOPENED
         record.state = BreakerState.CLOSED
         record.closed_at = now
         record.probe_lease_until = None
         record.consecutive_failures = 0
+        record.reopen_count = 0
+        record.failing_since = None
         window_clear(record.window)
         return BreakerEvent.CLOSED
 
     window_add(record.window, now, CALLS, bucket_s=config.bucket_s, window_s=config.window_s)
     if not failure:
         record.consecutive_failures = 0
+        record.failing_since = None
         return None
     window_add(record.window, now, FAILURES, bucket_s=config.bucket_s, window_s=config.window_s)
     record.consecutive_failures += 1
+    if record.failing_since is None:
+        record.failing_since = now
     calls, failures = window_totals(record.window, now, bucket_s=config.bucket_s, window_s=config.window_s)
     tripped_by_rate = calls >= config.minimum_calls and failures >= config.failure_rate_threshold * calls
     if tripped_by_rate or record.consecutive_failures >= config.consecutive_failures:
-        _open(record, config, now, rng, _decayed_reopen_count(record, config, now))
+        _open(record, config, now, rng, 0)
         return BreakerEvent.OPENED
     return None

@@ -1,5 +1,14 @@
 """The realtime router: which channel an item tries next, or why it waits or gives up.
 
+The objective, in one place: **every item by its deadline, for the least expected spend.**
+Throughput is a means, never the goal. Every item has a deadline: its own (manifest), else the
+operator's ``deadline``, else one derived from the task's ``execution_timeout`` (all three hard:
+the item fails when it passes), else ``default_deadline_s`` (``DEFAULT_DEADLINE_S``, one hour
+from the run's start) -- a soft planning horizon: the router plans to finish by it and waits for
+cheaper channels only while that plan holds, but an item is never failed for passing it (it then
+runs as fast as the channels allow). ``objective="fastest"`` is the named opposite: no waiting for
+a cheaper channel, the first free channel in cost order.
+
 The engine loop this is built for (single asyncio thread; no awaits happen inside a router
 call, so every decision is atomic)::
 
@@ -16,89 +25,78 @@ call, so every decision is atomic)::
         else:   router.report_success(item, action.permit, cost_usd=result.cost_usd); break
         if action.alert_failovers: alert
 
-Ordering (``rank``): channels named in ``RouterConfig.priority`` first, in that order; the rest
-by expected cost per successful image ``price(image_size) / p`` where
-``p = (s + a) / (s + f + a + b)`` is the channel's recent success rate (exponentially decayed
-counts ``s``, ``f`` from the backend) smoothed by a Beta(a, b) prior (a=4.5, b=0.5: a fresh
-channel is assumed 90 % good with the weight of 5 calls, so it is neither free nor infinite).
-A half-open channel (waiting for its probe) is ranked at the prior too, and a probe that
-closes the breaker clears the outage's counts: its failures say nothing about it any more.
-Costs within ``tie_epsilon`` (2 %, relative to the cheapest of the group) tie, and ties go to
-the lower latency EWMA, then the name.
+Four estimates per channel drive every decision (``rank``, ``_estimate``):
+
+* **price** -- expected spend per image: the configured price, corrected by what the channel
+  really billed so far (``billed_ratio``: EWMA of billed / configured on successes, so a relay
+  whose ``usage.cost`` is a third of the configured figure is ranked at a third); divided by
+  the success rate ``p`` only where failed calls are billed (``billed_on_failure``). Where
+  failures are free (Google bills only images) a 45 %-failing channel costs the same per image
+  as a healthy one: its failures cost time, which the deadline plan accounts for, not money.
+* **success rate** ``p = (s + a) / (s + f + a + b)``: exponentially decayed counts ``s``, ``f``
+  from the backend, smoothed by a Beta(a, b) prior (a=4.5, b=0.5: a fresh channel is assumed
+  90 % good with the weight of 5 calls). A half-open channel is ranked at the prior, and a
+  probe that closes the breaker clears the outage's counts.
+* **service interval** ``T(c)`` = seconds per call the channel can take: max(limiter interval,
+  latency EWMA / max_concurrency), divided by the share of recent time retry hints left it open
+  (``HintHistory``).
+* **next available**: now if a permit can be had, else when the gate that blocks opens (retry
+  hint, breaker open period, rate slot, the item's own backoff; a probe in flight or a full
+  concurrency: about one call from now, and the wait also ends on a permit release).
+
+Channels named in ``RouterConfig.priority`` come first, in that order; the rest by price, ties
+(within ``tie_epsilon``, 2 %) to the shorter expected time per image (latency / p), then name.
 
 Item lifecycle (``next_action``), in order:
 
 1. the last attempt was ITEM_TERMINAL (400, blocked prompt, IMAGE_SAFETY) -> give up, no
    failover: the same model sits behind every channel;
 2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
-3. ``max_attempts_per_item`` reached, or the deadline passed -> give up;
+3. ``max_attempts_per_item`` reached, or a hard deadline passed -> give up;
 4. a retry with the run's retry budget spent -> give up;
 5. candidates = channels not disabled for the run and on which this item has not timed out
    (a silent channel is abandoned after ONE timeout); none -> give up;
-6. in rank order, skipping channels the budget cannot cover (spent + uncertain + reserved +
-   price <= budget) and channels this item is backing off from, take the first permit.
-   After a RETRYABLE/NO_IMAGE failure the item avoids that channel for a full-jitter backoff
-   ``U(0, min(retry_backoff_max_s, retry_backoff_base_s * 2**(k-1)))``, ``k`` = its failures
-   there (caps 1 s, 2 s, 4 s ... 30 s), so it never hammers the channel that just failed it;
-7. no permit -> wait until the earliest ``retry_at`` (capped by the deadline; a concurrency
-   block also wakes on a release), or give up now when nothing can open before the deadline
-   or the budget can never cover any channel.
+6. the deadline plan (objective "cheapest", before the deadline), below;
+7. otherwise (objective "fastest", past a soft deadline, or no plan fits): in rank order the
+   first channel that gives a permit, skipping channels the budget cannot cover and channels
+   this item is backing off from; none -> wait until the earliest ``retry_at`` (a concurrency
+   block also wakes on a release), or give up when nothing can open before a hard deadline or
+   the budget can never cover any channel.
 
-Retry before failover: when the item's own backoff on a cheaper, otherwise open channel ends
-within ``max_wait_for_retry_s`` (2 s), the item waits for it instead of failing over to a dearer
-channel. A failed call on Google costs nothing, so at the R1 peak profile (45 % 503 on a
-0.05 USD relay) retrying the relay costs ``0.05 / 0.55 = 0.09`` per image against 0.134 direct;
-as the backoff doubles past 2 s (third failure on average) the item fails over. Set it to 0 for
-immediate failover. With ``max_wait_for_cheaper_s > 0`` an item also waits for a cheaper channel
-blocked by its rate limit, concurrency or a retry hint (cost over throughput; the default 0
-keeps every channel busy for throughput).
+After a RETRYABLE/NO_IMAGE failure the item avoids that channel for a full-jitter backoff
+``U(0, min(retry_backoff_max_s, retry_backoff_base_s * 2**(k-1)))``, ``k`` = its failures there.
 
-Deadline-aware spill (items with a deadline, ``deadline_aware=True``, the default): "every
-image on time for the least money". Instead of step 6's first-permit rule, the item goes
-through the candidates in rank (cost) order and takes the cheapest one it can still finish on
-in time, waiting for it if it is blocked::
+The deadline plan: the cheapest channel the item can still finish on, waiting for it if it is
+blocked, as long as waiting still leaves time to finish on the next channel::
 
     L(c)      = deadline_latency_factor (2) * latency EWMA of c     (a p95-ish call time;
-                before c's first answer the EWMA is min(default_latency_s,
-                prior_latency_timeout_fraction (0.25) * c's attempt timeout))
-    start(c)  = now                              if c can give a permit now
-              = base(c) + ahead(c) * T(c)        otherwise
-    base(c)   = when c unblocks (rate slot, retry hint, breaker, item backoff; for a
-                concurrency block: now + T(c))
+                before c's first answer the EWMA is min(default_latency_s (12 s, the seed's
+                median call), prior_latency_timeout_fraction (0.25) * c's attempt timeout))
+    start(c)  = now if c can give a permit now, else next-available(c) + ahead(c) * T(c)
     ahead(c)  = items already queued for c in front of this one (earliest deadline first,
                 then arrival: a late newcomer never pushes an urgent item off c)
-    T(c)      = seconds per call c can take: max(limiter interval, L_ewma(c) / max_concurrency)
-                / rate factor (the share of time and answers retry hints leave, HintHistory:
-                a channel a shared quota keeps closing gives a fraction of its nominal rate)
-    need(c)   = L(c) + deadline_margin_s; when p(c) < reliable_success_rate (0.9) the margin
-                is at least L of the fastest channel with p >= 0.9: a try on a channel that
-                fails often leaves room for the call that rescues it
+    need(c)   = L(c) + max(deadline_margin_s, L of the fastest channel with p >= 0.9 when
+                p(c) < reliable_success_rate (0.9)): a try on a channel that fails often
+                leaves room for the call that rescues it
     fits(c)   = start(c) + need(c) <= deadline
 
-The first fitting channel that is free now gets the attempt. A fitting channel that is blocked
-is waited for -- the item joins its queue and sleeps until ``min(start(c), latest start on c
-= deadline - need(c), latest switch)``, where the latest switch is the last moment the NEXT
-fitting channel in cost order could still be started and finish in time
-(``deadline - need(next) - wait(next)``), moved earlier by ``ahead(c) / R`` where ``R`` is the
-summed success rate ``p / T`` of the fitting channels after ``c``: the items ahead on ``c``
-would spill first if ``c`` stalls, so this item leaves room on the fallbacks for them.
-Waiters therefore reach the fallback one by one (the tail first, the EDF head keeps its place)
-instead of all at the same latest moment; the reservation never pushes an item off a channel
-it still fits (if it alone would make waiting "too late", the plain latest switch is used).
-When that moment comes and ``c`` is still blocked, waiting no longer fits and the item spills
-to the next channel. So an item never misses a deadline it could have met by spilling now
-just because it waited (to the accuracy of the latency estimate; ``deadline_margin_s`` and
-the rescue call in ``need`` absorb the rest). ``start`` counts one slot per item ahead, not
-``1 / p``: an item ahead that fails re-queues behind this one (a new place), so its retry
-does not delay this item; counting ``1 / p`` slots made a 45 %-failing relay look half as
-fast as it was and spilled its items to dearer channels that then finished early.
-Queue positions spread wake-ups (the head also wakes on a release), so N waiting items cost
-O(N) router calls per slot, not O(N) per release. ``forget(item)`` drops a cancelled item's
-place. When no channel fits, the item falls back to the rules above (best effort: whatever is
-open, cheapest first). Items without a deadline (and no ``default_deadline_s``) keep the rules
-above: ``max_wait_for_cheaper_s`` (default 0: throughput first). ``default_deadline_s`` gives
-every item without its own deadline one, relative to the router's creation (the run start):
-stating how long you can wait is what buys the cheapest schedule.
+In cost order: a fitting channel that is free now gets the attempt. A blocked channel is waited
+for -- the item joins its queue and sleeps until ``min(start(c), latest start on c =
+deadline - need(c), latest switch)`` -- where the latest switch is the last moment the NEXT
+fitting channel could still be started and finish in time (``deadline - need(next) -
+wait(next)``), moved earlier by ``ahead(c) / R``, ``R`` the summed rate ``p / T`` of the fitting
+channels after ``c``: the items ahead on ``c`` would spill first if ``c`` stalls, so waiters reach
+the fallback one by one instead of all at the last moment (never pushing an item off a channel
+it still fits). A blocked channel cheaper than every fitting one is waited for the same way even
+when the estimate says it will not make it: while the next fitting channel can still be started
+later, spilling now would commit money on an estimate that the next answers may change (the
+latency prior before a channel's first answer, a queue that drains faster than planned). Before
+a channel has answered once, waits for it also end on every permit release and leave out the
+reservation: a few milliseconds of real answers are worth more than the prior. When that moment
+comes and ``c`` is still blocked, the item spills to the next channel. When no channel fits,
+the item falls back to rule 7 (best effort: whatever is open, cheapest first). Queue positions
+spread wake-ups (the head also wakes on a release), so N waiting items cost O(N) router calls
+per slot, not O(N) per release. ``forget(item)`` drops a cancelled item's place.
 
 Money: ``Attempt`` reserves the channel's price; the report settles it (billed cost, or the
 price as "uncertain" after a timeout or cancellation, when the provider may still bill).
@@ -117,7 +115,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from airflow_banana.channels.config import TYPICAL_CALL_S, ChannelConfig
+from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.models import IMAGE_SIZES, ImageRequest
 from airflow_banana.pricing import price_table
@@ -143,6 +141,24 @@ from airflow_banana.routing.throttle import ThrottleConfig
 _BACKOFF_CLASSES = (ErrorClass.RETRYABLE, ErrorClass.NO_IMAGE)
 # Waiting "on a throttle" or "for money" is not waiting for a cheaper channel to open.
 _NOT_WORTH_WAITING = (DenialReason.THROTTLED, DenialReason.UNAFFORDABLE)
+# About one call from now: a probe or a full channel frees up when a call returns.
+_FREES_ON_RELEASE = (DenialReason.CONCURRENCY, DenialReason.PROBE_IN_FLIGHT)
+
+# Items with no deadline of their own, of the operator or of the task plan to finish within this
+# many seconds of the run's start (a soft horizon: never a reason to fail an item).
+DEFAULT_DEADLINE_S = 3600.0
+# The seed's figures for a Nano Banana Pro call: median 8-12 s, p95 ~24 s (2 x the median,
+# hence deadline_latency_factor 2); the router's latency prior before a channel's first answer.
+PRIOR_CALL_S = 12.0
+# A billed/configured price ratio learned from successes (EWMA weight of the newest bill).
+_BILLED_ALPHA = 0.2
+
+
+class Objective(enum.StrEnum):
+    """What the realtime lane optimises (see the module docstring)."""
+
+    CHEAPEST = "cheapest"  # least expected spend that meets every deadline (the default)
+    FASTEST = "fastest"  # every image as soon as the channels allow, cheapest free channel first
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,7 @@ class RouterConfig:
     tie_epsilon: float = 0.02
     prior_successes: float = 4.5
     prior_failures: float = 0.5
-    default_latency_s: float = TYPICAL_CALL_S
+    default_latency_s: float = PRIOR_CALL_S
     # Before a channel's first answer its latency prior is min(default_latency_s, this x its
     # attempt timeout): a connection tuned for fast calls plans with fast calls from t = 0.
     prior_latency_timeout_fraction: float = 0.25
@@ -160,8 +176,6 @@ class RouterConfig:
     default_retry_after_s: float = 10.0
     retry_backoff_base_s: float = 1.0
     retry_backoff_max_s: float = 30.0
-    max_wait_for_cheaper_s: float = 0.0
-    max_wait_for_retry_s: float = 2.0
     release_poll_s: float = 1.0
     budget_usd: float | None = None
     timeouts_count_against_budget: bool = True
@@ -173,13 +187,13 @@ class RouterConfig:
     quota_day_origin_s: float = 0.0
     timeout_grace_s: float = 10.0  # a permit / probe lease outlives the attempt timeout by this
     stats_half_life_s: float = 300.0
-    deadline_aware: bool = True  # items with a deadline: cheapest channel that still makes it
+    objective: Objective = Objective.CHEAPEST
     deadline_margin_s: float = 10.0
     deadline_latency_factor: float = 2.0  # latency EWMA x this ~ p95 of a call
     # An attempt on a channel succeeding less often than this must leave room for one call on
     # the fastest channel that does, in case it fails (the deadline-aware plan, see above).
     reliable_success_rate: float = 0.9
-    default_deadline_s: float | None = None  # deadline for items without one, from the run start
+    default_deadline_s: float = DEFAULT_DEADLINE_S  # soft horizon for items without a deadline
     rate_guard_s: float = 0.5  # limiter window 60 s + this: no 429 from transit jitter at the cap
 
     def __post_init__(self) -> None:
@@ -206,8 +220,14 @@ class RouterConfig:
                 "router deadline_margin_s, deadline_latency_factor or reliable_success_rate "
                 f"out of range: {self}"
             )
-        if self.default_deadline_s is not None and self.default_deadline_s <= 0:
+        if not self.default_deadline_s > 0:
             raise ConfigurationError(f"router default_deadline_s must be positive: {self}")
+        try:
+            object.__setattr__(self, "objective", Objective(self.objective))
+        except ValueError as err:
+            raise ConfigurationError(
+                f"router objective must be one of {[o.value for o in Objective]}, got {self.objective!r}"
+            ) from err
 
 
 @dataclass(frozen=True)
@@ -239,6 +259,7 @@ class ItemProgress:
     item_id: str
     image_size: str = "1K"
     deadline: float | None = None  # on the router's clock
+    soft_deadline: bool = False  # the default horizon: planned for, never a reason to give up
     attempts: list[AttemptRecord] = field(default_factory=list)
     queued: tuple[str, int] | None = field(default=None, repr=False)  # (channel, place) while waiting
 
@@ -400,6 +421,8 @@ class Router:
         )
         self._open: dict[str, _Open] = {}
         self._hints = {name: HintHistory(window_s=self.config.stats_half_life_s) for name in self.channels}
+        self._billed_ratio = dict.fromkeys(self.channels, 1.0)
+        self._billed_seen: set[str] = set()
 
     # ------------------------------------------------------------ views
 
@@ -426,21 +449,32 @@ class Router:
                     snap.recent_successes + snap.recent_failures + cfg.prior_successes + cfg.prior_failures
                 )
             price = self.price(name, image_size)
+            expected = price * self._billed_ratio[name]
+            if self.channels[name].billed_on_failure:
+                expected /= rate  # every failed try is paid too
             latency = snap.latency_ewma_s if snap.latency_ewma_s is not None else self.prior_latency(name)
-            ranked.append(RankedChannel(name, price, rate, price / rate, latency, priority.get(name), snap))
+            ranked.append(RankedChannel(name, price, rate, expected, latency, priority.get(name), snap))
+
+        def quicker(g: RankedChannel) -> tuple[float, str]:
+            return (g.latency_s / g.success_rate, g.channel)
+
         fixed = sorted((r for r in ranked if r.priority is not None), key=lambda r: r.priority or 0)
         rest = sorted(
-            (r for r in ranked if r.priority is None), key=lambda r: (r.expected_cost_usd, r.latency_s)
+            (r for r in ranked if r.priority is None), key=lambda r: (r.expected_cost_usd, *quicker(r))
         )
         ordered = list(fixed)
         group: list[RankedChannel] = []
         for r in rest:
             if group and r.expected_cost_usd > group[0].expected_cost_usd * (1 + cfg.tie_epsilon) + 1e-12:
-                ordered.extend(sorted(group, key=lambda g: (g.latency_s, g.channel)))
+                ordered.extend(sorted(group, key=quicker))
                 group = []
             group.append(r)
-        ordered.extend(sorted(group, key=lambda g: (g.latency_s, g.channel)))
+        ordered.extend(sorted(group, key=quicker))
         return ordered
+
+    def billed_ratio(self, channel: str) -> float:
+        """What ``channel`` really bills per image relative to its configured price (1.0 until known)."""
+        return self._billed_ratio[channel]
 
     def prior_latency(self, channel: str) -> float:
         """The latency assumed for ``channel`` before it has answered once (see RouterConfig)."""
@@ -458,8 +492,9 @@ class Router:
         """What ``item`` does next: ``Attempt`` (permit taken), ``Wait`` or ``GiveUp``."""
         now = self.clock.now() if now is None else now
         cfg = self.config
-        if item.deadline is None and cfg.default_deadline_s is not None:
+        if item.deadline is None:
             item.deadline = self.started_at + cfg.default_deadline_s
+            item.soft_deadline = True
         previous_place = self._leave_queue(item)  # re-decided below; keeps its place if it waits again
         attempts = [a for a in item.attempts if not a.cancelled]
         if any(a.ok for a in attempts):
@@ -487,7 +522,8 @@ class Router:
                 f"last: {last.error_class if last else ''} {last.reason if last else ''}",
                 last.error_class if last else None,
             )
-        if item.deadline is not None and now >= item.deadline:
+        hard_deadline = self._hard_deadline(item)
+        if hard_deadline is not None and now >= hard_deadline:
             return GiveUp(
                 GiveUpReason.DEADLINE,
                 f"item '{item.item_id}': deadline passed after {len(attempts)} attempts",
@@ -521,7 +557,7 @@ class Router:
                 ErrorClass.TIMEOUT,
             )
 
-        if cfg.deadline_aware and item.deadline is not None:
+        if cfg.objective is Objective.CHEAPEST and item.deadline is not None and now < item.deadline:
             planned = self._deadline_plan(item, candidates, now, previous_place, retry=retry, last=last)
             if planned is not None:
                 return planned
@@ -531,15 +567,12 @@ class Router:
             if isinstance(result, Permit):
                 return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
             denials.append(result)
-            if result.retry_at is None or result.reason in _NOT_WORTH_WAITING:
-                continue
-            patience = cfg.max_wait_for_cheaper_s
-            if result.reason is DenialReason.ITEM_BACKOFF and ranked_channel.snapshot.blocked_by is None:
-                patience = max(patience, cfg.max_wait_for_retry_s)
-            if result.retry_at - now <= patience:
-                why = f"waiting {result.retry_at - now:.1f}s for cheaper '{result.channel}' ({result.reason})"
-                return Wait(result.retry_at, why, False, tuple(denials))
         return self._wait_or_give_up(item, denials, now, last)
+
+    @staticmethod
+    def _hard_deadline(item: ItemProgress) -> float | None:
+        """The deadline past which the item fails (None: none, or only the soft default horizon)."""
+        return None if item.soft_deadline else item.deadline
 
     # ------------------------------------------------------------ deadline-aware spill
 
@@ -553,7 +586,7 @@ class Router:
         stretched by the share of time and answers lost to retry hints (``HintHistory``)."""
         limits = self._policies[ranked.channel].limits
         nominal = max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
-        return nominal / self._hints[ranked.channel].rate_factor(now)
+        return nominal / self._hints[ranked.channel].open_share(now)
 
     def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel]) -> float:
         """Seconds an attempt started on ``ranked`` needs before the deadline.
@@ -605,25 +638,29 @@ class Router:
 
     def _estimate(
         self, item: ItemProgress, ranked: RankedChannel, now: float, previous: tuple[str, int] | None
-    ) -> tuple[float, int, Denial | None] | None:
-        """(expected start, items ahead, blocking denial) or None if unusable."""
+    ) -> tuple[float, int, Denial | None, float] | None:
+        """(expected start, items ahead, blocking denial, when it unblocks) or None if unusable."""
         denial = self._item_denial(item, ranked, now)
         if denial is not None and denial.reason is DenialReason.UNAFFORDABLE:
             return None
         snap = ranked.snapshot
         if denial is None and snap.blocked_by is None:
-            return now, 0, None  # free now: work-conserving, whoever is awake takes it
+            return now, 0, None, now  # free now: work-conserving, whoever is awake takes it
         interval = self.service_interval(ranked, now)
         if snap.blocked_by is not None:
             at = snap.available_at
             if at is not None and math.isinf(at):
                 return None
+            if snap.blocked_by in _FREES_ON_RELEASE:
+                at = None  # a call in flight returns in about one call (a probe's lease is far longer)
             denial = denial or Denial(ranked.channel, snap.blocked_by, at, "channel blocked")
         assert denial is not None  # free-now returned above
         retry_ats = [d for d in (denial.retry_at, snap.available_at) if d is not None]
         base = max(retry_ats or [now + interval])
-        if snap.blocked_by is DenialReason.CONCURRENCY:
-            base = max(base, now + interval)
+        if snap.blocked_by in _FREES_ON_RELEASE:
+            # a slot frees every T(c) on average; the probe answers within about one call
+            frees = ranked.latency_s if snap.blocked_by is DenialReason.PROBE_IN_FLIGHT else interval
+            base = max([now + frees, *(d for d in (denial.retry_at,) if d is not None)])
         queue = self._queues[ranked.channel]
         # EDF: everyone with an earlier deadline (or the same deadline and an earlier place) is
         # ahead; a newcomer goes behind every item with its deadline or an earlier one.
@@ -631,7 +668,7 @@ class Router:
         ahead = bisect.bisect_left(queue, self._queue_key(item, mine))
         # One slot per item ahead: one that fails re-queues behind this item (a new place), so its
         # retry does not delay this one; this item's own failure is what ``finish_need`` covers.
-        return base + ahead * interval, ahead, denial
+        return base + ahead * interval, ahead, denial, base
 
     def _deadline_plan(
         self,
@@ -648,11 +685,24 @@ class Router:
         deadline = item.deadline
         assert deadline is not None
         need = {r.channel: self.finish_need(r, candidates) for r in candidates}
-        plans: list[tuple[RankedChannel, float, int, Denial | None]] = []
+        # (channel, start, ahead, blocking denial, fits, worth waiting for) per usable candidate
+        plans: list[tuple[RankedChannel, float, int, Denial | None, bool, bool]] = []
         for ranked in candidates:
             estimate = self._estimate(item, ranked, now, previous)
-            if estimate is not None and estimate[0] + need[ranked.channel] <= deadline:
-                plans.append((ranked, *estimate))
+            if estimate is None:
+                continue
+            start, ahead, denial, base = estimate
+            fits = start + need[ranked.channel] <= deadline
+            # Not fitting by the estimate, but the estimate rests on the latency prior (no answer
+            # yet): worth waiting for unless it opens too late even with an empty queue.
+            hopeful = (
+                denial is not None
+                and ranked.snapshot.latency_ewma_s is None
+                and base + need[ranked.channel] <= deadline
+            )
+            plans.append((ranked, start, ahead, denial, fits, fits or hopeful))
+        if not any(p[4] for p in plans):
+            return None
         # Within a tie group (same expected cost) a channel free now beats waiting for another.
         group, groups, first_cost = -1, [], 0.0
         for ranked, *_ in plans:
@@ -666,41 +716,48 @@ class Router:
         order = sorted(range(len(plans)), key=lambda k: (groups[k], plans[k][3] is not None))
         plans = [plans[k] for k in order]
         denials: list[Denial] = []
-        for i, (ranked, start, ahead, denial) in enumerate(plans):
+        for i, (ranked, start, ahead, denial, fits, worth_waiting) in enumerate(plans):
+            fallbacks = [p for p in plans[i + 1 :] if p[4]]
+            if not fits and not (worth_waiting and fallbacks):
+                continue  # too late here for sure, or nothing to fall back on: no reason to wait
             if denial is None:
                 result = self._try(item, ranked, now)
                 if isinstance(result, Permit):
                     return self._dispatch(item, ranked, result, now, retry=retry, last=last)
                 denials.append(result)
-                if result.retry_at is None or result.reason in _NOT_WORTH_WAITING:
-                    continue  # thrown dice or money: the next fitting channel
+                if result.retry_at is None or result.reason is DenialReason.UNAFFORDABLE:
+                    continue  # money, or lost the race for the last slot: the next channel
                 start = max(start, result.retry_at)
                 denial = result
-            latest_start = deadline - need[ranked.channel]
+            # Before its first answer a channel's queue estimate is the prior's: wake on every
+            # release to re-plan with real latencies, and reserve nothing on its account.
+            learning = ranked.snapshot.latency_ewma_s is None
+            latest_start = deadline - need[ranked.channel] if fits else math.inf
             latest_switch = math.inf
-            if i + 1 < len(plans):
-                nxt, nxt_start, *_ = plans[i + 1]
-                # Fleet view: the ``ahead`` items queued before this one on ``ranked`` spill
-                # before it if ``ranked`` stalls, onto the remaining fitting channels at their
-                # success rate; reserve that load so spills start early and spread out
-                # instead of everyone switching at the same latest moment.
-                spill_rate = sum(
-                    max(r.success_rate, 0.05) / max(self.service_interval(r, now), 1e-9)
-                    for r, *_ in plans[i + 1 :]
-                )
+            if fallbacks:
+                nxt, nxt_start, *_ = fallbacks[0]
                 plain_switch = deadline - need[nxt.channel] - (nxt_start - now)
-                latest_switch = plain_switch - ahead / spill_rate
-                if min(start, latest_start, latest_switch) <= now < plain_switch:
-                    # The fallbacks could not absorb everyone ahead anyway and this item still
-                    # fits here: the reservation must not push it off a channel that fits.
-                    latest_switch = plain_switch
+                latest_switch = plain_switch
+                if not learning:
+                    # Fleet view: the ``ahead`` items queued before this one on ``ranked`` spill
+                    # before it if ``ranked`` stalls, onto the fitting fallbacks at their success
+                    # rate; reserve that load so spills start early and spread out instead of
+                    # everyone switching at the same latest moment.
+                    spill_rate = sum(
+                        max(r.success_rate, 0.05) / max(self.service_interval(r, now), 1e-9)
+                        for r, *_ in fallbacks
+                    )
+                    latest_switch = plain_switch - ahead / spill_rate
+                    if fits and min(start, latest_start, latest_switch) <= now < plain_switch:
+                        # The fallbacks could not absorb everyone ahead anyway and this item still
+                        # fits here: the reservation must not push it off a channel that fits.
+                        latest_switch = plain_switch
             until = min(start, latest_start, latest_switch)
             if until <= now:
                 denials.append(denial)
                 continue  # waiting would risk the deadline: spill to the next channel
             self._join_queue(item, ranked.channel, previous)
-            head = ahead == 0
-            on_release = head and denial.reason is DenialReason.CONCURRENCY
+            on_release = learning or (ahead == 0 and denial.reason in _FREES_ON_RELEASE)
             why = (
                 f"waiting {until - now:.1f}s for cheaper '{ranked.channel}' ({denial.reason}, "
                 f"{ahead} ahead); deadline in {deadline - now:.0f}s still met"
@@ -749,8 +806,9 @@ class Router:
         self.retry_budget.record(retry=retry)
         self._open[permit.permit_id] = _Open(ranked.price_usd, permit.probe)
         timeout = self.channels[ranked.channel].attempt_timeout_s
-        if item.deadline is not None:
-            timeout = min(timeout, item.deadline - now)
+        hard_deadline = self._hard_deadline(item)
+        if hard_deadline is not None:
+            timeout = min(timeout, hard_deadline - now)
         failover = last is not None and not last.ok and last.channel != ranked.channel
         alert = self.failovers.record(now) if failover else False
         return Attempt(ranked.channel, permit, ranked.price_usd, timeout, retry, failover, alert)
@@ -772,7 +830,8 @@ class Router:
                 last_class,
             )
         until = min(finite) if finite else now + self.config.release_poll_s
-        if item.deadline is not None and not on_release and until >= item.deadline:
+        hard_deadline = self._hard_deadline(item)
+        if hard_deadline is not None and not on_release and until >= hard_deadline:
             return GiveUp(
                 GiveUpReason.DEADLINE,
                 f"item '{item.item_id}': no channel is available before the deadline ({summary})",
@@ -780,8 +839,8 @@ class Router:
             )
         if on_release:
             until = min(until, now + self.config.release_poll_s)
-        if item.deadline is not None:
-            until = min(until, item.deadline)
+        if hard_deadline is not None:
+            until = min(until, hard_deadline)
         return Wait(until, summary, on_release, tuple(denials))
 
     # ------------------------------------------------------------ reports
@@ -802,12 +861,8 @@ class Router:
         if opened is None:
             return ()  # reported before: one attempt is recorded once
         events = self.backend.record(permit, outcome, now)
-        if not outcome.cancelled:
-            self._hints[permit.channel].record(
-                now,
-                rate_limited=outcome.error_class is ErrorClass.RATE_LIMITED,
-                closed_until=outcome.closed_until if outcome.error_class is ErrorClass.RATE_LIMITED else None,
-            )
+        if outcome.error_class is ErrorClass.RATE_LIMITED and outcome.closed_until is not None:
+            self._hints[permit.channel].record(now, outcome.closed_until)
         self.spend.settle(permit.permit_id, spent=outcome.cost_usd, uncertain=uncertain)
         item.attempts.append(
             AttemptRecord(
@@ -844,9 +899,19 @@ class Router:
         now = self.clock.now() if now is None else now
         if permit.permit_id not in self._open:
             return ()
-        cost = self._price_of(permit) if cost_usd is None else cost_usd
+        price = self._price_of(permit)
+        cost = price if cost_usd is None else cost_usd
+        if cost_usd is not None and price > 0:
+            self._learn_bill(permit.channel, cost_usd / price)
         latency = now - permit.acquired_at if latency_s is None else latency_s
         return self._close(item, permit, Outcome(None, latency, cost), now, billed=cost > 0)
+
+    def _learn_bill(self, channel: str, ratio: float) -> None:
+        """Rank by what the channel bills: the first bill sets the ratio, later ones move it."""
+        if channel in self._billed_seen:
+            ratio = _BILLED_ALPHA * ratio + (1 - _BILLED_ALPHA) * self._billed_ratio[channel]
+        self._billed_seen.add(channel)
+        self._billed_ratio[channel] = ratio
 
     def report_failure(
         self,

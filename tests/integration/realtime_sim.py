@@ -36,7 +36,6 @@ GENERATION_ROUTES = [
 FAST_ROUTER = {
     "retry_backoff_base_s": 0.05,
     "retry_backoff_max_s": 0.4,
-    "max_wait_for_retry_s": 0.1,
     "default_retry_after_s": 0.5,
     "release_poll_s": 0.05,
     "timeout_grace_s": 0.5,
@@ -53,7 +52,6 @@ FAST_BREAKER = BreakerConfig(
     base_open_s=0.3,
     max_open_s=1.0,
     probe_lease_s=2.0,
-    reopen_decay_s=5.0,
 )
 FAST_THROTTLE = ThrottleConfig(window_s=2.0, bucket_s=0.25, recheck_s=0.05)
 

@@ -228,7 +228,7 @@ def test_r2_breaker_opens_traffic_moves_one_probe_and_the_channel_returns(rsim, 
     configs = three_channels(rsim, **{n: {"max_concurrency": 2} for n in (RELAY, GEMINI, VERTEX)})
     breaker = BreakerConfig(
         consecutive_failures=3, window_s=3.0, bucket_s=0.25, base_open_s=0.25, max_open_s=0.5,
-        jitter=0.0, probe_lease_s=2.0, reopen_decay_s=5.0,
+        jitter=0.0, probe_lease_s=2.0,
     )  # fmt: skip
     run = run_engine(rsim, configs, work_items(60), tmp_path, router={"priority": (GEMINI,)}, breaker=breaker)
 
@@ -546,7 +546,7 @@ def test_failover_alert_fires_above_threshold_and_a_failing_callback_does_not_fa
     with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime"):
         run = run_engine(
             rsim, three_channels(rsim), work_items(8), tmp_path, settings=settings,
-            router={"failover_alert_threshold": 2, "max_wait_for_retry_s": 0.0},
+            router={"failover_alert_threshold": 2, "objective": "fastest"},
         )  # fmt: skip
 
     assert calls, "the failover alert never fired"

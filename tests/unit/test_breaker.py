@@ -20,7 +20,7 @@ from airflow_banana.routing.breaker import (
     take_probe,
 )
 
-CFG = BreakerConfig(jitter=0.0)
+CFG = BreakerConfig(jitter=0.0, base_open_s=30.0)  # a 30 s floor keeps the hand-picked times apart
 
 
 class FixedRandom(random.Random):
@@ -100,18 +100,52 @@ def test_failures_leave_the_sliding_window() -> None:
     assert events == [] and record.state is BreakerState.CLOSED
 
 
-def test_open_duration_formula_grows_with_reopenings_and_is_capped() -> None:
-    cfg = BreakerConfig(base_open_s=30.0, max_open_s=300.0, jitter=0.2)
+def test_open_duration_fits_the_outage_so_far_and_is_capped() -> None:
+    cfg = BreakerConfig(base_open_s=1.0, max_open_s=300.0, jitter=0.2)
     mid = FixedRandom(0.5)  # u = 0
-    assert [open_duration(cfg, n, mid) for n in range(6)] == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
-    assert open_duration(cfg, 0, FixedRandom(0.0)) == pytest.approx(24.0)  # u = -1
-    assert open_duration(cfg, 0, FixedRandom(1.0)) == pytest.approx(36.0)  # u = +1
-    assert open_duration(cfg, 3, FixedRandom(1.0)) == pytest.approx(288.0)  # 240 * 1.2, under the cap
-    assert open_duration(cfg, 4, FixedRandom(0.0)) == 300.0  # 480 * 0.8 = 384, capped
-    assert open_duration(cfg, 10_000, mid) == 300.0  # no float overflow
+    assert [open_duration(cfg, age, mid) for age in (0.0, 0.5, 3.0, 40.0, 299.0, 5000.0)] == [
+        1.0,
+        1.0,
+        3.0,
+        40.0,
+        299.0,
+        300.0,
+    ]
+    assert open_duration(cfg, 10.0, FixedRandom(0.0)) == pytest.approx(8.0)  # u = -1
+    assert open_duration(cfg, 10.0, FixedRandom(1.0)) == pytest.approx(12.0)  # u = +1
+    assert open_duration(cfg, 290.0, FixedRandom(1.0)) == 300.0  # 348, capped
     rng = random.Random(7)
-    samples = [open_duration(cfg, 1, rng) for _ in range(200)]
-    assert min(samples) >= 48.0 and max(samples) <= 72.0 and len(set(samples)) > 100
+    samples = [open_duration(cfg, 50.0, rng) for _ in range(200)]
+    assert min(samples) >= 40.0 and max(samples) <= 60.0 and len(set(samples)) > 100
+
+
+def test_a_blip_costs_about_a_second_and_a_long_outage_a_handful_of_probes() -> None:
+    """The default floor (1 s): the first open period is as long as the outage so far."""
+    cfg = BreakerConfig(jitter=0.0)
+    for outage_s, most_probes, noticed_within in ((3.0, 3, 3.0), (600.0, 12, 600.0)):
+        record = BreakerRecord()
+        now, probes = 0.0, 0
+        while True:  # one call at a time, each answering in 0.01 s, the channel down until outage_s
+            failure = now < outage_s
+            if record.state is BreakerState.CLOSED:
+                record_result(record, cfg, now, failure=failure, probe_id=None, rng=RNG)
+                if not failure:
+                    break
+                now += 0.01
+                continue
+            verdict = gate(record, now)
+            if not verdict.allowed:
+                assert verdict.retry_at is not None
+                now = verdict.retry_at
+                continue
+            probes += 1
+            probe = take_probe(record, cfg, now)
+            now += 0.01
+            record_result(record, cfg, now, failure=now < outage_s, probe_id=probe, rng=RNG)
+            if record.state is BreakerState.CLOSED:
+                break
+        assert probes <= most_probes
+        assert now - outage_s <= noticed_within  # probing at about twice the outage's age
 
 
 def test_open_until_then_half_open_lets_exactly_one_probe() -> None:
@@ -139,18 +173,18 @@ def test_probe_success_closes_and_resets_counters() -> None:
     assert gate(record, 131.0).allowed and not gate(record, 131.0).probe
 
 
-def test_probe_failure_reopens_for_longer() -> None:
+def test_probe_failure_reopens_for_as_long_as_the_outage_has_lasted() -> None:
     record = BreakerRecord()
-    trip(record)  # 30 s
+    trip(record)  # failing since 100; 30 s (the floor)
     gate(record, 130.0)
     probe = take_probe(record, CFG, 130.0)
     assert record_result(record, CFG, 135.0, failure=True, probe_id=probe, rng=RNG) is BreakerEvent.REOPENED
-    assert record.state is BreakerState.OPEN and record.open_until == pytest.approx(135.0 + 60.0)
-    gate(record, 195.0)
-    probe = take_probe(record, CFG, 195.0)
-    record_result(record, CFG, 196.0, failure=True, probe_id=probe, rng=RNG)
-    assert record.open_until == pytest.approx(196.0 + 120.0)
-    assert record.openings == 3
+    assert record.state is BreakerState.OPEN and record.open_until == pytest.approx(135.0 + 35.0)
+    gate(record, 170.0)
+    probe = take_probe(record, CFG, 170.0)
+    record_result(record, CFG, 171.0, failure=True, probe_id=probe, rng=RNG)
+    assert record.open_until == pytest.approx(171.0 + 71.0)  # about doubling each time
+    assert record.openings == 3 and record.reopen_count == 2
 
 
 def test_expired_probe_lease_is_replaced_and_the_stale_probe_is_ignored() -> None:
@@ -194,25 +228,29 @@ def test_released_probe_lets_the_next_caller_probe() -> None:
     assert gate(record, 130.5).probe
 
 
-def test_reopen_count_decays_after_a_healthy_stretch() -> None:
-    cfg = BreakerConfig(jitter=0.0, reopen_decay_s=600.0)
+def test_a_close_forgets_the_outage_and_the_next_one_starts_from_the_floor() -> None:
     record = BreakerRecord()
-    trip(record, 100.0, cfg)  # n=0 -> 30 s, count 1
+    trip(record, 100.0)
     gate(record, 130.0)
-    probe = take_probe(record, cfg, 130.0)
-    record_result(record, cfg, 130.0, failure=True, probe_id=probe, rng=RNG)  # 60 s, count 2
-    gate(record, 190.0)
-    probe = take_probe(record, cfg, 190.0)
-    record_result(record, cfg, 190.0, failure=False, probe_id=probe, rng=RNG)  # closed at 190
-    assert record.reopen_count == 2
-    trip(record, 200.0, cfg)  # soon after: keeps growing -> 120 s
-    assert record.open_until == pytest.approx(320.0)
-    gate(record, 320.0)
-    probe = take_probe(record, cfg, 320.0)
-    record_result(record, cfg, 320.0, failure=False, probe_id=probe, rng=RNG)  # closed, count 3
-    trip(record, 320.0 + 1200.0, cfg)  # two decay periods later: n = 3 - 2 = 1 -> 60 s
-    assert record.open_until == pytest.approx(1520.0 + 60.0)
-    assert record.reopen_count == 2
+    probe = take_probe(record, CFG, 130.0)
+    record_result(record, CFG, 160.0, failure=True, probe_id=probe, rng=RNG)  # age 60 -> 60 s
+    assert record.open_until == pytest.approx(220.0)
+    gate(record, 220.0)
+    probe = take_probe(record, CFG, 220.0)
+    record_result(record, CFG, 221.0, failure=False, probe_id=probe, rng=RNG)
+    assert record.state is BreakerState.CLOSED and record.failing_since is None
+    assert record.reopen_count == 0
+    trip(record, 300.0)
+    assert record.open_until == pytest.approx(330.0)
+
+
+def test_the_outage_starts_at_the_first_failure_after_the_last_healthy_call() -> None:
+    record = BreakerRecord()
+    cfg = BreakerConfig(jitter=0.0, base_open_s=1.0)
+    feed(record, "SFSFFFF", 100.0, cfg, step=1.0)  # healthy at 102; failing from 103 to 106
+    assert record.failing_since == pytest.approx(103.0) and record.state is BreakerState.CLOSED
+    record_result(record, cfg, 110.0, failure=True, probe_id=None, rng=RNG)  # 5th in a row
+    assert record.state is BreakerState.OPEN and record.open_until == pytest.approx(110.0 + 7.0)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +261,7 @@ def test_reopen_count_decays_after_a_healthy_stretch() -> None:
         {"minimum_calls": 0},
         {"consecutive_failures": 0},
         {"base_open_s": 0.0},
-        {"max_open_s": 10.0},
+        {"base_open_s": 20.0, "max_open_s": 10.0},
         {"jitter": 1.0},
         {"probe_lease_s": -1.0},
     ],

@@ -55,6 +55,9 @@ def make_router(
     **config: object,
 ) -> tuple[Router, FakeClock]:
     clock = FakeClock()
+    # The lifecycle rules (failover, give-up, budgets) are those of every objective; "fastest"
+    # shows them without the cost-first plan's waiting (tested in test_router_deadlines.py).
+    config.setdefault("objective", "fastest")
     router = router_for(
         channels or [RELAY, DIRECT, VERTEX],
         clock,
@@ -90,16 +93,18 @@ def test_fresh_channels_rank_by_price_with_the_prior() -> None:
     ranked = router.rank("2K")
     assert [r.channel for r in ranked] == ["relay", "direct", "vertex"]  # direct/vertex tie -> name
     assert ranked[0].success_rate == pytest.approx(0.9)
-    assert ranked[0].expected_cost_usd == pytest.approx(0.05 / 0.9)
-    assert ranked[1].expected_cost_usd == pytest.approx(0.134 / 0.9)
+    # failed calls are free on these channels: an image costs the price, whatever p is
+    assert ranked[0].expected_cost_usd == pytest.approx(0.05)
+    assert ranked[1].expected_cost_usd == pytest.approx(0.134)
     assert router.rank("4K")[1].price_usd == 0.24
 
 
-def test_a_failing_cheap_channel_drops_below_a_reliable_dear_one() -> None:
+def _relay_answering_one_in_four(billed_on_failure: bool) -> list[str]:
     clock = FakeClock()
     lenient = BreakerConfig(consecutive_failures=1_000, minimum_calls=1_000)
+    relay = chan("relay", "openai", billed_on_failure=billed_on_failure)
     router = router_for(
-        [RELAY, DIRECT, VERTEX],
+        [relay, DIRECT, VERTEX],
         clock,
         random.Random(1),
         breaker=lenient,
@@ -107,7 +112,6 @@ def test_a_failing_cheap_channel_drops_below_a_reliable_dear_one() -> None:
     )
     backend = router.backend
     now = clock.now()
-    # relay answers 1 in 4; 0.05 / ((10 + 4.5) / (40 + 5)) = 0.155 > 0.134 / 0.9
     for i in range(40):
         p = backend.try_acquire("relay", now)
         assert isinstance(p, Permit), p
@@ -115,9 +119,41 @@ def test_a_failing_cheap_channel_drops_below_a_reliable_dear_one() -> None:
         backend.record(p, outcome, now)
         now += 0.001
     ranked = router.rank("1K", now)
-    assert [r.channel for r in ranked][:2] == ["direct", "vertex"]
-    relay = next(r for r in ranked if r.channel == "relay")
-    assert relay.success_rate == pytest.approx(14.5 / 45, rel=1e-3)
+    assert next(r for r in ranked if r.channel == "relay").success_rate == pytest.approx(14.5 / 45, rel=1e-3)
+    return [r.channel for r in ranked]
+
+
+def test_a_failing_cheap_channel_stays_first_when_its_failures_are_free() -> None:
+    # an image there still costs 0.05; its failures cost time, which the deadline plan weighs
+    assert _relay_answering_one_in_four(billed_on_failure=False)[0] == "relay"
+
+
+def test_a_failing_cheap_channel_drops_below_a_reliable_one_when_failures_are_billed() -> None:
+    # 0.05 / ((10 + 4.5) / (40 + 5)) = 0.155 per image > 0.134
+    assert _relay_answering_one_in_four(billed_on_failure=True)[:2] == ["direct", "vertex"]
+
+
+def test_ranking_follows_what_a_channel_really_bills() -> None:
+    relay = chan("openrouter", "openai", prices={"1K": 0.15, "2K": 0.15, "4K": 0.15})
+    router, clock = make_router([relay, DIRECT])
+    assert [r.channel for r in router.rank("1K")] == ["direct", "openrouter"]  # 0.134 < 0.15 configured
+    held = [router.backend.try_acquire("direct", clock.now()) for _ in range(4)]  # direct is full
+    assert all(isinstance(p, Permit) for p in held)
+    item = ItemProgress("x")
+    action = attempt(router, item)
+    assert action.channel == "openrouter" and action.price_usd == 0.15  # reserved at the estimate
+    router.report_success(item, action.permit, cost_usd=0.05)  # the relay's usage.cost
+    assert item.attempts[0].cost_usd == 0.05
+    assert router.billed_ratio("openrouter") == pytest.approx(1 / 3)
+    assert router.billed_ratio("direct") == 1.0  # nothing billed there yet
+    ranked = router.rank("1K")
+    assert [r.channel for r in ranked] == ["openrouter", "direct"]
+    assert ranked[0].expected_cost_usd == pytest.approx(0.05)
+    # later bills move the learned ratio, they do not replace it
+    second = ItemProgress("y")
+    action = attempt(router, second)
+    router.report_success(second, action.permit, cost_usd=0.15)
+    assert router.billed_ratio("openrouter") == pytest.approx(0.2 * 1.0 + 0.8 / 3)
 
 
 def test_ties_go_to_the_faster_channel() -> None:
@@ -183,7 +219,7 @@ def test_first_attempt_takes_the_cheapest_and_success_settles_the_price() -> Non
 
 
 def test_retryable_failure_retries_the_cheap_channel_after_a_short_backoff() -> None:
-    router, clock = make_router()
+    router, clock = make_router(objective="cheapest")
     item = ItemProgress("x")
     first = fail(router, item, ErrorClass.RETRYABLE, status_code=503)
     assert first.channel == "relay"
@@ -193,14 +229,14 @@ def test_retryable_failure_retries_the_cheap_channel_after_a_short_backoff() -> 
     assert clock.now() <= record.retry_not_before <= clock.now() + 1.0  # U(0, 1 s) for k = 1
     waiting = router.next_action(item)
     assert isinstance(waiting, Wait) and waiting.until == record.retry_not_before
-    assert waiting.denials[0].reason is DenialReason.ITEM_BACKOFF
+    assert waiting.denials[-1].reason is DenialReason.ITEM_BACKOFF
     clock.set(waiting.until)
     again = attempt(router, item)
     assert again.channel == "relay" and again.retry and not again.failover
 
 
-def test_retryable_failure_fails_over_when_the_backoff_is_longer_than_the_patience() -> None:
-    router, clock = make_router(max_wait_for_retry_s=0.0)
+def test_fastest_fails_over_at_once_after_a_failure() -> None:
+    router, clock = make_router()
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE, status_code=503)
     second = attempt(router, item)
@@ -388,12 +424,12 @@ def test_concurrency_block_waits_for_a_release() -> None:
     assert attempt(router, ItemProgress("b")).channel == "one"
 
 
-def test_client_rate_limit_fails_over_by_default_and_waits_for_cheaper_if_asked() -> None:
+def test_client_rate_limit_waits_for_the_cheaper_slot_by_default_and_fails_over_when_fastest() -> None:
     relay = chan("relay", "openai", rpm=30.0)
     router, _clock = make_router([relay, DIRECT])
     assert attempt(router, ItemProgress("a")).channel == "relay"
-    assert attempt(router, ItemProgress("b")).channel == "direct"  # throughput: use every channel
-    patient, clock2 = make_router([relay, DIRECT], max_wait_for_cheaper_s=5.0)
+    assert attempt(router, ItemProgress("b")).channel == "direct"  # fastest: use every channel
+    patient, clock2 = make_router([relay, DIRECT], objective="cheapest")
     assert attempt(patient, ItemProgress("a")).channel == "relay"
     decision = patient.next_action(ItemProgress("b"))
     slot = 60.5 / 30.0  # the limiter spaces over 60 s + rate_guard_s (0.5 s)
@@ -437,9 +473,7 @@ def test_billed_failures_and_timeouts_count_against_the_budget() -> None:
 
 
 def test_retry_budget_stops_retry_storms() -> None:
-    router, _clock = make_router(
-        [RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1), max_wait_for_retry_s=0.0
-    )
+    router, _clock = make_router([RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE)
     fail(router, item, ErrorClass.RETRYABLE)  # the one allowed retry
@@ -450,7 +484,7 @@ def test_retry_budget_stops_retry_storms() -> None:
 
 
 def test_max_attempts_per_item() -> None:
-    router, _clock = make_router(max_attempts_per_item=2, max_wait_for_retry_s=0.0)
+    router, _clock = make_router(max_attempts_per_item=2)
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE)
     fail(router, item, ErrorClass.RETRYABLE)
@@ -471,9 +505,7 @@ def test_cancelled_attempt_is_recorded_and_not_a_retry() -> None:
 
 def test_failover_alert_fires_once_per_window_above_the_threshold() -> None:
     lenient = BreakerConfig(consecutive_failures=100, minimum_calls=100)
-    router, clock = make_router(
-        [RELAY, DIRECT], breaker=lenient, failover_alert_threshold=3, max_wait_for_retry_s=0.0
-    )
+    router, clock = make_router([RELAY, DIRECT], breaker=lenient, failover_alert_threshold=3)
     alerts = []
     for i in range(6):
         item = ItemProgress(f"i{i}")

@@ -1,8 +1,9 @@
 """Deadline-aware spill: wait for the cheaper channel only while the item's slack allows.
 
-FakeClock and the in-memory backend; numbers follow the router docstring's formula with the
-defaults: a fresh channel's latency is ``default_latency_s`` (30 s) so ``L = 2 x 30 = 60 s``,
-``deadline_margin_s = 10 s``, and a fresh channel's success rate is the prior 0.9.
+FakeClock and the in-memory backend; numbers follow the router docstring's formula with a
+latency prior of 30 s (``default_latency_s``; taught with ``teach_latency`` where a test needs a
+channel that has answered) so ``L = 2 x 30 = 60 s``, ``deadline_margin_s = 10 s``, and a fresh
+channel's success rate is the prior 0.9.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.routing import (
+    DEFAULT_DEADLINE_S,
     Attempt,
     BreakerConfig,
     DenialReason,
@@ -49,8 +51,12 @@ DIRECT = chan("direct")  # 0.134
 VERTEX = chan("vertex", "vertex", project="p", location="us-central1")  # 0.134
 
 
-def make(channels: list[ChannelConfig] | None = None, **config: object) -> tuple[Router, FakeClock]:
+def make(
+    channels: list[ChannelConfig] | None = None, *, answered: bool = True, **config: object
+) -> tuple[Router, FakeClock]:
+    """A router whose channels have (``answered``) or have not yet answered once (30 s calls)."""
     clock = FakeClock()
+    config.setdefault("default_latency_s", 30.0)
     router = router_for(
         channels or [RELAY, DIRECT],
         clock,
@@ -59,6 +65,9 @@ def make(channels: list[ChannelConfig] | None = None, **config: object) -> tuple
         breaker=BreakerConfig(jitter=0.0),
         throttle=ThrottleConfig(enabled=False),
     )
+    if answered:
+        for name in router.channels:
+            teach_latency(router, name, 30.0)
     return router, clock
 
 
@@ -76,8 +85,8 @@ def hint(router: Router, channel: str, seconds: float) -> None:
 
 
 def teach_latency(router: Router, channel: str, seconds: float) -> None:
-    """One success of ``seconds`` on ``channel`` sets its latency EWMA (first sample)."""
-    router.backend.record(_permit(router, channel), Outcome(None, latency_s=seconds), router.clock.now())
+    """Set ``channel``'s latency EWMA to ``seconds``, as a run of such answers would."""
+    router.backend._records[channel].stats.latency_ewma_s = seconds  # type: ignore[attr-defined]
 
 
 def decide(router: Router, item: ItemProgress, now: float | None = None) -> Attempt | Wait | GiveUp:
@@ -130,23 +139,41 @@ def test_spills_exactly_when_the_slack_runs_out_and_still_makes_the_deadline() -
     assert action.timeout_s == pytest.approx(90.0)  # capped by the time left to the deadline
 
 
-def test_items_without_a_deadline_keep_throughput_first() -> None:
-    router, _clock = make()
+def test_items_without_a_deadline_wait_for_the_cheap_channel_within_the_default_horizon() -> None:
+    router, clock = make()
+    t0 = clock.now()
     hint(router, "relay", 100.0)
-    action = decide(router, ItemProgress("x"))
-    assert isinstance(action, Attempt) and action.channel == "direct"
-    patient, clock2 = make(max_wait_for_cheaper_s=120.0)
-    hint(patient, "relay", 100.0)
-    waited = decide(patient, ItemProgress("x"))
-    assert isinstance(waited, Wait) and waited.until == pytest.approx(clock2.now() + 100.0)
-    assert patient.queued("relay") == 0  # only the deadline-aware path queues
+    item = ItemProgress("x")
+    waited = decide(router, item)
+    assert item.deadline == pytest.approx(t0 + DEFAULT_DEADLINE_S) and item.soft_deadline
+    assert isinstance(waited, Wait) and waited.until == pytest.approx(t0 + 100.0)
+    assert router.queued("relay") == 1
 
 
-def test_deadline_awareness_can_be_switched_off() -> None:
-    router, clock = make(deadline_aware=False)
+def test_a_soft_deadline_never_fails_an_item_and_a_hard_one_does() -> None:
+    router, clock = make([RELAY], default_deadline_s=100.0)
+    soft, hard = ItemProgress("soft"), ItemProgress("hard", deadline=clock.now() + 100.0)
+    for item in (soft, hard):
+        action = decide(router, item)
+        assert isinstance(action, Attempt)
+        router.report_failure(
+            item, action.permit, ChannelError("503", channel="relay", error_class=ErrorClass.RETRYABLE)
+        )
+    clock.advance(150.0)  # both horizons passed
+    late = decide(router, soft)
+    assert isinstance(late, Attempt) and late.timeout_s == RELAY.attempt_timeout_s  # as fast as it can
+    gone = decide(router, hard)
+    assert isinstance(gone, GiveUp) and gone.reason == "deadline"
+
+
+def test_fastest_never_waits_for_a_cheaper_channel() -> None:
+    router, clock = make(objective="fastest")
     hint(router, "relay", 100.0)
     action = decide(router, ItemProgress("x", deadline=clock.now() + 10_000))
     assert isinstance(action, Attempt) and action.channel == "direct"
+    assert router.queued("relay") == 0
+    with pytest.raises(ConfigurationError, match="objective"):
+        RouterConfig(objective="thriftiest")  # type: ignore[arg-type]
 
 
 def test_default_deadline_is_relative_to_the_run_start() -> None:
@@ -246,7 +273,7 @@ def test_nothing_fits_falls_back_to_best_effort() -> None:
 # ---------------------------------------------------------------- whole runs on a FakeClock
 
 
-def run_all(deadline_aware: bool, *, n: int = 200, horizon: float = 150.0) -> tuple[Router, dict[str, float]]:
+def run_all(objective: str, *, n: int = 200, horizon: float = 150.0) -> tuple[Router, dict[str, float]]:
     """Every item starts at t=0 with one shared deadline; calls take exactly 4 s."""
     relay = chan("relay", "openai", rpm=60.0, max_concurrency=4, attempt_timeout_s=30.0)
     direct = chan("direct", max_concurrency=8, attempt_timeout_s=30.0)
@@ -255,39 +282,55 @@ def run_all(deadline_aware: bool, *, n: int = 200, horizon: float = 150.0) -> tu
         [relay, direct],
         clock,
         random.Random(5),
-        config=RouterConfig(deadline_aware=deadline_aware, default_latency_s=4.0),
+        config=RouterConfig(objective=objective, default_latency_s=4.0),  # type: ignore[arg-type]
         throttle=ThrottleConfig(enabled=False),
     )
     items = {f"i{k:03d}": ItemProgress(f"i{k:03d}", "1K", horizon) for k in range(n)}
     seq = itertools.count()
-    events: list[tuple[float, int, str, Attempt | None]] = [(0.0, next(seq), i, None) for i in items]
+    events: list[tuple[float, int, str, Attempt | None]] = [(0.0, next(seq), f"{i}@0", None) for i in items]
     heapq.heapify(events)
     done: dict[str, float] = {}
     wakeups = 0
+    # As the engine does for "cheapest" (every item waits in the router): an on-release waiter
+    # also wakes when a permit comes back. ("fastest" runs inside the engine's slots and polls.)
+    on_release: set[str] = set()
+    sleep = dict.fromkeys(items, 0)  # each item's current sleep; an older wake-up is stale
     while events:
-        now, _, item_id, payload = heapq.heappop(events)
+        now, _, tagged, payload = heapq.heappop(events)
+        item_id, generation = tagged.split("@")
         clock.set(max(now, clock.now()))
         item = items[item_id]
         if payload is not None:
             router.report_success(item, payload.permit, latency_s=4.0)
             done[item_id] = clock.now()
+            for waiter in on_release:
+                sleep[waiter] += 1
+                heapq.heappush(events, (clock.now(), next(seq), f"{waiter}@{sleep[waiter]}", None))
+            on_release.clear()
+            continue
+        if int(generation) != sleep[item_id]:
             continue
         wakeups += 1
         action = router.next_action(item)
+        on_release.discard(item_id)
+        sleep[item_id] += 1
+        tag = f"{item_id}@{sleep[item_id]}"
         if isinstance(action, Attempt):
-            heapq.heappush(events, (clock.now() + 4.0, next(seq), item_id, action))
+            heapq.heappush(events, (clock.now() + 4.0, next(seq), tag, action))
         elif isinstance(action, Wait):
-            heapq.heappush(events, (max(action.until, clock.now() + 1e-3), next(seq), item_id, None))
+            heapq.heappush(events, (max(action.until, clock.now() + 1e-3), next(seq), tag, None))
+            if action.on_release and objective == "cheapest":
+                on_release.add(item_id)
         else:
             raise AssertionError(f"{item_id}: {action}")
-    if deadline_aware:  # queue places spread the wake-ups (the legacy path polls on release)
+    if objective == "cheapest":  # queue places spread the wake-ups ("fastest" polls on release)
         assert wakeups < 10 * n, f"waiting items were woken {wakeups} times"
     return router, done
 
 
 def test_deadline_aware_run_is_cheaper_and_every_item_is_on_time() -> None:
-    fast, fast_done = run_all(False)
-    cheap, cheap_done = run_all(True)
+    fast, fast_done = run_all("fastest")
+    cheap, cheap_done = run_all("cheapest")
     assert len(fast_done) == len(cheap_done) == 200
     assert max(cheap_done.values()) <= 150.0  # never late because of waiting
     assert cheap.spend.spent_usd < 0.85 * fast.spend.spent_usd
@@ -303,9 +346,10 @@ WIDE_DIRECT = chan("direct", max_concurrency=100)  # free now for everyone: a pu
 
 def test_the_latency_prior_comes_from_the_attempt_timeout() -> None:
     quick = chan("relay", "openai", attempt_timeout_s=8.0)
-    router, _ = make([quick, DIRECT])
+    router, _ = make([quick, DIRECT], answered=False)
     assert router.prior_latency("relay") == pytest.approx(2.0)  # 0.25 x 8 s
-    assert router.prior_latency("direct") == pytest.approx(30.0)  # 0.25 x 120 s, the default cap
+    assert router.prior_latency("direct") == pytest.approx(30.0)  # this module's prior (0.25 x 120 s)
+    assert RouterConfig().default_latency_s == 12.0  # the shipped prior: the seed's median call
     ranked = {r.channel: r for r in router.rank("1K")}
     assert ranked["relay"].latency_s == pytest.approx(2.0)
     teach_latency(router, "relay", 5.0)  # a real answer replaces the prior
@@ -397,27 +441,30 @@ def test_waiters_reserve_the_fallback_for_the_items_ahead_so_spills_spread() -> 
 
 
 def test_a_channel_that_hints_keep_closing_is_planned_at_the_rate_it_really_gives() -> None:
-    def waiting_on_relay(hints: int) -> int:
+    def waiting_on_relay(hints: int, retry_after: float = 20.0, every: float = 20.0) -> int:
         router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5, stats_half_life_s=600.0)
         for k in range(hints):  # one call each time it opens, answered "429, retry in 20 s"
             item = ItemProgress(f"h{k}")
             action = decide(router, item)
             assert isinstance(action, Attempt) and action.channel == "relay"
             error = ChannelError(
-                "429", channel="relay", error_class=ErrorClass.RATE_LIMITED, retry_after=20.0
+                "429", channel="relay", error_class=ErrorClass.RATE_LIMITED, retry_after=retry_after
             )
             router.report_failure(item, action.permit, error)
-            clock.advance(20.0)
+            clock.advance(every)
         decide(router, ItemProgress("busy"))  # takes the relay's free slot
         deadline = clock.now() + 200.0
         decisions = [decide(router, ItemProgress(f"i{k}", deadline=deadline)) for k in range(100)]
         return sum(1 for d in decisions if isinstance(d, Wait) and "'relay'" in d.reason)
 
     # never hinted: one call per ~1 s, so every item that can start by deadline - L - margin waits
-    assert waiting_on_relay(0) > 100 - 10
-    # shut half of the last 10 minutes, and 15 of its 15 answers were 429s: it gives ~1/20 of
-    # its nominal rate, so only a handful are worth queueing for it; the rest go to direct now
-    assert waiting_on_relay(15) < 10
+    never = waiting_on_relay(0)
+    assert never > 100 - 10
+    # shut 300 s of the last 10 minutes: planned at half its nominal rate, so about half as many
+    # items are worth queueing for it; the rest go to direct now
+    assert 0.4 * never < waiting_on_relay(15) < 0.75 * never
+    # five "retry in 1 s" answers at the start are one second shut, not a useless channel
+    assert waiting_on_relay(5, retry_after=1.0, every=1.01) >= never - 1
 
 
 def _teach(router: Router, channel: str, successes: int, failures: int, latency_s: float) -> None:
@@ -444,7 +491,7 @@ def _teach(router: Router, channel: str, successes: int, failures: int, latency_
 def test_a_try_on_a_channel_that_often_fails_leaves_room_for_its_rescue(
     relay_failures: int, slack: float, channel: str
 ) -> None:
-    router, clock = make([RELAY, chan("direct", max_concurrency=100)])
+    router, clock = make([RELAY, chan("direct", max_concurrency=100)], answered=False)
     _teach(router, "relay", 10 - relay_failures, relay_failures, latency_s=10.0)  # L(relay) = 2 x 10
     _teach(router, "direct", 1, 0, latency_s=15.0)  # L(direct) = 2 x 15; direct needs 40 s
     action = decide(router, ItemProgress("x", deadline=clock.now() + slack))
@@ -462,11 +509,18 @@ def test_after_an_outage_the_cheap_primary_gets_its_probe_first_and_is_cheap_aga
     )
     _teach(router, "relay", 0, 12, latency_s=10.0)  # an outage: 12 failures in a row trip it
     assert router.states()["relay"].breaker == "open"
+    open_until = router.backend.snapshot("relay", clock.now()).open_until
+    assert open_until is not None
+    # the outage is as young as its 12 failures (all at once): open for the 1 s floor
+    assert open_until - clock.now() == pytest.approx(1.0)
     item = ItemProgress("x", deadline=clock.now() + 10_000)
-    assert decide(router, item).channel == "direct"  # type: ignore[union-attr]
-    clock.advance(router.backend.snapshot("relay", clock.now()).open_until - clock.now() + 0.1)
-    # half-open: ranked at the prior (0.05 / 0.9 < 0.134), not at the outage's 4.5 / 17
-    # (0.05 / 0.26 > 0.134: last, so it would get its probe only when direct is busy)
+    waiting = decide(router, item)  # its failures were free: the cheap relay is worth the wait
+    assert isinstance(waiting, Wait) and waiting.until == pytest.approx(open_until)
+    # 1 + 24 + 24 > 45 (relay's latency is still the 12 s prior, doubled, plus a rescue on direct)
+    hurried = decide(router, ItemProgress("h", deadline=clock.now() + 45))
+    assert isinstance(hurried, Attempt) and hurried.channel == "direct"
+    clock.advance(open_until - clock.now() + 0.1)
+    # half-open: ranked at the prior and at its price (failures are free), first
     assert router.rank("1K")[0].channel == "relay"
     probe = decide(router, ItemProgress("y", deadline=clock.now() + 10_000))
     assert isinstance(probe, Attempt) and probe.channel == "relay" and probe.permit.probe

@@ -31,7 +31,7 @@ BackendFactory = Callable[[random.Random], ChannelStateBackend]
 BACKENDS: dict[str, BackendFactory] = {"memory": InMemoryStateBackend}
 
 T0 = 1_000.0
-NO_JITTER = BreakerConfig(jitter=0.0, probe_lease_s=50.0)
+NO_JITTER = BreakerConfig(jitter=0.0, probe_lease_s=50.0, base_open_s=30.0)
 NO_THROTTLE = ThrottleConfig(enabled=False)
 
 
@@ -221,16 +221,17 @@ def test_failed_probe_reopens_longer_and_expired_lease_is_reissued(
     trip(backend, T0)
     probe = permit(backend.try_acquire("a", T0 + 30))
     assert backend.record(probe, FAIL, T0 + 31) == (ChannelEvent.BREAKER_REOPENED,)
+    # the outage is 31 s old now: open as long again
     assert denial(backend.try_acquire("a", T0 + 31), DenialReason.BREAKER_OPEN).retry_at == pytest.approx(
-        T0 + 91
+        T0 + 62
     )
-    crashed = permit(backend.try_acquire("a", T0 + 91))
+    crashed = permit(backend.try_acquire("a", T0 + 62))
     assert crashed.probe
-    denial(backend.try_acquire("a", T0 + 91 + 49.9), DenialReason.PROBE_IN_FLIGHT)
-    again = permit(backend.try_acquire("a", T0 + 91 + 50))  # lease (50 s) expired: new prober
+    denial(backend.try_acquire("a", T0 + 62 + 49.9), DenialReason.PROBE_IN_FLIGHT)
+    again = permit(backend.try_acquire("a", T0 + 62 + 50))  # lease (50 s) expired: new prober
     assert again.probe and again.probe_id != crashed.probe_id
-    assert backend.record(crashed, OK, T0 + 142) == ()  # the old prober's word no longer counts
-    assert backend.record(again, OK, T0 + 143) == (ChannelEvent.BREAKER_CLOSED,)
+    assert backend.record(crashed, OK, T0 + 113) == ()  # the old prober's word no longer counts
+    assert backend.record(again, OK, T0 + 114) == (ChannelEvent.BREAKER_CLOSED,)
 
 
 def test_neutral_probe_outcomes_return_the_lease(make: Callable[..., ChannelStateBackend]) -> None:
@@ -346,7 +347,7 @@ def test_snapshot_reports_availability(make: Callable[..., ChannelStateBackend])
     trip(backend, T0)
     snap = backend.snapshot("a", T0 + 1)
     assert snap.blocked_by is DenialReason.BREAKER_OPEN and snap.available_at == pytest.approx(T0 + 30)
-    assert snap.open_until == pytest.approx(T0 + 30) and snap.reopen_count == 1
+    assert snap.open_until == pytest.approx(T0 + 30) and snap.reopen_count == 0  # no failed probe yet
     # a snapshot never takes the probe lease
     backend.snapshot("a", T0 + 30)
     assert permit(backend.try_acquire("a", T0 + 30)).probe
