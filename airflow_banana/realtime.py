@@ -75,7 +75,9 @@ class WorkItem:
 class RealtimeSettings:
     lane: str = "realtime"
     force: bool = False
-    max_in_flight: int | None = None  # task-wide; default: the sum of the channels' concurrency
+    # Items in progress at once, task-wide. Default: every item for "cheapest" (the plan sees
+    # them all; channel limits bound the calls), the channels' summed concurrency for "fastest".
+    max_in_flight: int | None = None
     progress_interval_s: float = 30.0
     on_failover_alert: Callable[[Mapping[str, Any]], None] | None = None
     # Claims (see airflow_banana.claims): off only when nothing else can generate these items.
@@ -208,8 +210,9 @@ class RealtimeEngine:
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
         # The cost-first router plans over every waiting item (queue places decide who waits
         # for the cheap channel and who spills now), so these items must all be visible to it;
-        # channel permits bound the calls, queue places spread the wake-ups.
-        unbounded = self.router.config.objective is Objective.CHEAPEST
+        # channel permits bound the calls, queue places spread the wake-ups. An explicit
+        # ``max_in_flight`` still bounds the items in progress.
+        unbounded = self.router.config.objective is Objective.CHEAPEST and self.settings.max_in_flight is None
         if not self.settings.claims:
             async with contextlib.nullcontext() if unbounded else slots:
                 return await self._generate(w)

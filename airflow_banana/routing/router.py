@@ -77,7 +77,8 @@ blocked, as long as waiting still leaves time to finish on the next channel::
                 then arrival: a late newcomer never pushes an urgent item off c)
     need(c)   = L(c) + max(deadline_margin_s, L of the fastest channel with p >= 0.9 when
                 p(c) < reliable_success_rate (0.9)): a try on a channel that fails often
-                leaves room for the call that rescues it
+                leaves room for the call that rescues it (and, on its last attempt but one,
+                is no candidate: the rescue needs an attempt too)
     fits(c)   = start(c) + need(c) <= deadline
 
 In cost order: a fitting channel that is free now gets the attempt. A blocked channel is waited
@@ -685,11 +686,16 @@ class Router:
         deadline = item.deadline
         assert deadline is not None
         need = {r.channel: self.finish_need(r, candidates) for r in candidates}
+        # Attempts are spent like time: a try on a channel that fails often must leave one
+        # attempt for the call that rescues it.
+        attempts_left = cfg.max_attempts_per_item - sum(1 for a in item.attempts if not a.cancelled)
         # (channel, start, ahead, blocking denial, fits, worth waiting for) per usable candidate
         plans: list[tuple[RankedChannel, float, int, Denial | None, bool, bool]] = []
         for ranked in candidates:
             estimate = self._estimate(item, ranked, now, previous)
             if estimate is None:
+                continue
+            if attempts_left < 2 and ranked.success_rate < cfg.reliable_success_rate:
                 continue
             start, ahead, denial, base = estimate
             fits = start + need[ranked.channel] <= deadline

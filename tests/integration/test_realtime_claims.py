@@ -250,7 +250,9 @@ def test_a_claim_is_renewed_before_an_attempt_once_half_its_ttl_is_gone(rsim, tm
         return expiry
 
     monkeypatch.setattr(ItemClaims, "renew", spy)
-    work = work_items(4)
+    # due in 4 s: the items give the dead relay a try, then spill in time (cost-first would
+    # otherwise wait for it within the default one-hour horizon)
+    work = work_items(4, deadline_s=4.0)
     results = run_engines(rsim, tmp_path, {"run-a": settings(claim_ttl_s=ttl_s)}, work)
 
     assert by_status(results["run-a"], SUCCEEDED) == {w.request.item_id for w in work}

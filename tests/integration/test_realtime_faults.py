@@ -311,15 +311,33 @@ def test_r5_client_side_limits_keep_us_under_the_providers_rpm(rsim, tmp_path):
     configs = three_channels(
         rsim, **{n: {"rpm": ours, "ipm": ours, "max_concurrency": 4} for n in (RELAY, GEMINI, VERTEX)}
     )
-    run = run_engine(rsim, configs, work_items(48), tmp_path)
+    # "fastest": every channel carries load, one task keeps all of them at their caps
+    run = run_engine(rsim, configs, work_items(48), tmp_path, router={"objective": "fastest"})
 
     statuses = [r["status"] for r in rsim.requests() if r["method"] == "POST"]
     assert 429 not in statuses, "our own rate caused a 429"
     assert len(run.by_status("succeeded")) == 48
-    # every channel carried load: one task keeps all of them at their caps
     assert set(channels_used(run)) == {RELAY, GEMINI, VERTEX}
     sum_of_caps = 3 * ours / 60.0
     assert 48 / run.elapsed_s >= 0.6 * sum_of_caps
+    assert_nothing_lost_nor_paid_twice(rsim, run)
+
+
+def test_r5_cost_first_runs_the_cheap_channel_at_its_cap_without_a_429(rsim, tmp_path):
+    sim_rpm = 8
+    for name in (RELAY, GEMINI, VERTEX):
+        faults(rsim, name, rpm=sim_rpm, latency_ms=(5.0, 15.0))
+    ours = sim_rpm * 60 / MINUTE_S
+    configs = three_channels(
+        rsim, **{n: {"rpm": ours, "ipm": ours, "max_concurrency": 4} for n in (RELAY, GEMINI, VERTEX)}
+    )
+    run = run_engine(rsim, configs, work_items(24), tmp_path)  # the default (soft) horizon: room
+
+    statuses = [r["status"] for r in rsim.requests() if r["method"] == "POST"]
+    assert 429 not in statuses, "our own rate caused a 429"
+    assert len(run.by_status("succeeded")) == 24
+    assert set(channels_used(run)) == {RELAY}  # the cheap one alone, at its cap
+    assert 24 / run.elapsed_s >= 0.6 * ours / 60.0
     assert_nothing_lost_nor_paid_twice(rsim, run)
 
 
@@ -491,7 +509,11 @@ def test_r14_primary_flaps_served_by_others_then_back_on_the_primary(rsim, tmp_p
     )
     settings = RealtimeSettings(progress_interval_s=0.3)
     with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
-        run = run_engine(rsim, configs, work_items(80), tmp_path, settings=settings)
+        # "fastest": served by the others at once (cost-first waits out a short outage when the
+        # deadline allows: tests/unit/test_router_scenarios.py R14 covers both)
+        run = run_engine(
+            rsim, configs, work_items(80), tmp_path, settings=settings, router={"objective": "fastest"}
+        )
 
     began = requests_of(rsim, RELAY)[0]["arrived"]  # the outage clock starts at the first request
     ended = began + outage_start + outage_s
@@ -639,7 +661,8 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
         channels=_connections(rsim, monkeypatch),
         failover_alert_threshold=1,
         on_failover_alert=lambda context: alerts.append(context["banana_alert"]),
-        router_options={**FAST_ROUTER},
+        # "fastest" fails over at once, so the 403 channel and the alert are both reached
+        router_options={**FAST_ROUTER, "objective": "fastest"},
     )
     summary = op.execute(_operator_context())  # type: ignore[arg-type]
 
