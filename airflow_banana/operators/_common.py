@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_banana.channels.config import ChannelConfig
@@ -102,6 +102,46 @@ def budget_from(value: object, *, task_id: str) -> float | None:
     if budget < 0:
         raise ConfigurationError(f"{task_id}: budget_usd must not be negative, got {budget}")
     return budget
+
+
+def run_deadline(
+    deadline: object, *, started: datetime, execution_timeout: timedelta | None, task_id: str
+) -> datetime | None:
+    """The deadline of a run's items that carry none of their own, or None (the router's default).
+
+    In order: the operator's ``deadline`` (a timezone-aware datetime, a timedelta, or a string:
+    ISO-8601 date-time with offset, or a duration such as ``PT2H`` / ``+2h``; a duration counts
+    from ``started``, the task's start); else the task's ``execution_timeout`` less the time the
+    report needs (a tenth of it, at most a minute): Airflow kills the task at its timeout, so
+    waiting past it would lose the items; else None, and the router plans within its soft
+    default horizon (``routing.DEFAULT_DEADLINE_S``).
+    """
+    from airflow_banana.manifests.model import resolve_deadline
+
+    if isinstance(deadline, str) and deadline.strip() in ("", "None"):
+        deadline = None
+    if deadline is None:
+        if execution_timeout is None:
+            return None
+        return started + execution_timeout - min(execution_timeout / 10, timedelta(minutes=1))
+    if isinstance(deadline, timedelta):
+        if deadline <= timedelta(0):
+            raise ConfigurationError(f"{task_id}: deadline must be a positive duration, got {deadline}")
+        return started + deadline
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None:
+            raise ConfigurationError(
+                f"{task_id}: deadline {deadline.isoformat()} has no timezone; pass an aware datetime"
+            )
+        return deadline
+    if isinstance(deadline, str):
+        try:
+            return resolve_deadline(deadline.strip(), started)
+        except ValueError as err:
+            raise ConfigurationError(f"{task_id}: {err} (nothing was spent)") from err
+    raise ConfigurationError(
+        f"{task_id}: deadline must be a datetime, a timedelta or a string, got {type(deadline).__name__}"
+    )
 
 
 def logical_date_of(context: Mapping[str, Any]) -> datetime:

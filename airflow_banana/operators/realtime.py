@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -21,6 +23,7 @@ from airflow_banana.operators._common import (
     failed_items_error,
     load_channel_configs,
     logical_date_of,
+    run_deadline,
     run_realtime_lane,
     summary_for_xcom,
 )
@@ -50,6 +53,15 @@ class RealtimeImageOperator(BaseOperator):
     :param failover_alert_threshold: failovers per rolling hour above which to alert.
     :param on_failover_alert: a notifier or callable, called with the task context plus
         ``banana_alert`` (failovers in the last hour, channel, run key).
+    :param deadline: when the items that carry no ``deadline`` of their own must be done: a
+        timezone-aware datetime, a timedelta, or a string (ISO-8601 date-time with offset, or a
+        duration such as ``PT2H`` / ``+2h`` counted from the task's start); templated. Default:
+        the task's ``execution_timeout`` (less a tenth, at most a minute, for the report), else
+        a soft one-hour horizon (docs/realtime.md "The objective"). Items past a deadline given
+        here fail; the soft horizon only plans.
+    :param objective: ``"cheapest"`` (default): the least expected spend that meets every
+        deadline — items wait for a cheaper channel while that still leaves time;
+        ``"fastest"``: every image as soon as the channels allow, cheapest free channel first.
     :param router_options: advanced ``RouterConfig`` fields (e.g. ``max_attempts_per_item``).
     :param redis_conn_id: a ``redis`` connection through which every worker shares breakers,
         rate limits and quotas (also accepted as ``redis_conn_id`` in a channel's extra);
@@ -67,6 +79,7 @@ class RealtimeImageOperator(BaseOperator):
         "defaults",
         "budget_usd",
         "priority",
+        "deadline",
     )
     template_fields_renderers = {"defaults": "json"}
     ui_color = "#ffe135"
@@ -87,6 +100,8 @@ class RealtimeImageOperator(BaseOperator):
         progress_interval_s: float = 30.0,
         failover_alert_threshold: int = 3,
         on_failover_alert: Callable[..., Any] | None = None,
+        deadline: datetime | timedelta | str | None = None,
+        objective: str = "cheapest",
         router_options: Mapping[str, Any] | None = None,
         redis_conn_id: str | None = None,
         claim_ttl_s: float | None = DEFAULT_CLAIM_TTL_S,
@@ -106,6 +121,8 @@ class RealtimeImageOperator(BaseOperator):
         self.progress_interval_s = progress_interval_s
         self.failover_alert_threshold = failover_alert_threshold
         self.on_failover_alert = on_failover_alert
+        self.deadline = deadline
+        self.objective = objective
         self.router_options = dict(router_options or {})
         self.redis_conn_id = redis_conn_id
         self.claim_ttl_s = claim_ttl_s
@@ -113,6 +130,10 @@ class RealtimeImageOperator(BaseOperator):
             raise ConfigurationError(
                 f"{self.task_id}: claim_ttl_s must be a positive number of seconds (or None to turn "
                 f"claims off), got {claim_ttl_s!r}"
+            )
+        if objective not in ("cheapest", "fastest"):
+            raise ConfigurationError(
+                f"{self.task_id}: objective must be 'cheapest' or 'fastest', got {objective!r}"
             )
         if on_invalid not in ("reject", "quarantine"):
             raise ConfigurationError(
@@ -126,7 +147,11 @@ class RealtimeImageOperator(BaseOperator):
         from airflow_banana.report import build_report
 
         identity = RunIdentity.from_context(context)
+        started = datetime.now(UTC)
         self.budget_usd = budget_from(self.budget_usd, task_id=self.task_id)
+        due = run_deadline(
+            self.deadline, started=started, execution_timeout=self.execution_timeout, task_id=self.task_id
+        )
         configs = load_channel_configs(self.channels, task_id=self.task_id)
         storage = storage_for(self.output_prefix, self.gcp_conn_id)
         store = OutputStore(storage, self.output_prefix)
@@ -139,14 +164,19 @@ class RealtimeImageOperator(BaseOperator):
         )
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
+        work = [
+            w if w.deadline is not None or due is None else replace(w, deadline=due) for w in prepared.work
+        ]
         self.log.info(
-            "run %s: %d item(s) from %s through channels %s",
+            "run %s: %d item(s) from %s through channels %s; objective %s, items without a deadline due %s",
             identity.run_key,
-            len(prepared.work),
+            len(work),
             self.manifest,
             ", ".join(c.name for c in configs),
+            self.objective,
+            due.isoformat(timespec="seconds") if due else "within the default one-hour horizon (soft)",
         )
-        result = asyncio.run(self._run(configs, store, identity, prepared.work, context))
+        result = asyncio.run(self._run(configs, store, identity, work, context))
         report = build_report(
             result.outcomes,
             run_key=identity.run_key,
@@ -173,12 +203,13 @@ class RealtimeImageOperator(BaseOperator):
         from airflow_banana.routing import RouterConfig
 
         try:
-            config = RouterConfig(
-                priority=tuple(self.priority),
-                budget_usd=self.budget_usd,
-                failover_alert_threshold=self.failover_alert_threshold,
-                **self.router_options,
-            )
+            options: dict[str, Any] = {
+                "objective": self.objective,
+                "priority": tuple(self.priority),
+                "budget_usd": self.budget_usd,
+                "failover_alert_threshold": self.failover_alert_threshold,
+            }
+            config = RouterConfig(**{**options, **self.router_options})
         except TypeError as err:
             raise ConfigurationError(f"{self.task_id}: unknown router option: {err}") from err
         return await run_realtime_lane(

@@ -661,8 +661,8 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
         channels=_connections(rsim, monkeypatch),
         failover_alert_threshold=1,
         on_failover_alert=lambda context: alerts.append(context["banana_alert"]),
-        # "fastest" fails over at once, so the 403 channel and the alert are both reached
-        router_options={**FAST_ROUTER, "objective": "fastest"},
+        objective="fastest",  # fails over at once, so the 403 channel and the alert are both reached
+        router_options={**FAST_ROUTER},
     )
     summary = op.execute(_operator_context())  # type: ignore[arg-type]
 
