@@ -91,9 +91,10 @@ the fallback one by one instead of all at the last moment (never pushing an item
 it still fits). A blocked channel cheaper than every fitting one is waited for the same way even
 when the estimate says it will not make it: while the next fitting channel can still be started
 later, spilling now would commit money on an estimate that the next answers may change (the
-latency prior before a channel's first answer, a queue that drains faster than planned). Before
-a channel has answered once, waits for it also end on every permit release and leave out the
-reservation: a few milliseconds of real answers are worth more than the prior. When that moment
+latency prior before a channel's first success). While the first success of a channel in the
+plan is in flight (the waited-for channel or a fallback), waits also end on every permit
+release and leave out the reservation: one real answer is worth more than the prior, and the
+first item to spill onto an unmeasured fallback measures it for the others. When that moment
 comes and ``c`` is still blocked, the item spills to the next channel. When no channel fits,
 the item falls back to rule 7 (best effort: whatever is open, cheapest first). Queue positions
 spread wake-ups (the head also wakes on a release), so N waiting items cost O(N) router calls
@@ -735,16 +736,20 @@ class Router:
                     continue  # money, or lost the race for the last slot: the next channel
                 start = max(start, result.retry_at)
                 denial = result
-            # Before its first answer a channel's queue estimate is the prior's: wake on every
-            # release to re-plan with real latencies, and reserve nothing on its account.
-            learning = ranked.snapshot.latency_ewma_s is None
             latest_start = deadline - need[ranked.channel] if fits else math.inf
             latest_switch = math.inf
+            # A channel's first success is its first real latency; until then its estimates are
+            # the prior's. While such a measurement is in flight (on this channel or a fallback),
+            # wait for it -- waking on every release -- instead of spilling on the prior.
+            measuring = any(
+                r.snapshot.latency_ewma_s is None and r.snapshot.in_flight > 0
+                for r in (ranked, *(f[0] for f in fallbacks))
+            )
             if fallbacks:
                 nxt, nxt_start, *_ = fallbacks[0]
                 plain_switch = deadline - need[nxt.channel] - (nxt_start - now)
                 latest_switch = plain_switch
-                if not learning:
+                if not measuring:
                     # Fleet view: the ``ahead`` items queued before this one on ``ranked`` spill
                     # before it if ``ranked`` stalls, onto the fitting fallbacks at their success
                     # rate; reserve that load so spills start early and spread out instead of
@@ -763,7 +768,7 @@ class Router:
                 denials.append(denial)
                 continue  # waiting would risk the deadline: spill to the next channel
             self._join_queue(item, ranked.channel, previous)
-            on_release = learning or (ahead == 0 and denial.reason in _FREES_ON_RELEASE)
+            on_release = measuring or (ahead == 0 and denial.reason in _FREES_ON_RELEASE)
             why = (
                 f"waiting {until - now:.1f}s for cheaper '{ranked.channel}' ({denial.reason}, "
                 f"{ahead} ahead); deadline in {deadline - now:.0f}s still met"
