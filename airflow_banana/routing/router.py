@@ -814,7 +814,10 @@ class Router:
         last: AttemptRecord | None,
     ) -> Attempt:
         self.spend.reserve(permit.permit_id, ranked.price_usd)  # affordability checked in _try
-        self.retry_budget.record(retry=retry)
+        # a half-open probe is the breaker measuring the channel, one call per open period, not a
+        # retry storm: it does not draw on the run's retry budget
+        if not (retry and permit.probe):
+            self.retry_budget.record(retry=retry)
         self._open[permit.permit_id] = _Open(ranked.price_usd, permit.probe)
         timeout = self.channels[ranked.channel].attempt_timeout_s
         hard_deadline = self._hard_deadline(item)

@@ -556,3 +556,22 @@ def test_router_uses_the_injected_backend() -> None:
     backend = InMemoryStateBackend(random.Random(3))
     router = router_for([RELAY], FakeClock(), random.Random(3), backend)
     assert router.backend is backend and backend.channels() == ("relay",)
+
+
+def test_a_half_open_probe_does_not_draw_on_the_retry_budget() -> None:
+    router, clock = make_router([RELAY], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
+    item = ItemProgress("x")
+    fail(router, item, ErrorClass.RETRYABLE)  # a first attempt
+    for _ in range(11):  # eleven more failures in a row trip relay's (tolerant) breaker
+        p = router.backend.try_acquire("relay", clock.now())
+        assert isinstance(p, Permit)
+        router.backend.record(p, Outcome(ErrorClass.RETRYABLE), clock.now())
+    assert router.states()["relay"].breaker == "open"
+    clock.advance(router.states()["relay"].open_until - clock.now() + 30.0)  # past the item's backoff too
+    probe = attempt(router, item)
+    assert probe.permit.probe and probe.retry
+    assert router.retry_budget.retries == 0  # the probe measured the channel; it was no storm
+    router.report_failure(item, probe.permit, err("relay", ErrorClass.RETRYABLE))
+    clock.advance(router.states()["relay"].open_until - clock.now() + 30.0)
+    again = attempt(router, item)  # probing again is still allowed
+    assert again.permit.probe
