@@ -562,7 +562,7 @@ def test_a_half_open_probe_does_not_draw_on_the_retry_budget() -> None:
     router, clock = make_router([RELAY], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
     item = ItemProgress("x")
     fail(router, item, ErrorClass.RETRYABLE)  # a first attempt
-    for _ in range(11):  # eleven more failures in a row trip relay's (tolerant) breaker
+    for _ in range(4):  # four more failures in a row trip relay's breaker
         p = router.backend.try_acquire("relay", clock.now())
         assert isinstance(p, Permit)
         router.backend.record(p, Outcome(ErrorClass.RETRYABLE), clock.now())
