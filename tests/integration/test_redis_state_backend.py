@@ -137,7 +137,7 @@ def test_denials_write_nothing(redis_url: str) -> None:
 def test_threads_racing_on_separate_clients_get_exactly_the_capacity(redis_url: str) -> None:
     """16 clients hammer one channel with 5 slots: never more than 5 permits, and one probe."""
     policy = ChannelPolicy(
-        breaker=BreakerConfig(jitter=0.0),
+        breaker=BreakerConfig(jitter=0.0, base_open_s=30.0),
         throttle=ThrottleConfig(enabled=False),
         limits=LimitConfig(max_concurrency=5),
     )
