@@ -396,7 +396,7 @@ class RealtimeEngine:
                 # than the TTL, and a claim lost before the first call is one paid twice.
                 await self._renew_if_due(claim)
             if isinstance(action, Wait):
-                await self._wait(action)
+                await self._wait(action, self._renewal_due_in(claim))
                 continue
             first_start = first_start if first_start is not None else self.clock.now()
             answer = await self._attempt(item, request, action)
@@ -416,12 +416,24 @@ class RealtimeEngine:
         else:
             claim.expires_at = renewed
 
-    async def _wait(self, action: Wait) -> None:
+    def _renewal_due_in(self, claim: _OwnClaim | None) -> float | None:
+        """Seconds until ``claim`` needs renewing: a wait for a cheap channel may be far longer
+        than the claim's TTL, and a claim lapsing during it could be taken and paid for twice."""
+        if claim is None or claim.lost:
+            return None
+        return max(0.0, claim.expires_at - self.settings.claim_ttl_s / 2 - self.claims.now())
+
+    async def _wait(self, action: Wait, at_most: float | None = None) -> None:
         delay = max(0.0, action.until - self.clock.now())
+        if at_most is not None:
+            delay = min(delay, at_most)
+        if delay <= 0:
+            await asyncio.sleep(0)  # let the others run; then decide again
+            return
         if action.on_release:
             self._released.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), timeout=delay or None)
+                await asyncio.wait_for(self._released.wait(), timeout=delay)
         else:
             await asyncio.sleep(delay)
 

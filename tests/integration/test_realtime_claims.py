@@ -298,3 +298,47 @@ def test_claims_are_create_only_on_gcs(gcs_bucket, run_together):
             partial(b.take, f"race-{r}", "fp", owner="run-b", ttl_s=60),
         )
         assert sorted(held is None for held in results) == [False, True], results
+
+
+def test_a_long_wait_for_the_cheap_channel_keeps_the_claim_alive(rsim, tmp_path, monkeypatch):
+    """Cost-first waits can outlast a claim's TTL: the claim is renewed during the wait, not lost."""
+    from realtime_sim import FAST_BREAKER, FAST_ROUTER, FAST_THROTTLE, RELAY, three_channels
+
+    from airflow_banana.exceptions import ErrorClass
+    from airflow_banana.routing.state import Outcome, Permit
+
+    renewals: list[float | None] = []
+    real_renew = ItemClaims.renew
+
+    def spy(self: ItemClaims, item_id: str, *, owner: str, ttl_s: float) -> float | None:
+        renewals.append(real_renew(self, item_id, owner=owner, ttl_s=ttl_s))
+        return renewals[-1]
+
+    monkeypatch.setattr(ItemClaims, "renew", spy)
+    configs = three_channels(rsim)
+    rt = router_for(
+        configs, SystemClock(), random.Random(1), config=RouterConfig(**FAST_ROUTER),
+        breaker=FAST_BREAKER, throttle=FAST_THROTTLE,
+    )  # fmt: skip
+    # the cheap relay is shut by a retry hint for 1.5 s, five times the claim's 0.3 s TTL
+    permit = rt.backend.try_acquire(RELAY, rt.clock.now())
+    assert isinstance(permit, Permit)
+    closed = Outcome(ErrorClass.RATE_LIMITED, closed_until=rt.clock.now() + 1.5)
+    rt.backend.record(permit, closed, rt.clock.now())
+    built = {c.name: build_channel(c) for c in configs}
+    store = OutputStore(open_storage(), str(tmp_path))
+    engine = RealtimeEngine(
+        channels=built, router=rt, store=store, run_key="run-a", settings=settings(claim_ttl_s=0.3)
+    )
+
+    async def go() -> RunResult:
+        try:
+            return await engine.run(work_items(1))
+        finally:
+            for channel in built.values():
+                await channel.aclose()
+
+    result = asyncio.run(go())
+    (outcome,) = result.outcomes
+    assert outcome.status == SUCCEEDED and outcome.channel == RELAY  # it waited for the cheap one
+    assert len(renewals) >= 3 and all(expiry is not None for expiry in renewals), renewals
