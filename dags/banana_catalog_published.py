@@ -44,7 +44,9 @@ with DAG(
                     "gallery_uri": extra.get("gallery_uri"),
                 }
             )
-            log.info("new images in %s: %s; report %s", CATALOG.uri, extra.get("items"), extra.get("report_uri"))
+            log.info(
+                "new images in %s: %s; report %s", CATALOG.uri, extra.get("items"), extra.get("report_uri")
+            )
         return runs
 
     publish()

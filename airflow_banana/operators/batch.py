@@ -51,7 +51,7 @@ from airflow_banana.operators._common import (
     logical_date_of,
     run_realtime_lane,
 )
-from airflow_banana.operators.publish import GalleryLink, add_default_outlets, publish_run
+from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
 from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
 
@@ -120,9 +120,10 @@ class BatchImageOperator(BaseOperator):
     :param record_turnaround: append each harvested job's turnaround to the backend's history
         under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
     :param max_failed_items: the task fails when more items end without an image.
-    :param outlets: Airflow outlets; default: the output prefix's Asset (an alias when the prefix
-        is templated; ``airflow_banana.assets``), updated with the run's counts, spend, report
-        and gallery URIs when the task succeeds. ``[]`` emits nothing.
+    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
+        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
+        when the task succeeds). Other ``outlets`` may be given too.
 
     Extra links: the batch job in the console, and the run's ``gallery.html`` (docs/gallery.md).
     """
@@ -166,12 +167,12 @@ class BatchImageOperator(BaseOperator):
         rescue_success_rates: Mapping[str, float] | None = None,
         record_turnaround: bool = True,
         max_failed_items: int = 0,
-        outlets: Sequence[Any] | None = None,
+        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(outlets=outlets, **kwargs)
-        if outlets is None:
-            add_default_outlets(self, output_prefix)
+        super().__init__(**kwargs)
+        if emit_output_asset:
+            add_output_outlet(self, output_prefix)
         self.gallery_uri: str | None = None
         self.manifest = manifest
         self.output_prefix = output_prefix

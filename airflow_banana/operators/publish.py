@@ -35,10 +35,15 @@ class GalleryLink(BaseOperatorLink):
         return browser_url(uri) if uri else ""
 
 
-def add_default_outlets(operator: BaseOperator, output_prefix: str) -> None:
-    """The output prefix's Asset (or alias) as the outlet of an operator given no ``outlets``."""
+def add_output_outlet(operator: BaseOperator, output_prefix: str) -> None:
+    """Add the output prefix's Asset (or its alias) to the operator's outlets, once.
+
+    A flag, not a default of ``outlets``: mapped operators (``partial().expand()``) take
+    BaseOperator's own ``outlets`` default, and run ``__init__`` (so this) when unmapped.
+    """
     dag_id = operator.dag_id if operator.has_dag() else None
-    operator.add_outlets(default_outlets(output_prefix, dag_id=dag_id, task_id=operator.task_id))
+    outlets = default_outlets(output_prefix, dag_id=dag_id, task_id=operator.task_id)
+    operator.add_outlets(o for o in outlets if o not in operator.outlets)
 
 
 def publish_run(

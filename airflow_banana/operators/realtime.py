@@ -23,7 +23,7 @@ from airflow_banana.operators._common import (
     logical_date_of,
     run_realtime_lane,
 )
-from airflow_banana.operators.publish import GalleryLink, add_default_outlets, publish_run
+from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -58,9 +58,10 @@ class RealtimeImageOperator(BaseOperator):
         the same items buy each image once; docs/realtime.md "Two workers, one item") lasts
         before another run may take it over; keep it above the longest gap between two attempts
         of one item. ``None`` turns claims off: only when nothing else writes ``output_prefix``.
-    :param outlets: Airflow outlets; default: the output prefix's Asset (an alias when the prefix
-        is templated; ``airflow_banana.assets``), updated with the run's counts, spend, report
-        and gallery URIs when the task succeeds. ``[]`` emits nothing.
+    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
+        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
+        when the task succeeds). Other ``outlets`` may be given too.
 
     The ``Gallery`` extra link opens ``runs/{run_key}/gallery.html`` (docs/gallery.md).
     """
@@ -96,12 +97,12 @@ class RealtimeImageOperator(BaseOperator):
         router_options: Mapping[str, Any] | None = None,
         redis_conn_id: str | None = None,
         claim_ttl_s: float | None = DEFAULT_CLAIM_TTL_S,
-        outlets: Sequence[Any] | None = None,
+        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(outlets=outlets, **kwargs)
-        if outlets is None:
-            add_default_outlets(self, output_prefix)
+        super().__init__(**kwargs)
+        if emit_output_asset:
+            add_output_outlet(self, output_prefix)
         self.gallery_uri: str | None = None
         self.manifest = manifest
         self.output_prefix = output_prefix

@@ -131,6 +131,8 @@ def test_gallery_of_a_real_run_loads_cleanly_filters_sorts_and_is_screenshotted(
 def test_the_console_check_catches_a_page_error(tmp_path):
     """The guard above can fail: a page that logs or throws is reported."""
     page = tmp_path / "broken.html"
-    page.write_text("<html><body><script>console.error('bad'); throw new Error('boom');</script></body></html>")
+    page.write_text(
+        "<html><body><script>console.error('bad'); throw new Error('boom');</script></body></html>"
+    )
     loaded = headless.load(page.as_uri())
     assert any("bad" in m for m in loaded.console) and any("boom" in m for m in loaded.console)

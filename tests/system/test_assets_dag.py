@@ -85,7 +85,9 @@ def test_realtime_run_emits_its_output_asset_and_the_scheduler_triggers_the_cons
     with create_session() as session:
         before = {e.id for e in session.scalars(select(AssetEvent))}
 
-    run = _load_dag(PRODUCER).test(run_conf={"manifest": manifest, "output_prefix": PREFIX, "budget_usd": 5.0})
+    run = _load_dag(PRODUCER).test(
+        run_conf={"manifest": manifest, "output_prefix": PREFIX, "budget_usd": 5.0}
+    )
     assert run.state == "success"
 
     with create_session() as session:
@@ -115,10 +117,14 @@ def test_realtime_run_emits_its_output_asset_and_the_scheduler_triggers_the_cons
         assert [q.target_dag_id for q in queued] == [CONSUMER]
         link = session.scalar(
             select(XComModel.value).where(
-                XComModel.dag_id == PRODUCER, XComModel.run_id == run.run_id, XComModel.key == "_link_GalleryLink"
+                XComModel.dag_id == PRODUCER,
+                XComModel.run_id == run.run_id,
+                XComModel.key == "_link_GalleryLink",
             )
         )
-        assert link == f"https://storage.cloud.google.com/{BUCKET}/catalog/runs/{extra['run_key']}/gallery.html"
+        assert (
+            link == f"https://storage.cloud.google.com/{BUCKET}/catalog/runs/{extra['run_key']}/gallery.html"
+        )
 
     # One pass of the scheduler's run creation, as its loop does it.
     runner = SchedulerJobRunner(job=Job())
@@ -130,4 +136,6 @@ def test_realtime_run_emits_its_output_asset_and_the_scheduler_triggers_the_cons
         ).all()
         assert len(created) == 1
         assert [e.id for e in created[0].consumed_asset_events] == [event.id]
-        assert not session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.asset_id == asset.id)).all()
+        assert not session.scalars(
+            select(AssetDagRunQueue).where(AssetDagRunQueue.asset_id == asset.id)
+        ).all()
