@@ -67,7 +67,7 @@ def publish_run(
         [w.request for w in prepared.work],
         rejects_jsonl=prepared.rejects_jsonl,
     )
-    operator.gallery_uri = gallery_uri  # type: ignore[attr-defined]
+    operator.gallery_uri = gallery_uri
     summary = summary_for_xcom(report, report_uri)
     if gallery_uri:
         summary["gallery_uri"] = gallery_uri
