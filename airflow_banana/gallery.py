@@ -326,8 +326,9 @@ def _card(order: int, item: GalleryItem) -> str:
         f'<h2 title="{_e(item.item_id)}">{_e(item.item_id)}</h2>'
         f'<span class="state s-{_e(item.state)}">{_e(item.state.replace("_", " "))}</span>'
         f'<p class="prompt" title="{_e(item.prompt)}">{_e(item.prompt)}</p>'
-        f"<dl><dt>size</dt><dd>{_e(size or '–')}</dd><dt>channel</dt><dd>{_e(item.channel or '–')}</dd>"
-        f"<dt>model</dt><dd>{_e(item.model or '–')}</dd>"
+        f"<dl><dt>size</dt><dd>{_e(size or '–')}</dd>"
+        f'<dt>channel</dt><dd title="{_e(item.channel)}">{_e(item.channel or "–")}</dd>'
+        f'<dt>model</dt><dd title="{_e(item.model)}">{_e(item.model or "–")}</dd>'
         f'<dt>attempts</dt><dd title="{_e(trail)}">{len(item.attempts)}</dd>'
         f"<dt>cost</dt><dd>{_e(_money(item.cost_usd))}</dd></dl>{reason}</article>\n"
     )
