@@ -93,7 +93,8 @@ def main() -> int:
     print(f"\n{copied} files copied. Open the images in: {out / 'images'}")
     print(f"per-item metadata: {out / 'metadata'}; report: {reports[-1].parent / 'report.md'}")
     gallery = reports[-1].parent / "gallery.html"
-    print(f"gallery (open it in a browser): {gallery.resolve().as_uri() if gallery.exists() else 'not written'}")
+    where = gallery.resolve().as_uri() if gallery.exists() else "not written (see the log above)"
+    print(f"gallery (open it in a browser): {where}")
     return 0
 
 
