@@ -56,3 +56,22 @@ def inspect_image(data: bytes) -> ImageInfo:
     except Exception as err:
         raise ImageValidationError(f"{mime} bytes do not decode: {err}") from err
     return ImageInfo(mime_type=mime, width=width, height=height)
+
+
+def thumbnail_jpeg(data: bytes, *, max_px: int = 160, quality: int = 70) -> bytes:
+    """A small JPEG of ``data`` (longest side ``max_px``) for pages that show many images.
+
+    JPEG sources are decoded at a reduced scale (``draft``), so a 4K image costs little memory.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (max_px, max_px))
+            small = img.convert("RGB")
+            small.thumbnail((max_px, max_px))
+            out = io.BytesIO()
+            small.save(out, format="JPEG", quality=quality, optimize=True)
+    except Exception as err:
+        raise ImageValidationError(f"image bytes do not decode for a thumbnail: {err}") from err
+    return out.getvalue()

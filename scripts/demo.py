@@ -3,8 +3,8 @@
 Starts the Gemini simulator (peak-hour profile: 45 % of calls to the cheapest channel fail with
 503) and fake-gcs-server, runs the example DAG ``banana_catalog_realtime`` with
 ``airflow dags test`` on a throwaway AIRFLOW_HOME (SQLite), prints the run summary and copies
-images, metadata and the report to ``.demo/output``. Background servers stop on exit, also on
-failure.
+images, metadata, the report and the gallery page to ``.demo/output`` and prints where the
+gallery is. Background servers stop on exit, also on failure.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main() -> int:
     )
     print(f"\n{copied} files copied. Open the images in: {out / 'images'}")
     print(f"per-item metadata: {out / 'metadata'}; report: {reports[-1].parent / 'report.md'}")
+    gallery = reports[-1].parent / "gallery.html"
+    where = gallery.resolve().as_uri() if gallery.exists() else "not written (see the log above)"
+    print(f"gallery (open it in a browser): {where}")
     return 0
 
 

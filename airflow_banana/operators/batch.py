@@ -50,8 +50,8 @@ from airflow_banana.operators._common import (
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
-    summary_for_xcom,
 )
+from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
 from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
 
@@ -120,6 +120,12 @@ class BatchImageOperator(BaseOperator):
     :param record_turnaround: append each harvested job's turnaround to the backend's history
         under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
     :param max_failed_items: the task fails when more items end without an image.
+    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
+        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
+        when the task succeeds). Other ``outlets`` may be given too.
+
+    Extra links: the batch job in the console, and the run's ``gallery.html`` (docs/gallery.md).
     """
 
     template_fields: Sequence[str] = (
@@ -134,7 +140,7 @@ class BatchImageOperator(BaseOperator):
         "poll_interval_s",
     )
     template_fields_renderers = {"defaults": "json"}
-    operator_extra_links = (BatchJobLink(),)
+    operator_extra_links = (BatchJobLink(), GalleryLink())
     ui_color = "#f5d742"
 
     def __init__(
@@ -161,9 +167,13 @@ class BatchImageOperator(BaseOperator):
         rescue_success_rates: Mapping[str, float] | None = None,
         record_turnaround: bool = True,
         max_failed_items: int = 0,
+        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if emit_output_asset:
+            add_output_outlet(self, output_prefix)
+        self.gallery_uri: str | None = None
         self.manifest = manifest
         self.output_prefix = output_prefix
         self.channel = channel
@@ -756,7 +766,16 @@ class BatchImageOperator(BaseOperator):
         )
         report_uri = store.write_report(identity.run_key, report)
         self.log.info("report: %s", report_uri)
-        summary = summary_for_xcom(report, report_uri)
+        summary = publish_run(
+            self,
+            context,
+            store,
+            report=report,
+            report_uri=report_uri,
+            outcomes=items,
+            prepared=prepared,
+            output_prefix=self.output_prefix,
+        )
         if job_info:
             summary["batch_job"] = {"name": job_info.get("name"), "state": job_info.get("state")}
         failed = report["items"]["failed"] + report["items"]["not_attempted"]

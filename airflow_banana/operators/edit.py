@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_banana.assets import record_run_event, scalar_fields
 from airflow_banana.editing.session import DEFAULT_INLINE_MAX_BYTES
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.models import MAX_REFERENCE_IMAGES, ReferenceImage
 from airflow_banana.operators._common import budget_from, load_channel_configs
+from airflow_banana.operators.publish import add_output_outlet
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -99,6 +101,10 @@ class SignatureEditOperator(BaseOperator):
     :param inline_max_bytes: history images above this size are stored as objects, not inline.
     :param redis_conn_id: a ``redis`` connection through which turns share breakers, rate limits
         and 429 closures with every other worker and lane (also read from a channel's extra).
+    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
+        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        gets the session id and URI, turns, spend and latest image URI as ``extra`` (recorded
+        by Airflow when the task succeeds). Other ``outlets`` may be given too.
     """
 
     template_fields: Sequence[str] = (
@@ -137,9 +143,12 @@ class SignatureEditOperator(BaseOperator):
         max_attempts_per_turn: int = 6,
         max_wait_s: float = 120.0,
         inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if emit_output_asset:
+            add_output_outlet(self, output_prefix)
         self.channels = channels
         self.output_prefix = output_prefix
         self.session_id = session_id
@@ -201,7 +210,14 @@ class SignatureEditOperator(BaseOperator):
             ", ".join(c.name for c in serving),
             session.model,
         )
-        return asyncio.run(self._run(session, specs, serving, store, budget))
+        summary = asyncio.run(self._run(session, specs, serving, store, budget))
+        record_run_event(
+            context,
+            self.outlets,
+            output_prefix=self.output_prefix,
+            extra={**scalar_fields(summary), "lane": "edit", "output_prefix": self.output_prefix},
+        )
+        return summary
 
     def _plan(
         self,

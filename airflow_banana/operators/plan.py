@@ -533,6 +533,10 @@ class PlanImagesOperator(BaseOperator):
     :param success_rates: channel id -> success rate to plan with (else recent reports, else 0.9).
     :param realtime_latency: the channels' dispatch-to-image time to plan with (``"60s"``).
     :param now: planning time (ISO string or datetime); default the wall clock. For tests.
+
+    No outlet by default: a plan writes sub-manifests, not images, so it must not tell the
+    output prefix's consumers that new images landed. Outlets given (``outlets=[Asset(...)]``)
+    get the plan's figures (items per lane, expected cost, plan.md URI) as the event's extra.
     """
 
     template_fields: Sequence[str] = (
@@ -626,5 +630,13 @@ class PlanImagesOperator(BaseOperator):
             summary["expected_cost_usd"],
             summary["savings_usd"],
             summary["plan_md_uri"],
+        )
+        from airflow_banana.assets import record_run_event, scalar_fields
+
+        record_run_event(
+            context,
+            self.outlets,
+            output_prefix=self.output_prefix,
+            extra={**scalar_fields(summary), "lane": "plan", "output_prefix": self.output_prefix},
         )
         return summary

@@ -25,8 +25,8 @@ from airflow_banana.operators._common import (
     logical_date_of,
     run_deadline,
     run_realtime_lane,
-    summary_for_xcom,
 )
+from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -70,6 +70,12 @@ class RealtimeImageOperator(BaseOperator):
         the same items buy each image once; docs/realtime.md "Two workers, one item") lasts
         before another run may take it over; keep it above the longest gap between two attempts
         of one item. ``None`` turns claims off: only when nothing else writes ``output_prefix``.
+    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
+        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
+        when the task succeeds). Other ``outlets`` may be given too.
+
+    The ``Gallery`` extra link opens ``runs/{run_key}/gallery.html`` (docs/gallery.md).
     """
 
     template_fields: Sequence[str] = (
@@ -82,6 +88,7 @@ class RealtimeImageOperator(BaseOperator):
         "deadline",
     )
     template_fields_renderers = {"defaults": "json"}
+    operator_extra_links = (GalleryLink(),)
     ui_color = "#ffe135"
 
     def __init__(
@@ -105,9 +112,13 @@ class RealtimeImageOperator(BaseOperator):
         router_options: Mapping[str, Any] | None = None,
         redis_conn_id: str | None = None,
         claim_ttl_s: float | None = DEFAULT_CLAIM_TTL_S,
+        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if emit_output_asset:
+            add_output_outlet(self, output_prefix)
+        self.gallery_uri: str | None = None
         self.manifest = manifest
         self.output_prefix = output_prefix
         self.channels = channels
@@ -191,7 +202,16 @@ class RealtimeImageOperator(BaseOperator):
         )
         report_uri = store.write_report(identity.run_key, report)
         self.log.info("report: %s", report_uri)
-        summary = summary_for_xcom(report, report_uri)
+        summary = publish_run(
+            self,
+            context,
+            store,
+            report=report,
+            report_uri=report_uri,
+            outcomes=result.outcomes,
+            prepared=prepared,
+            output_prefix=self.output_prefix,
+        )
         failed = report["items"]["failed"] + report["items"]["not_attempted"]
         if failed > self.max_failed_items:
             raise failed_items_error(self.task_id, failed, report_uri)

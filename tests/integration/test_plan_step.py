@@ -276,3 +276,30 @@ def test_cli_plan_and_estimate_are_dry_runs(tmp_path, connections, capsys):
     assert "deadline_passed" in capsys.readouterr().out
     assert cli_main(["plan", manifest, "--channels", "nope_conn"]) == 2
     assert "nope_conn" in capsys.readouterr().err
+
+
+def test_plan_operator_puts_its_figures_on_the_outlets_it_is_given(tmp_path, connections):
+    from airflow.sdk import Asset
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from airflow_banana.operators import PlanImagesOperator
+
+    class TI:
+        dag_id, task_id, run_id, map_index = "dag", "plan", "run1", -1
+
+    plans = Asset(uri="gs://b/plans", name="plans")
+    op = PlanImagesOperator(
+        task_id="plan",
+        manifest=_write_manifest(tmp_path / "m.jsonl"),
+        output_prefix=str(tmp_path / "out"),
+        channels=["banana_gemini", "banana_vertex"],
+        batch_channel="banana_gemini",
+        now=T0.isoformat(),
+        outlets=[plans],
+    )
+    events = OutletEventAccessors()
+    summary = op.execute({"ti": TI(), "run_id": "run1", "logical_date": T0, "outlet_events": events})
+    extra = events[plans].extra
+    assert extra["lane"] == "plan" and extra["realtime_items"] == 2 and extra["batch_items"] == 3
+    assert extra["plan_md_uri"] == summary["plan_md_uri"]
+    assert all(not isinstance(v, list | dict) for v in extra.values())

@@ -667,7 +667,14 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     summary = op.execute(_operator_context())  # type: ignore[arg-type]
 
     assert summary["items"]["succeeded"] == 8
-    assert set(summary) == {"report_uri", "run_key", "items", "spent_usd", "cost_per_success_usd"}
+    assert set(summary) == {
+        "report_uri",
+        "run_key",
+        "items",
+        "spent_usd",
+        "cost_per_success_usd",
+        "gallery_uri",
+    }
     assert len(json.dumps(summary)) < 1000  # XCom carries no image bytes
     paid = [b["fingerprint"] for b in rsim.billable()]
     assert len(paid) == len(set(paid)) == 8

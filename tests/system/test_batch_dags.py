@@ -68,6 +68,22 @@ def _check_outputs(storage: Any, prefix: str, sim: Any) -> None:
     assert {b["fingerprint"] for b in billable} == expected  # each image paid exactly once
 
 
+def _asset_event_extra(prefix: str, run_id: str) -> dict[str, Any]:
+    """The extra of the one event this DAG run recorded for the output prefix's Asset."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == prefix, AssetEvent.source_run_id == run_id)
+        ).all()
+        assert len(events) == 1
+        return dict(events[0].extra)
+
+
 @pytest.mark.parametrize("dag_id", ["banana_batch_developer", "banana_batch_vertex"])
 def test_example_batch_dag_defers_harvests_and_a_rerun_pays_nothing(
     airflow_db: Path, connections: Any, gcs_bucket: str, dag_id: str, monkeypatch: pytest.MonkeyPatch
@@ -103,6 +119,12 @@ def test_example_batch_dag_defers_harvests_and_a_rerun_pays_nothing(
     assert set(trigger_runs[0]) == {"conn_id", "job_name", "poll_interval_s", "max_poll_failures", "end_time"}
     assert "key" not in json.dumps(trigger_runs[0]) and "token" not in json.dumps(trigger_runs[0])
     _check_outputs(storage, prefix, sim)
+    # after the deferral the resumed task writes the gallery and records the prefix's Asset event
+    (report_uri,) = [u for u in storage.list(f"{prefix}/runs/") if u.endswith("report.json")]
+    assert storage.exists(report_uri.replace("report.json", "gallery.html"))
+    extra = _asset_event_extra(prefix, run.run_id)
+    assert extra["lane"] == "batch" and extra["report_uri"] == report_uri
+    assert extra["items"]["succeeded"] == len(ITEMS)
     record = [u for u in storage.list(f"{prefix}/runs/") if u.endswith("batch_job.json")]
     assert len(record) == 1 and storage.read_json(record[0])["status"] == "harvested"
 

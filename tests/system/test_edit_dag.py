@@ -44,6 +44,20 @@ def edit_dag(airflow_db: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch) 
     return bag.dags["banana_edit_sessions"]
 
 
+def _asset_event_extras(uri: str, run_id: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == uri, AssetEvent.source_run_id == run_id)
+        ).all()
+        return [dict(e.extra) for e in events]
+
+
 def test_mapped_edit_sessions_dag(edit_dag: Any, sim: Simulator, tmp_path: Path) -> None:
     products = ["red sneaker", "teal mug", "amber lamp"]
     conf = {"products": products, "output_prefix": str(tmp_path), "budget_usd": 1.0}
@@ -69,6 +83,12 @@ def test_mapped_edit_sessions_dag(edit_dag: Any, sim: Simulator, tmp_path: Path)
             assert _text_chunks(image).get("sim:parent_sha256") == previous  # an edit of the previous image
             previous = turn["image"]["sha256"]
         assert len(list(storage.list(str(tmp_path / "metadata" / session_id) + "/"))) == 4
+
+    # Every mapped task instance recorded an event for the output prefix's Asset (through the
+    # default alias: the prefix is templated), with its session's figures.
+    extras = _asset_event_extras(tmp_path.resolve().as_uri(), run.run_id)
+    assert sorted(e["session_id"] for e in extras) == sorted(p.replace(" ", "-") for p in products * 2)
+    assert all(e["lane"] == "edit" and e["spent_usd"] > 0 for e in extras)
 
     # Another DAG run for the same products: the start turns are already stored (skipped), and
     # only the three new edits per product are paid.

@@ -1,0 +1,80 @@
+"""What a finished realtime or batch run leaves for people and DAGs besides its images.
+
+After the report is written: the gallery page next to it, the small XCom summary, and the
+run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page.
+One function for both lanes, so the two stay alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink
+
+from airflow_banana.assets import default_outlets, record_run_event
+from airflow_banana.gallery import browser_url, write_gallery
+from airflow_banana.operators._common import summary_for_xcom
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+    from airflow_banana.outputs import OutputStore
+    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.report import ItemOutcome
+
+
+class GalleryLink(BaseOperatorLink):
+    """The run's gallery.html: a ``gs://`` object's authenticated URL, or a local ``file://`` URL."""
+
+    name = "Gallery"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        uri = getattr(operator, "gallery_uri", None)
+        return browser_url(uri) if uri else ""
+
+
+def add_output_outlet(operator: BaseOperator, output_prefix: str) -> None:
+    """Add the output prefix's Asset (or its alias) to the operator's outlets, once.
+
+    A flag, not a default of ``outlets``: mapped operators (``partial().expand()``) take
+    BaseOperator's own ``outlets`` default, and run ``__init__`` (so this) when unmapped.
+    """
+    dag_id = operator.dag_id if operator.has_dag() else None
+    outlets = default_outlets(output_prefix, dag_id=dag_id, task_id=operator.task_id)
+    operator.add_outlets(o for o in outlets if o not in operator.outlets)
+
+
+def publish_run(
+    operator: BaseOperator,
+    context: Context,
+    store: OutputStore,
+    *,
+    report: Mapping[str, Any],
+    report_uri: str,
+    outcomes: Iterable[ItemOutcome],
+    prepared: PreparedManifest,
+    output_prefix: str,
+) -> dict[str, Any]:
+    """Write the gallery, set ``operator.gallery_uri`` for the link, record the Asset event's
+    extra; returns the XCom summary (with ``gallery_uri`` when the page was written)."""
+    gallery_uri = write_gallery(
+        store,
+        report["run_key"],
+        report,
+        outcomes,
+        [w.request for w in prepared.work],
+        rejects_jsonl=prepared.rejects_jsonl,
+    )
+    operator.gallery_uri = gallery_uri
+    summary = summary_for_xcom(report, report_uri)
+    if gallery_uri:
+        summary["gallery_uri"] = gallery_uri
+    record_run_event(
+        context,
+        operator.outlets,
+        output_prefix=output_prefix,
+        extra={**summary, "lane": report["lane"], "output_prefix": output_prefix},
+    )
+    return summary
