@@ -141,8 +141,6 @@ from airflow_banana.routing.state import (
 from airflow_banana.routing.throttle import ThrottleConfig
 
 _BACKOFF_CLASSES = (ErrorClass.RETRYABLE, ErrorClass.NO_IMAGE)
-# Waiting "on a throttle" or "for money" is not waiting for a cheaper channel to open.
-_NOT_WORTH_WAITING = (DenialReason.THROTTLED, DenialReason.UNAFFORDABLE)
 # About one call from now: a probe or a full channel frees up when a call returns.
 _FREES_ON_RELEASE = (DenialReason.CONCURRENCY, DenialReason.PROBE_IN_FLIGHT)
 
