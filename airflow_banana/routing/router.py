@@ -163,6 +163,16 @@ class Objective(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RouterConfig:
+    """The router's settings (``RealtimeImageOperator(router_options={...})`` reaches them).
+
+    The ones a user may want: ``objective`` ("cheapest" / "fastest", also the operator's own
+    argument), ``default_deadline_s`` (the soft horizon of items with no deadline, 3600 s),
+    ``max_attempts_per_item`` (10), ``deadline_margin_s`` (10 s kept free before a deadline),
+    ``default_latency_s`` (the latency prior, 12 s), ``budget_usd`` and ``priority`` (set by the
+    operator), ``quota_day_length_s`` (a compressed day, for the simulator). The rest are the
+    mechanics' constants, documented where they are used (module docstring).
+    """
+
     priority: tuple[str, ...] = ()
     tie_epsilon: float = 0.02
     prior_successes: float = 4.5
