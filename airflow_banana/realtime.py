@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -142,7 +142,10 @@ class RealtimeEngine:
         self.metrics = metrics
         self.clock = router.clock
         self.claims = ItemClaims(store)
-        self._released = asyncio.Event()
+        # Each waiting item sleeps on its own event: set when its Wait asked to wake on a permit
+        # release and one came back, or when the router says the queue it heads moved.
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._on_release: set[str] = set()
         self._done = 0
         self._total = 0
         self._spent = 0.0
@@ -383,12 +386,15 @@ class RealtimeEngine:
             return await self._drive(w, item, claim)
         finally:
             self.router.forget(item)  # a cancelled item must not hold a queue place
+            self._wakers.pop(item.item_id, None)
+            self._wake(self.router.wakeups())
 
     async def _drive(self, w: WorkItem, item: ItemProgress, claim: _OwnClaim | None = None) -> ItemOutcome:
         request = w.request
         first_start: float | None = None
         while True:
             action = self.router.next_action(item)
+            self._wake(self.router.wakeups())
             if isinstance(action, GiveUp):
                 return await self._fail(w, item, action)
             if claim is not None:
@@ -396,7 +402,7 @@ class RealtimeEngine:
                 # than the TTL, and a claim lost before the first call is one paid twice.
                 await self._renew_if_due(claim)
             if isinstance(action, Wait):
-                await self._wait(action, self._renewal_due_in(claim))
+                await self._wait(item.item_id, action, self._renewal_due_in(claim))
                 continue
             first_start = first_start if first_start is not None else self.clock.now()
             answer = await self._attempt(item, request, action)
@@ -423,19 +429,28 @@ class RealtimeEngine:
             return None
         return max(0.0, claim.expires_at - self.settings.claim_ttl_s / 2 - self.claims.now())
 
-    async def _wait(self, action: Wait, at_most: float | None = None) -> None:
+    async def _wait(self, item_id: str, action: Wait, at_most: float | None = None) -> None:
         delay = max(0.0, action.until - self.clock.now())
         if at_most is not None:
             delay = min(delay, at_most)
         if delay <= 0:
             await asyncio.sleep(0)  # let the others run; then decide again
             return
+        event = self._wakers.setdefault(item_id, asyncio.Event())
+        event.clear()
         if action.on_release:
-            self._released.clear()
+            self._on_release.add(item_id)
+        try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), timeout=delay)
-        else:
-            await asyncio.sleep(delay)
+                await asyncio.wait_for(event.wait(), timeout=delay)
+        finally:
+            self._on_release.discard(item_id)
+
+    def _wake(self, item_ids: Iterable[str]) -> None:
+        for item_id in item_ids:
+            event = self._wakers.get(item_id)
+            if event is not None:
+                event.set()
 
     async def _attempt(
         self, item: ItemProgress, request: ImageRequest, action: AttemptDecision
@@ -557,7 +572,8 @@ class RealtimeEngine:
 
     # ------------------------------------------------------------------ observability
     def _after_report(self, channel: str, events: tuple[ChannelEvent, ...]) -> None:
-        self._released.set()  # a permit came back: items waiting on concurrency may go
+        # a permit came back: items waiting on a release may go, and so may each queue's head
+        self._wake([*self._on_release, *self.router.wakeups()])
         for event in events:
             self._incr(f"channel_events.{event.value}")
             # A channel leaving or rejoining the rotation is what a person reading the log needs

@@ -424,6 +424,8 @@ class Router:
         # only the deadline-aware path queues.
         self._queues: dict[str, list[tuple[float, float]]] = {name: [] for name in self.channels}
         self._places = itertools.count()
+        self._queued_ids: dict[float, str] = {}  # place -> item id, for waking a queue's head
+        self._wakeups: set[str] = set()
         self.retry_budget = RetryBudget(self.config.retry_budget)
         self.spend = SpendBudget(self.config.budget_usd)
         self.failovers = FailoverCounter(
@@ -499,7 +501,34 @@ class Router:
     # ------------------------------------------------------------ decisions
 
     def next_action(self, item: ItemProgress, now: float | None = None) -> Decision:
-        """What ``item`` does next: ``Attempt`` (permit taken), ``Wait`` or ``GiveUp``."""
+        """What ``item`` does next: ``Attempt`` (permit taken), ``Wait`` or ``GiveUp``.
+
+        When the item was first in a channel's queue and leaves it, the new first item is due
+        to wake (``wakeups``): a queue moves at the channel's real pace, not at the pace each
+        waiter estimated when it went to sleep.
+        """
+        entry = item.queued
+        was_head = entry is not None and self._head_place(entry[0]) == entry[1]
+        decision = self._decide(item, now)
+        if entry is not None and was_head and (item.queued is None or item.queued[0] != entry[0]):
+            self._wake_head(entry[0])
+        return decision
+
+    def wakeups(self) -> list[str]:
+        """Items that should decide again now (a queue they head moved); drained by the call."""
+        woken, self._wakeups = list(self._wakeups), set()
+        return woken
+
+    def _head_place(self, channel: str) -> float | None:
+        queue = self._queues[channel]
+        return queue[0][1] if queue else None
+
+    def _wake_head(self, channel: str) -> None:
+        head = self._head_place(channel)
+        if head is not None:
+            self._wakeups.add(self._queued_ids[head])
+
+    def _decide(self, item: ItemProgress, now: float | None) -> Decision:
         now = self.clock.now() if now is None else now
         cfg = self.config
         if item.deadline is None:
@@ -623,7 +652,13 @@ class Router:
 
     def forget(self, item: ItemProgress) -> None:
         """The engine stopped ``item`` (cancelled, or finished elsewhere): drop its queue place."""
+        entry = item.queued
+        was_head = entry is not None and self._head_place(entry[0]) == entry[1]
         self._leave_queue(item)
+        if entry is not None:
+            self._queued_ids.pop(entry[1], None)
+            if was_head:
+                self._wake_head(entry[0])
 
     @staticmethod
     def _queue_key(item: ItemProgress, place: float) -> tuple[float, float]:
@@ -637,6 +672,7 @@ class Router:
             i = bisect.bisect_left(queue, key)
             if i < len(queue) and queue[i] == key:
                 del queue[i]
+            self._queued_ids.pop(entry[1], None)
         return entry
 
     def _join_queue(self, item: ItemProgress, channel: str, previous: tuple[str, int] | None) -> int:
@@ -644,6 +680,7 @@ class Router:
         place = previous[1] if previous is not None and previous[0] == channel else next(self._places)
         bisect.insort(self._queues[channel], self._queue_key(item, place))
         item.queued = (channel, place)
+        self._queued_ids[place] = item.item_id
         return place
 
     def _estimate(
@@ -883,6 +920,7 @@ class Router:
         if opened is None:
             return ()  # reported before: one attempt is recorded once
         events = self.backend.record(permit, outcome, now)
+        self._wake_head(permit.channel)  # a slot came back, or the channel's state changed
         if outcome.error_class is ErrorClass.RATE_LIMITED and outcome.closed_until is not None:
             self._hints[permit.channel].record(now, outcome.closed_until)
         self.spend.settle(permit.permit_id, spent=outcome.cost_usd, uncertain=uncertain)

@@ -226,7 +226,7 @@ def test_a_claim_that_never_resolves_leaves_items_not_attempted_at_their_deadlin
 def test_a_waiting_item_frees_its_slot_and_takes_over_the_claim_when_it_expires(rsim, tmp_path):
     work = work_items(4)
     held, free = work[0], work[1:]
-    expires = plant_claims(tmp_path, [held], owner="crashed-run", ttl_s=1.5)["expires_at"]
+    expires = plant_claims(tmp_path, [held], owner="crashed-run", ttl_s=3.0)["expires_at"]
     # one slot: had the waiting item kept it, nothing else would start before the claim expired
     results = run_engines(rsim, tmp_path, {"run-a": settings(max_in_flight=1, claim_poll_s=0.1)}, work)
 

@@ -103,18 +103,13 @@ def simulate(
         if isinstance(payload, int) and payload != sleeps[item_id]:
             continue  # an earlier sleep, already ended by a release
         if isinstance(payload, tuple):
-            for waiter in list(on_release):
-                wake(waiter, now)
-            on_release.clear()
             payload, (error_class, _, retry_after) = payload
             assert isinstance(payload, Attempt)
             run.calls.append((payload.permit.acquired_at, now, payload.channel, payload.permit.probe))
             if error_class is None:
                 router.report_success(item, payload.permit)
                 run.done[item_id] = payload.channel
-                start_next(now)
-                continue
-            if error_class is ErrorClass.TIMEOUT:
+            elif error_class is ErrorClass.TIMEOUT:
                 router.report_timeout(item, payload.permit)
             else:
                 router.report_failure(
@@ -124,8 +119,20 @@ def simulate(
                         "x", channel=payload.channel, error_class=error_class, retry_after=retry_after
                     ),
                 )
+            # a permit came back: release waiters and the channel's queue head decide again
+            for waiter in {*on_release, *router.wakeups()} - {item_id}:
+                if waiter not in run.done:
+                    wake(waiter, now)
+            on_release.clear()
+            if error_class is None:
+                start_next(now)
+                continue
         action = router.next_action(item, now)
         on_release.discard(item_id)
+        for waiter in router.wakeups():  # the queue this item headed moved: its new head decides
+            if waiter != item_id and waiter not in run.done:
+                on_release.discard(waiter)
+                wake(waiter, now)
         if isinstance(action, Attempt):
             result = behaviour(action.channel, now)
             latency = min(result[1], action.timeout_s)
