@@ -103,9 +103,10 @@ def _estimate_args(parser: argparse.ArgumentParser) -> None:
 
 def _dry_run(args: argparse.Namespace) -> Any:
     """Read the manifest and compute the plan; nothing is written and nothing is spent."""
+    from airflow_banana.operators._common import channel_ids
     from airflow_banana.operators.plan import dry_run_plan
 
-    channels = [c.strip() for c in str(args.channels or "").split(",") if c.strip()]
+    channels = channel_ids(args.channels)
     return dry_run_plan(
         args.manifest,
         channels,

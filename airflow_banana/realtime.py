@@ -27,7 +27,7 @@ from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
-from airflow_banana.outputs import OutputStore, utcnow_iso
+from airflow_banana.outputs import ItemCheck, OutputStore, utcnow_iso
 from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
@@ -141,6 +141,7 @@ class RealtimeEngine:
         self.claims = ItemClaims(store)
         self._released = asyncio.Event()
         self._done = 0
+        self._skipped_at_start = 0  # found done in storage: not part of the generation rate
         self._total = 0
         self._spent = 0.0
         self._started = self.clock.now()
@@ -156,19 +157,24 @@ class RealtimeEngine:
         self._total = len(work)
         outcomes: list[ItemOutcome | None] = [None] * len(work)
         todo: list[int] = []
-        done_records = await asyncio.gather(*(self._already_done(w) for w in work))
-        for i, (w, record) in enumerate(zip(work, done_records, strict=True)):
-            if record is not None:
+        checks = await asyncio.gather(*(asyncio.to_thread(self.store.check, w.request) for w in work))
+        for i, (w, check) in enumerate(zip(work, checks, strict=True)):
+            if check.done is not None and not self.settings.force:
                 outcomes[i] = ItemOutcome(
                     w.request.item_id,
                     SKIPPED,
                     w.request.image_size,
-                    image_uri=record["image"]["uri"],
-                    channel=record.get("channel"),
+                    image_uri=check.done["image"]["uri"],
+                    channel=check.done.get("channel"),
                     reason="already done with the same request fingerprint",
                 )
                 self._done += 1
+                self._skipped_at_start += 1
+            elif check.conflict is not None and not self.settings.force:
+                outcomes[i] = self._conflict(w, check.conflict)
             else:
+                if check.conflict is not None:
+                    log.warning("item '%s': force=True: replacing another request's image", w.request.item_id)
                 todo.append(i)
         if self.settings.force and self.settings.claims:
             records = await asyncio.gather(*(self._done_record(work[i].request) for i in todo))
@@ -199,11 +205,6 @@ class RealtimeEngine:
         )
 
     # ------------------------------------------------------------------ per item
-    async def _already_done(self, w: WorkItem) -> dict[str, Any] | None:
-        if self.settings.force:
-            return None
-        return await asyncio.to_thread(self.store.done_record, w.request.item_id, w.request.fingerprint())
-
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
         config = self.router.config
         # The deadline-aware router plans over every waiting item (queue places decide who
@@ -229,6 +230,8 @@ class RealtimeEngine:
                         await asyncio.to_thread(self.claims.release, w.request.item_id, owner=self.run_key)
             if isinstance(taken, ItemOutcome):
                 return taken
+            if taken.fingerprint not in ("", w.request.fingerprint()) and not self.settings.force:
+                return self._conflict(w, self._claim_conflict(w.request, taken))
             outcome = await self._wait_for_holder(w, taken, announce=not announced)
             announced = True
             if outcome is not None:
@@ -242,7 +245,7 @@ class RealtimeEngine:
         # Computed before the write, so the in-memory expiry is never later than the stored one.
         expires_at = self.claims.now() + ttl
         try:
-            held, record = await asyncio.to_thread(self._take_and_recheck, request, ttl)
+            held, check = await asyncio.to_thread(self._take_and_recheck, request, ttl)
         except StorageError as err:
             # Without a claim another worker may be paying for this item right now; generating
             # anyway could buy it twice, and the item is not lost: a retry picks it up.
@@ -253,6 +256,11 @@ class RealtimeEngine:
             )
         if held is not None:
             return held
+        if check.conflict is not None and not self.settings.force:
+            # another request's image landed under this id since the run started
+            await asyncio.to_thread(self.claims.release, request.item_id, owner=self.run_key)
+            return self._conflict(w, check.conflict)
+        record = check.done
         if record is not None and self._landed_meanwhile(request, record):
             await asyncio.to_thread(self.claims.release, request.item_id, owner=self.run_key)
             return self._skipped(
@@ -263,10 +271,8 @@ class RealtimeEngine:
             )
         return _OwnClaim(request.item_id, expires_at)
 
-    def _take_and_recheck(
-        self, request: ImageRequest, ttl: float
-    ) -> tuple[ClaimHeld | None, dict[str, Any] | None]:
-        """Take the claim and, when it is ours, read the item's committed success if any.
+    def _take_and_recheck(self, request: ImageRequest, ttl: float) -> tuple[ClaimHeld | None, ItemCheck]:
+        """Take the claim and, when it is ours, read what is committed under the item's id.
 
         A claim is free again exactly when its holder has committed, so a success may have
         landed since the run started. One thread hop for both: at the start every item takes
@@ -275,12 +281,12 @@ class RealtimeEngine:
         """
         held = self.claims.take(request.item_id, request.fingerprint(), owner=self.run_key, ttl_s=ttl)
         if held is not None:
-            return held, None
+            return held, ItemCheck()
         try:
-            return None, self.store.done_record(request.item_id, request.fingerprint())
+            return None, self.store.check(request)
         except StorageError as err:
             log.info("item '%s': checking for another worker's result failed (%s)", request.item_id, err)
-            return None, None
+            return None, ItemCheck()
 
     async def _wait_for_holder(self, w: WorkItem, held: ClaimHeld, *, announce: bool) -> ItemOutcome | None:
         """Wait for the worker holding the item's claim; None when the claim is free to take again."""
@@ -351,6 +357,24 @@ class RealtimeEngine:
             channel=record.get("channel"),
             reason=reason,
         )
+
+    def _conflict(self, w: WorkItem, reason: str) -> ItemOutcome:
+        """An item whose id holds another request's image: failed before any call, and no
+        metadata written, since that record describes the image that stays."""
+        request = w.request
+        log.error("item '%s': %s", request.item_id, reason)
+        self._done += 1
+        self._incr("id_conflicts")
+        return ItemOutcome(request.item_id, FAILED, request.image_size, reason=reason)
+
+    def _claim_conflict(self, request: ImageRequest, held: ClaimHeld) -> str:
+        """Another worker is generating a different request under this id right now."""
+        other = {
+            "owner": held.owner,
+            "request_fingerprint": held.fingerprint,
+            "image": {"uri": self.store.claim_uri(request.item_id)},
+        }
+        return self.store.conflict_reason(request, other)
 
     def _wall_deadline(self, w: WorkItem) -> float | None:
         if w.deadline is not None:

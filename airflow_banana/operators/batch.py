@@ -356,9 +356,13 @@ class BatchImageOperator(BaseOperator):
     def _todo(self, store: OutputStore, prepared: PreparedManifest) -> list[WorkItem]:
         if self.force:
             return list(prepared.work)
-        todo = [
-            w for w in prepared.work if store.done_record(w.request.item_id, w.request.fingerprint()) is None
-        ]
+        todo = []
+        for w in prepared.work:
+            check = store.check(w.request)
+            if check.conflict is not None:
+                self.log.error("item '%s': %s", w.request.item_id, check.conflict)  # reported as failed
+            elif check.done is None:
+                todo.append(w)
         if len(todo) < len(prepared.work):
             self.log.info(
                 "%d of %d item(s) already done in storage: skipped, nothing paid",
@@ -698,7 +702,7 @@ class BatchImageOperator(BaseOperator):
         outcomes: Mapping[str, ItemOutcome],
     ) -> dict[str, Any]:
         from airflow_banana.outputs import utcnow_iso
-        from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+        from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
 
         items: list[ItemOutcome] = []
         for w in prepared.work:
@@ -706,8 +710,11 @@ class BatchImageOperator(BaseOperator):
             if request.item_id in outcomes:
                 items.append(outcomes[request.item_id])
                 continue
-            done = store.done_record(request.item_id, request.fingerprint())
-            if done is not None:
+            check = store.check(request)
+            done = check.done
+            if check.conflict is not None:
+                items.append(ItemOutcome(request.item_id, FAILED, request.image_size, reason=check.conflict))
+            elif done is not None:
                 items.append(
                     ItemOutcome(
                         request.item_id,
