@@ -77,6 +77,7 @@ def build_report(
     budget_usd: float | None = None,
     breaker_openings: Mapping[str, int] | None = None,
     rejects: int = 0,
+    reject_reasons: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate per-item outcomes into the report dict written as report.json."""
@@ -153,10 +154,27 @@ def build_report(
             for o in items
             if o.status in (FAILED, NOT_ATTEMPTED)
         ],
+        "rejected_lines": list(reject_reasons),
+        # where each item's image is (made now or found done): what downstream tasks read
+        "images": {o.item_id: o.image_uri for o in items if o.image_uri and o.status in (SUCCEEDED, SKIPPED)},
     }
+    report["summary"] = summary_line(report)
     if extra:
         report.update(extra)
     return report
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One sentence: whether every manifest line has an image, else how many do not and why."""
+    items = report["items"]
+    rejected = items.get("rejected_in_manifest", 0)
+    missing = items[FAILED] + items[NOT_ATTEMPTED] + rejected
+    if not missing:
+        return "Every item has an image."
+    parts = [f"{items[FAILED]} failed", f"{items[NOT_ATTEMPTED]} not attempted"]
+    parts.append(f"{rejected} rejected in the manifest" + (" (see rejects.jsonl)" if rejected else ""))
+    have = items[SUCCEEDED] + items[SKIPPED]
+    return f"{missing} of {have + missing} item(s) have no image: " + ", ".join(parts) + "."
 
 
 def _money(value: float | None) -> str:
@@ -176,6 +194,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- Manifest: `{report.get('manifest') or '–'}`",
         f"- Output: `{report.get('output_prefix') or '–'}`",
         f"- Started {report['started_at']}, finished {report['finished_at']}",
+        "",
+        f"**{report.get('summary') or summary_line(report)}**",
         "",
         "## Items",
         "",
@@ -216,8 +236,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Items without an image", "", "| item | status | reason |", "|---|---|---|"]
         lines += [f"| `{f['item_id']}` | {f['status']} | {f['reason']} |" for f in report["failed_items"]]
         lines.append("")
-    else:
-        lines += ["Every item has an image.", ""]
+    if report.get("rejected_lines"):
+        shown = len(report["rejected_lines"])
+        more = items["rejected_in_manifest"] - shown
+        lines += ["## Rejected manifest lines", "", *[f"- {r}" for r in report["rejected_lines"]]]
+        lines += [f"- … and {more} more"] if more > 0 else []
+        lines += ["", "All of them are in `rejects.jsonl` next to this report.", ""]
     return "\n".join(lines)
 
 

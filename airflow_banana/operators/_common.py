@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestError
 
 if TYPE_CHECKING:
     from airflow_banana.outputs import OutputStore
@@ -121,20 +121,67 @@ def logical_date_of(context: Mapping[str, Any]) -> datetime:
 
 
 def summary_for_xcom(report: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
-    """Small and secret-free: counts, spend and where the full report is."""
+    """Secret-free, no image bytes: counts, spend, where the report is and where each image is."""
     return {
         "report_uri": report_uri,
         "run_key": report["run_key"],
+        "output_prefix": report.get("output_prefix"),
+        "summary": report.get("summary"),
         "items": dict(report["items"]),
         "spent_usd": report["cost"]["spent_usd"],
         "cost_per_success_usd": report["cost"]["cost_per_success_usd"],
+        "images": dict(report.get("images", {})),
     }
 
 
-def failed_items_error(task_id: str, failed: int, report_uri: str) -> BananaError:
+def checked_max_rejected(value: int | None, *, task_id: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigurationError(
+            f"{task_id}: max_rejected_items must be a whole number >= 0 or None, got {value!r}"
+        )
+    return value
+
+
+def enforce_item_limits(
+    report: Mapping[str, Any],
+    report_uri: str,
+    *,
+    task_id: str,
+    max_failed_items: int,
+    max_rejected_items: int | None,
+) -> None:
+    """Fail the task (after its report is written) when too many items have no image.
+
+    ``max_rejected_items=None`` tolerates quarantined lines while something valid is left; a
+    manifest whose every line was rejected fails (a green run that made nothing misleads).
+    """
+    items = report["items"]
+    rejected = items["rejected_in_manifest"]
+    valid = items["total"]
+    limit = max_rejected_items if max_rejected_items is not None else (0 if valid == 0 else None)
+    if limit is not None and rejected > limit:
+        why = "every manifest line was rejected" if valid == 0 else f"more than max_rejected_items={limit}"
+        reasons = "; ".join(report.get("rejected_lines", [])[:3])
+        raise ManifestError(
+            f"{task_id}: {rejected} line(s) rejected, {why} (first: {reasons}; all in "
+            f"{report_uri.rsplit('/', 1)[0]}/rejects.jsonl); nothing was spent on them — fix the lines "
+            "and rerun, finished items are skipped",
+            manifest=str(report.get("manifest") or "manifest"),
+        )
+    failed = items["failed"] + items["not_attempted"]
+    if failed > max_failed_items:
+        raise failed_items_error(task_id, failed, report_uri, report.get("failed_items", []))
+
+
+def failed_items_error(
+    task_id: str, failed: int, report_uri: str, failed_items: Sequence[Mapping[str, Any]] = ()
+) -> BananaError:
+    first = "; ".join(f"{f['item_id']}: {str(f['reason'])[:300]}" for f in failed_items[:3])
     return BananaError(
-        f"{task_id}: {failed} item(s) ended without an image (reasons in {report_uri}); a retry "
-        "regenerates only those — finished items are skipped and not paid again"
+        f"{task_id}: {failed} item(s) ended without an image"
+        + (f" (first: {first})" if first else "")
+        + f"; all reasons in {report_uri}; a retry regenerates only those — finished items are "
+        "skipped and not paid again"
     )
 
 

@@ -46,7 +46,8 @@ from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
 from airflow_banana.identity import RunIdentity, fingerprint_of
 from airflow_banana.operators._common import (
-    failed_items_error,
+    checked_max_rejected,
+    enforce_item_limits,
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
@@ -120,6 +121,8 @@ class BatchImageOperator(BaseOperator):
     :param record_turnaround: append each harvested job's turnaround to the backend's history
         under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
     :param max_failed_items: the task fails when more items end without an image.
+    :param max_rejected_items: the task fails when more manifest lines were rejected (quarantine);
+        default ``None``: any number while something valid is left, none when all were rejected.
     """
 
     template_fields: Sequence[str] = (
@@ -161,6 +164,7 @@ class BatchImageOperator(BaseOperator):
         rescue_success_rates: Mapping[str, float] | None = None,
         record_turnaround: bool = True,
         max_failed_items: int = 0,
+        max_rejected_items: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -186,6 +190,7 @@ class BatchImageOperator(BaseOperator):
         self.rescue_success_rates = dict(rescue_success_rates or {})
         self.record_turnaround = record_turnaround
         self.max_failed_items = max_failed_items
+        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.console_url = ""
         self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
         if on_invalid not in ("reject", "quarantine"):
@@ -759,16 +764,21 @@ class BatchImageOperator(BaseOperator):
             manifest=self.manifest,
             output_prefix=self.output_prefix,
             rejects=prepared.rejected,
+            reject_reasons=prepared.reject_reasons,
             extra={"batch_job": job_info},
         )
         report_uri = store.write_report(identity.run_key, report)
-        self.log.info("report: %s", report_uri)
+        self.log.info("%s report: %s", report["summary"], report_uri)
         summary = summary_for_xcom(report, report_uri)
         if job_info:
             summary["batch_job"] = {"name": job_info.get("name"), "state": job_info.get("state")}
-        failed = report["items"]["failed"] + report["items"]["not_attempted"]
-        if failed > self.max_failed_items:
-            raise failed_items_error(self.task_id, failed, report_uri)
+        enforce_item_limits(
+            report,
+            report_uri,
+            task_id=self.task_id,
+            max_failed_items=self.max_failed_items,
+            max_rejected_items=self.max_rejected_items,
+        )
         return summary
 
     # ------------------------------------------------------------------ links and kill

@@ -18,7 +18,8 @@ from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
     budget_from,
-    failed_items_error,
+    checked_max_rejected,
+    enforce_item_limits,
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
@@ -46,6 +47,9 @@ class RealtimeImageOperator(BaseOperator):
     :param force: regenerate items even if already done with the same request fingerprint.
     :param max_failed_items: the task fails when more items than this end without an image
         (after the report is written); a retry then pays only for those items.
+    :param max_rejected_items: with ``on_invalid="quarantine"``, the task fails (after the report)
+        when more manifest lines than this were rejected; default ``None``: any number while
+        something valid is left, none when every line was rejected.
     :param progress_interval_s: seconds between progress lines in the task log.
     :param failover_alert_threshold: failovers per rolling hour above which to alert.
     :param on_failover_alert: a notifier or callable, called with the task context plus
@@ -84,6 +88,7 @@ class RealtimeImageOperator(BaseOperator):
         priority: Sequence[str] | None = None,
         force: bool = False,
         max_failed_items: int = 0,
+        max_rejected_items: int | None = None,
         progress_interval_s: float = 30.0,
         failover_alert_threshold: int = 3,
         on_failover_alert: Callable[..., Any] | None = None,
@@ -103,6 +108,7 @@ class RealtimeImageOperator(BaseOperator):
         self.priority = list(priority or [])
         self.force = force
         self.max_failed_items = max_failed_items
+        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.progress_interval_s = progress_interval_s
         self.failover_alert_threshold = failover_alert_threshold
         self.on_failover_alert = on_failover_alert
@@ -158,14 +164,18 @@ class RealtimeImageOperator(BaseOperator):
             budget_usd=self.budget_usd,
             breaker_openings=result.breaker_openings,
             rejects=prepared.rejected,
+            reject_reasons=prepared.reject_reasons,
         )
         report_uri = store.write_report(identity.run_key, report)
-        self.log.info("report: %s", report_uri)
-        summary = summary_for_xcom(report, report_uri)
-        failed = report["items"]["failed"] + report["items"]["not_attempted"]
-        if failed > self.max_failed_items:
-            raise failed_items_error(self.task_id, failed, report_uri)
-        return summary
+        self.log.info("%s report: %s", report["summary"], report_uri)
+        enforce_item_limits(
+            report,
+            report_uri,
+            task_id=self.task_id,
+            max_failed_items=self.max_failed_items,
+            max_rejected_items=self.max_rejected_items,
+        )
+        return summary_for_xcom(report, report_uri)
 
     async def _run(
         self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context
