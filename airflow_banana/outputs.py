@@ -260,7 +260,10 @@ class OutputStore:
             "reference_images": [r.uri for r in request.reference_images],
             "lane": lane,
             "run_key": run_key,
+            # billed (the truth); the estimate is what the router ranked by (configured prices)
             "cost_usd": round(outcome.cost_usd, 6),
+            "estimated_cost_usd": round(outcome.estimated_cost_usd, 6),
+            "cost_source": outcome.cost_source,
             "attempts": attempt_dicts(outcome.attempts),
             "latency_s": outcome.latency_s,
             "written_at": utcnow_iso(),

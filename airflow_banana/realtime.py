@@ -28,6 +28,7 @@ from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationE
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.outputs import ItemCheck, OutputStore, utcnow_iso
+from airflow_banana.pricing import attempt_cost
 from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
@@ -98,24 +99,7 @@ class RunResult:
     breaker_openings: dict[str, int]
     started_at: str
     finished_at: str
-
-
-def _attempt_view(record: AttemptRecord) -> Attempt:
-    outcome = (
-        "cancelled" if record.cancelled else (record.error_class.value if record.error_class else "success")
-    )
-    return Attempt(
-        channel=record.channel,
-        outcome=outcome,
-        latency_s=round(record.latency_s, 3),
-        cost_usd=record.cost_usd,
-        billed=record.billed,
-        status_code=record.status_code,
-        reason=record.reason,
-        started_at=datetime.fromtimestamp(record.started_at, UTC).isoformat(timespec="milliseconds")
-        if record.started_at > 1e9
-        else "",
-    )
+    channels_left_out: dict[str, str] = field(default_factory=dict)  # by preflight: name -> why
 
 
 class RealtimeEngine:
@@ -205,6 +189,31 @@ class RealtimeEngine:
         )
 
     # ------------------------------------------------------------------ per item
+    def _attempt_view(self, record: AttemptRecord, image_size: str) -> Attempt:
+        """An attempt as recorded: billed cost, the configured price as the estimate, wall-clock start."""
+        outcome = (
+            "cancelled"
+            if record.cancelled
+            else (record.error_class.value if record.error_class else "success")
+        )
+        config = self.channels[record.channel].config
+        estimate = attempt_cost(
+            config.prices, image_size, succeeded=record.ok, billed_on_failure=config.billed_on_failure
+        )
+        # The router's clock may be monotonic: shift it by the offset measured at the run's start.
+        started = record.started_at + (self._started_wall - self._started)
+        return Attempt(
+            channel=record.channel,
+            outcome=outcome,
+            latency_s=round(record.latency_s, 3),
+            cost_usd=record.cost_usd,
+            billed=record.billed,
+            status_code=record.status_code,
+            reason=record.reason,
+            started_at=datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            estimated_cost_usd=estimate,
+        )
+
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
         config = self.router.config
         # The deadline-aware router plans over every waiting item (queue places decide who
@@ -510,12 +519,13 @@ class RealtimeEngine:
             request.item_id,
             SUCCEEDED,
             request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts],
+            attempts=[self._attempt_view(a, request.image_size) for a in item.attempts],
             channel=result.channel,
             cost_usd=item.cost_usd,
             latency_s=round(latency, 3),
             size_matches=(info.width, info.height)
             == expected_pixels(request.image_size, request.aspect_ratio),
+            cost_source="reported by the channel" if result.cost_reported else "configured price",
         )
         if outcome.size_matches is False:
             log.warning(
@@ -550,7 +560,7 @@ class RealtimeEngine:
             request.item_id,
             status,
             request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts],
+            attempts=[self._attempt_view(a, request.image_size) for a in item.attempts],
             cost_usd=item.cost_usd,
             reason=f"{action.reason.value}: {action.detail}",
         )

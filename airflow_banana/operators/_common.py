@@ -72,25 +72,38 @@ async def run_realtime_lane(
 
     With a Redis connection (the operator's ``redis_conn_id`` or a channel's extra) breakers,
     limits and quotas are shared by every worker; that needs a clock all workers agree on.
+    Channels whose free preflight call says they cannot work are left out (``preflight``).
     """
     from airflow_banana.channels import build_channel
+    from airflow_banana.preflight import unusable_channels
     from airflow_banana.realtime import RealtimeEngine
     from airflow_banana.routing import SystemClock, router_for
 
     rng = random.Random()
     backend = shared_state_for(configs, redis_conn_id, task_id=task_id, rng=rng)
-    router = router_for(configs, SystemClock(shared=backend is not None), rng, backend, config=router_config)
     channels = {c.name: build_channel(c) for c in configs}
-    engine = RealtimeEngine(
-        channels=channels,
-        router=router,
-        store=store,
-        run_key=run_key,
-        settings=settings,
-        metrics=AirflowMetrics(),
-    )
     try:
-        return await engine.run(work)
+        unusable = await unusable_channels(channels) if work else {}
+        usable = [c for c in configs if c.name not in unusable]
+        if not usable:
+            raise ConfigurationError(
+                f"{task_id}: no channel passed its preflight call, nothing was spent: "
+                + "; ".join(unusable.values())
+            )
+        router = router_for(
+            usable, SystemClock(shared=backend is not None), rng, backend, config=router_config
+        )
+        engine = RealtimeEngine(
+            channels={c.name: channels[c.name] for c in usable},
+            router=router,
+            store=store,
+            run_key=run_key,
+            settings=settings,
+            metrics=AirflowMetrics(),
+        )
+        result = await engine.run(work)
+        result.channels_left_out = unusable
+        return result
     finally:
         for channel in channels.values():
             try:

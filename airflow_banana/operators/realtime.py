@@ -165,6 +165,7 @@ class RealtimeImageOperator(BaseOperator):
             breaker_openings=result.breaker_openings,
             rejects=prepared.rejected,
             reject_reasons=prepared.reject_reasons,
+            extra={"channels_left_out": result.channels_left_out},
         )
         report_uri = store.write_report(identity.run_key, report)
         self.log.info("%s report: %s", report["summary"], report_uri)

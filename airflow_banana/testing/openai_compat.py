@@ -1,9 +1,10 @@
 """An OpenAI-compatible relay in front of the same simulated model (OpenRouter's shape).
 
-``POST {prefix}/chat/completions`` (under ``RELAY_PREFIXES`` only, as real relays) with ``modalities`` and ``image_config`` answers
-``choices[0].message.images[]`` data URLs and ``usage.cost``; a per-key ``openai_markdown`` switch
-answers with a markdown data URL in ``content`` instead, as some relays do. Relays drop thought
-signatures, so there is no multi-turn editing here: only the last user message is generated.
+``POST {prefix}/chat/completions`` (only under ``RELAY_PREFIXES``, as real relays) with
+``modalities`` and ``image_config`` answers ``choices[0].message.images[]`` data URLs and
+``usage.cost``; a per-key ``openai_markdown`` switch answers with a markdown data URL in
+``content`` instead, as some relays do. Relays drop thought signatures, so there is no
+multi-turn editing here: only the last user message is generated.
 """
 
 from __future__ import annotations
