@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import pytest
@@ -22,7 +21,9 @@ def set_conn(monkeypatch: pytest.MonkeyPatch, sim: Simulator, conn_id: str, key:
         extra.update(project="banana-test", location="us-central1")
     if protocol == "openai":
         extra["model"] = "google/gemini-3-pro-image-preview"
-    monkeypatch.setenv(conn_env_var(conn_id), channel_connection(sim.base_url, protocol=protocol, key=key, **extra))
+    monkeypatch.setenv(
+        conn_env_var(conn_id), channel_connection(sim.base_url, protocol=protocol, key=key, **extra)
+    )
 
 
 @pytest.mark.parametrize("protocol", ["gemini", "vertex", "openai"])

@@ -626,7 +626,8 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     from airflow_banana.operators import RealtimeImageOperator
 
     faults(rsim, RELAY, overload_rate=0.45)
-    faults(rsim, GEMINI, fixed_status=403)
+    # every generation fails, its free preflight call does not (a 403 would leave it out at the start)
+    faults(rsim, GEMINI, overload_rate=1.0)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"product {i}"}) + "\n" for i in range(8))
@@ -661,9 +662,8 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     assert len(paid) == len(set(paid)) == 8
     assert KEYS[RELAY] not in json.dumps(summary)
     report = open_storage().read_json(summary["report_uri"])
-    # the 403 channel was left out by its free preflight call, not found by paid items
-    assert "HTTP 403" in report["channels_left_out"][f"banana_faults_{GEMINI}"]
-    assert f"banana_faults_{GEMINI}" not in report["channels"]  # no call at all
+    assert report["channels"][f"banana_faults_{GEMINI}"]["errors"].get("retryable", 0) >= 1
+    assert report["channels_left_out"] == {}
     assert alerts and alerts[0]["failovers_last_hour"] > 1  # the notifier got the task context
 
 

@@ -124,7 +124,8 @@ def test_one_id_two_requests_across_shards_and_runs_fails_before_spend(airflow_d
         run = dag.test(run_conf=conf)
         assert run.state == "failed"
         mapped = sorted(
-            (ti for ti in run.get_task_instances() if ti.task_id == "generate_shard"), key=lambda t: t.map_index
+            (ti for ti in run.get_task_instances() if ti.task_id == "generate_shard"),
+            key=lambda t: t.map_index,
         )
         assert [ti.state for ti in mapped] == ["success", "failed"]
         meta = storage.read_json(meta_uri)
