@@ -112,6 +112,22 @@ async def run_realtime_lane(
                 log.debug("closing channel %s failed", channel.name, exc_info=True)
 
 
+def skip_without_manifest(manifest: object, *, task_id: str) -> None:
+    """Skip the task when its manifest rendered to nothing: a plan gave this lane no items.
+
+    ``PlanImagesOperator`` pushes ``realtime_manifest``/``batch_manifest`` = None for a lane with
+    nothing to do (or a sharded plan: map over ``*_manifests`` then); a lane wired straight after
+    it must end skipped, not failed on a manifest called "None".
+    """
+    if manifest is None or (isinstance(manifest, str) and manifest.strip() in ("", "None")):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(
+            f"{task_id}: no manifest to generate (the plan gave this lane no items, or it was sharded: "
+            "map over realtime_manifests/batch_manifests); skipped, nothing spent"
+        )
+
+
 def budget_from(value: object, *, task_id: str) -> float | None:
     """A USD budget from an argument that templating may have rendered as a string."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "None")):

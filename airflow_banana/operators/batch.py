@@ -51,6 +51,7 @@ from airflow_banana.operators._common import (
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
+    skip_without_manifest,
     summary_for_xcom,
 )
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
@@ -261,6 +262,7 @@ class BatchImageOperator(BaseOperator):
         from airflow_banana.batch.state import JobStateStore
 
         self._coerce()
+        skip_without_manifest(self.manifest, task_id=self.task_id)
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)

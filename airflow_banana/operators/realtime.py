@@ -23,6 +23,7 @@ from airflow_banana.operators._common import (
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
+    skip_without_manifest,
     summary_for_xcom,
 )
 
@@ -131,6 +132,7 @@ class RealtimeImageOperator(BaseOperator):
         from airflow_banana.prepare import prepare_manifest
         from airflow_banana.report import build_report
 
+        skip_without_manifest(self.manifest, task_id=self.task_id)
         identity = RunIdentity.from_context(context)
         self.budget_usd = budget_from(self.budget_usd, task_id=self.task_id)
         configs = load_channel_configs(self.channels, task_id=self.task_id)
