@@ -34,11 +34,11 @@ from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
     AttemptRecord,
     ChannelEvent,
+    ChannelSnapshot,
     GiveUp,
     ItemProgress,
     Router,
     Wait,
-    describe,
 )
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,28 @@ class RunResult:
     started_at: str
     finished_at: str
     channels_left_out: dict[str, str] = field(default_factory=dict)  # by preflight: name -> why
+
+
+_BREAKER_WORDS = {"closed": "ok", "open": "open", "half_open": "probing"}
+
+
+def channel_states(snapshots: Mapping[str, ChannelSnapshot], now: float) -> str:
+    """One short line of channel states for progress logs: ``relay=ok gemini=retry_hint(+12s)``.
+
+    A healthy channel reads ``ok``: "closed" is breaker jargon that reads like "shut".
+    """
+    parts = []
+    for name, snap in snapshots.items():
+        if snap.disabled:
+            state = "disabled"
+        elif snap.blocked_by is None:
+            state = _BREAKER_WORDS.get(str(snap.breaker), str(snap.breaker))
+        elif snap.available_at is None:
+            state = str(snap.blocked_by)
+        else:
+            state = f"{snap.blocked_by}(+{max(0.0, snap.available_at - now):.0f}s)"
+        parts.append(f"{name}={state}")
+    return " ".join(parts)
 
 
 class RealtimeEngine:
@@ -481,7 +503,10 @@ class RealtimeEngine:
             events = self.router.report_timeout(item, action.permit)
             return None
         except ChannelError as err:
-            log.info("item '%s': %s", request.item_id, err)
+            if err.item_id:  # the error already names the item
+                log.info("%s", err)
+            else:
+                log.info("item '%s': %s", request.item_id, err)
             events = self.router.report_failure(item, action.permit, err)
             self._incr(f"errors.{err.error_class.value}")
             return None
@@ -598,17 +623,20 @@ class RealtimeEngine:
     def _log_progress(self, *, final: bool = False) -> None:
         try:
             now = self.clock.now()
-            states = describe(self.router.states(now), now)
+            states = channel_states(self.router.states(now), now)
             elapsed = max(now - self._started, 1e-9)
-            rate = self._done / elapsed * 60
+            # Items found done at the start took no time: counting them would report thousands
+            # per minute for a rerun that generated nothing.
+            worked = self._done - self._skipped_at_start
+            rate = worked / elapsed * 60
             left = self._total - self._done
             eta = f"{left / (rate / 60):.0f} s" if rate > 0 and left else "–"
             log.info(
-                "%s %d/%d items done (%.1f/min), spent $%.4f, ETA %s, channels: %s",
+                "%s %d/%d items done (%s), spent $%.4f, ETA %s, channels: %s",
                 "finished:" if final else "progress:",
                 self._done,
                 self._total,
-                rate,
+                f"{rate:.1f}/min" if worked else f"{self._skipped_at_start} already done",
                 self._spent,
                 eta,
                 states,

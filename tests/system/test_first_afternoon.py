@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.storage import open_storage
 from airflow_banana.testing import FaultProfile
@@ -60,6 +63,25 @@ def _run(tmp_path: Path, manifest: str, channels: str) -> tuple[Any, dict[str, A
     report = open_storage().read_json(str(folder / "report.json")) if done else {}
     md = (folder / "report.md").read_text() if done else ""
     return run, report, md
+
+
+class _TI:
+    dag_id, task_id, run_id, map_index = "banana_first_afternoon", "generate", "direct", -1
+
+
+def _execute(tmp_path: Path, manifest: str, channels: str) -> dict[str, Any]:
+    """The same task run by hand (``op.execute``), to assert on its exception text and log lines
+    (Airflow's task runner keeps its own log streams)."""
+    from airflow_banana.operators import RealtimeImageOperator
+
+    op = RealtimeImageOperator(
+        task_id="generate",
+        manifest=manifest,
+        output_prefix=str(tmp_path / "out"),
+        channels=channels,
+        on_invalid="quarantine",
+    )
+    return op.execute({"ti": _TI(), "run_id": _TI.run_id, "logical_date": datetime.now(UTC)})  # type: ignore[arg-type]
 
 
 def _task_state(run: Any) -> str:
@@ -131,7 +153,7 @@ def test_channels_as_a_string_and_preflight_leaves_broken_channels_out_at_the_st
 
 @pytest.mark.parametrize("case", ["http_conn_type", "every_channel_broken"])
 def test_unusable_connections_fail_the_task_before_any_spend(
-    airflow_db, sim, conns, monkeypatch, tmp_path, capfd, case
+    airflow_db, sim, conns, monkeypatch, tmp_path, case
 ):
     """15.4: a connection of another type is refused; 15.5: when no channel passes preflight the
     task fails at the start with every channel's reason."""
@@ -149,10 +171,14 @@ def test_unusable_connections_fail_the_task_before_any_spend(
     run, report, _md = _run(tmp_path, manifest, "banana_gemini")
     assert _task_state(run) == "failed" and report == {}
     assert sim.billable() == []
-    assert expected in "".join(capfd.readouterr())
+    with pytest.raises(ConfigurationError, match=expected):
+        _execute(tmp_path, manifest, "banana_gemini")
+    assert sim.billable() == []
 
 
-def test_failed_items_are_named_with_their_reasons_in_the_task_error(airflow_db, sim, conns, tmp_path, capfd):
+def test_failed_items_are_named_with_their_reasons_in_the_task_error(
+    airflow_db, sim, conns, tmp_path, caplog
+):
     """15.5: the task's exception carries the first reasons, not only a pointer to report.json."""
     conns(gemini=("gemini", "gemini-key", {}))
     manifest = _manifest(
@@ -161,8 +187,30 @@ def test_failed_items_are_named_with_their_reasons_in_the_task_error(airflow_db,
     run, report, _md = _run(tmp_path, manifest, "banana_gemini")
     assert _task_state(run) == "failed"
     assert [f["item_id"] for f in report["failed_items"]] == ["nope"]
-    out = "".join(capfd.readouterr())
-    assert "1 item(s) ended without an image (first: nope: item_terminal" in out
+    with pytest.raises(BananaError, match=r"1 item\(s\) ended without an image \(first: nope: item_terminal"):
+        _execute(tmp_path, manifest, "banana_gemini")
+    # 15.13: the channel's error names the item once
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("channel 'banana_gemini', item 'nope'" in line for line in lines)
+    assert not any("item 'nope': channel" in line for line in lines)
+    assert len(sim.billable()) == 1  # the rerun skipped 'ok'; a blocked prompt is not billed
+
+
+def test_progress_lines_read_ok_and_a_rerun_reports_no_absurd_rate(sim, conns, tmp_path, caplog):
+    """15.13: a healthy channel is "ok", not "closed"; a rerun that skipped everything has no rate."""
+    conns(gemini=("gemini", "gemini-key", {}))
+    manifest = _manifest(tmp_path, [{"id": f"p{i}", "prompt": f"product {i}"} for i in range(2)])
+    caplog.set_level(logging.INFO, logger="airflow_banana")
+    _execute(tmp_path, manifest, "banana_gemini")
+    first = [r.getMessage() for r in caplog.records if "finished:" in r.getMessage()]
+    assert len(first) == 1 and "/min)" in first[0] and "banana_gemini=ok" in first[0]
+    caplog.clear()
+    summary = _execute(tmp_path, manifest, "banana_gemini")
+    assert summary["items"]["skipped"] == 2
+    (line,) = [r.getMessage() for r in caplog.records if "finished:" in r.getMessage()]
+    assert (
+        line == "finished: 2/2 items done (2 already done), spent $0.0000, ETA –, channels: banana_gemini=ok"
+    )
 
 
 def test_a_lane_after_the_plan_with_nothing_to_do_skips(airflow_db, sim, conns, tmp_path):
