@@ -206,7 +206,8 @@ def _validate_run(args: argparse.Namespace) -> int:
         print(f"airflow-banana validate: {err}", file=sys.stderr)
         return 2
     problems = [json.loads(line) for line in prepared.rejects_jsonl.splitlines() if line.strip()]
-    problems.sort(key=lambda p: int(p["line"]))  # reference-image problems are found after the schema    for problem in problems:
+    problems.sort(key=lambda p: int(p["line"]))  # reference-image problems are found after the schema
+    for problem in problems:
         if args.json:
             print(json.dumps({k: v for k, v in problem.items() if k != "raw"}))
         else:
