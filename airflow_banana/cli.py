@@ -51,8 +51,8 @@ def _simulator_run(args: argparse.Namespace) -> int:
         print(f"airflow-banana simulator: {err}", file=sys.stderr)
         return 2
     try:
-        print(f"Gemini simulator listening on {sim.base_url} (Ctrl-C to stop)", flush=True)
-        wait_for_stop()
+        line = f"Gemini simulator listening on {sim.base_url} (Ctrl-C to stop)"
+        wait_for_stop(lambda: print(line, flush=True))
     finally:
         sim.stop()
     print("Gemini simulator stopped", flush=True)

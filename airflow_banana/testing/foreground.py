@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 
-def wait_for_stop() -> int:
-    """Block until SIGINT or SIGTERM; returns the signal number (main thread only)."""
+def wait_for_stop(on_ready: Callable[[], None] = lambda: None) -> int:
+    """Call ``on_ready`` (print the address) once the handlers are in place, then block until
+    SIGINT or SIGTERM; returns the signal number (main thread only). Whoever reads the address
+    may signal at once: before the handlers, that signal would kill us without cleanup."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -22,5 +25,6 @@ def wait_for_stop() -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    on_ready()
     stop.wait()
     return received[0]

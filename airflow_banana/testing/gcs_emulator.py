@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     with emulator:
         for bucket in args.bucket:
             emulator.create_bucket(bucket)
-        print(f"export {EMULATOR_ENV}={emulator.endpoint}   # objects under {emulator.root}", flush=True)
-        wait_for_stop()
+        line = f"export {EMULATOR_ENV}={emulator.endpoint}   # objects under {emulator.root}"
+        wait_for_stop(lambda: print(line, flush=True))
 
 
 if __name__ == "__main__":
