@@ -257,6 +257,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{ch['breaker_openings']} | {errors} |"
             )
         lines.append("")
+    if report.get("batch_job"):
+        lines += _batch_lines(report["batch_job"])
     if report.get("channels_left_out"):
         lines += ["## Channels left out at the start (preflight)", ""]
         lines += [f"- `{name}`: {why}" for name, why in sorted(report["channels_left_out"].items())]
@@ -274,6 +276,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- … and {more} more"] if more > 0 else []
         lines += ["", "All of them are in `rejects.jsonl` next to this report.", ""]
     return "\n".join(lines)
+
+
+def _batch_lines(job: Mapping[str, Any]) -> list[str]:
+    """What happened to the batch job: how it ended, what it delivered, what realtime rescued."""
+    lines = ["## Batch job", "", f"- `{job.get('name') or '–'}` ({job.get('backend') or '–'}): "]
+    lines[-1] += str(job.get("ending") or job.get("state") or "state unknown")
+    if "harvested" in job:
+        lines.append(
+            f"- {job['harvested']} image(s) harvested from the job ({_money(job.get('harvested_usd'))}), "
+            f"{job.get('missing_from_job', 0)} item(s) it did not deliver"
+        )
+    if "rescued" in job:
+        lines.append(
+            f"- {job['rescued']} of them rescued through realtime ({_money(job.get('rescued_usd'))})"
+        )
+    return [*lines, ""]
 
 
 def attempt_dicts(attempts: Iterable[Attempt]) -> list[dict[str, Any]]:

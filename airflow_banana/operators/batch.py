@@ -550,7 +550,16 @@ class BatchImageOperator(BaseOperator):
             backend = self._backend(storage)
             try:
                 self.console_url = backend.console_url(record.job_name or "")
+                story: dict[str, Any] = {}
                 if event["status"] == "end_time":
+                    point = (
+                        "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
+                    )
+                    at = ended_at.isoformat(timespec="seconds")
+                    story["ending"] = (
+                        f"still {event.get('state')} at its end time {at} ({point}): cancelled, what it "
+                        "had finished was harvested"
+                    )
                     self.log.warning(
                         "batch job %s still %s at its end time; cancelling it and harvesting what is done",
                         record.job_name,
@@ -561,14 +570,15 @@ class BatchImageOperator(BaseOperator):
                 else:
                     snapshot = backend.get(record.job_name or "")
                 final_state = snapshot.state.value
+                story.setdefault("ending", f"ended {final_state}")
                 if snapshot.state == JobState.FAILED and snapshot.error:
                     self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
-                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared)
+                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared, story)
             finally:
                 backend.close()
             state.mark_harvested(record, snapshot.state.value)
             self._running_job = None
-            return self._finish(context, identity, store, prepared, record, snapshot, outcomes)
+            return self._finish(context, identity, store, prepared, record, snapshot, outcomes, story)
         finally:
             # Also when the harvest or the failed-items check raises: the job has ended either way.
             if self.record_turnaround:
@@ -618,7 +628,9 @@ class BatchImageOperator(BaseOperator):
         store: OutputStore,
         identity: RunIdentity,
         prepared: PreparedManifest,
+        story: dict[str, Any],
     ) -> dict[str, ItemOutcome]:
+        """Commit what the job delivered, rescue the rest; ``story`` gets the counts for the report."""
         from airflow_banana.batch.results import Harvester
 
         by_id = {w.request.item_id: w for w in prepared.work}
@@ -646,8 +658,18 @@ class BatchImageOperator(BaseOperator):
         for item_id in result.missing(in_job):
             left[item_id] = f"batch job ended {snapshot.state.value} without a result for this item"
         outcomes = dict(result.outcomes)
+        story.update(
+            harvested=len(result.outcomes),
+            harvested_usd=round(sum(o.cost_usd for o in result.outcomes.values()), 6),
+            missing_from_job=len(left),
+        )
         if left and self.rescue_channels:
-            outcomes.update(self._rescue(store, identity, [by_id[i] for i in left], left))
+            rescued = self._rescue(store, identity, [by_id[i] for i in left], left)
+            outcomes.update(rescued)
+            story.update(
+                rescued=sum(1 for o in rescued.values() if o.status == "succeeded"),
+                rescued_usd=round(sum(o.cost_usd for o in rescued.values()), 6),
+            )
         for item_id, reason in left.items():
             if item_id in outcomes:
                 continue
@@ -707,6 +729,7 @@ class BatchImageOperator(BaseOperator):
         record: BatchJobRecord | None,
         snapshot: JobSnapshot | None,
         outcomes: Mapping[str, ItemOutcome],
+        story: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         from airflow_banana.outputs import utcnow_iso
         from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
@@ -756,6 +779,7 @@ class BatchImageOperator(BaseOperator):
             job_info.update(
                 state=snapshot.state.value, error=snapshot.error or None, stats=dict(snapshot.stats)
             )
+        job_info.update(story or {})
         now = utcnow_iso()
         report = build_report(
             items,
