@@ -181,6 +181,7 @@ def _validate_run(args: argparse.Namespace) -> int:
     """Every check the lanes make before spending, in one pass: schema, ids, duplicates, deadlines,
     reference images (each line's problems, not only the first). Reads only; no connection."""
     import json
+    import logging
     from datetime import UTC, datetime
 
     from airflow_banana.exceptions import BananaError
@@ -194,6 +195,8 @@ def _validate_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"airflow-banana validate: --defaults: {err}", file=sys.stderr)
         return 2
+    # its "N quarantined; see rejects.jsonl in the run folder" is for runs: here there is no folder
+    logging.getLogger("airflow_banana.prepare").setLevel(logging.ERROR)
     try:
         prepared = prepare_manifest(
             args.manifest,
