@@ -99,7 +99,8 @@ class BatchImageOperator(BaseOperator):
     :param gcs_staging_prefix: ``gs://`` prefix for Vertex input/output JSONL (required for vertex).
     :param defaults: item field defaults (below the manifest's own defaults).
     :param on_invalid: ``reject`` or ``quarantine`` bad manifest lines.
-    :param force: regenerate items already done (see the module docstring for retries).
+    :param force: regenerate items already done, and replace another request's image under the
+        same id (see the module docstring for retries).
     :param inline: Developer API only: True = inline requests, False = JSONL file, None = by size.
     :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``,
         Airflow's convention, which is False unless configured) or poll in the worker.

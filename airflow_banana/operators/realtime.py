@@ -45,7 +45,9 @@ class RealtimeImageOperator(BaseOperator):
         (write bad lines to ``rejects.jsonl`` and go on).
     :param budget_usd: stop before spending more than this; unfinished items are reported.
     :param priority: optional fixed channel order (connection ids) before cost order.
-    :param force: regenerate items even if already done with the same request fingerprint.
+    :param force: regenerate items even if already done with the same request fingerprint, and
+        replace the image of another request under the same id (without it such an item fails
+        before any call: an id names one image per output prefix).
     :param max_failed_items: the task fails when more items than this end without an image
         (after the report is written); a retry then pays only for those items.
     :param max_rejected_items: with ``on_invalid="quarantine"``, the task fails (after the report)
