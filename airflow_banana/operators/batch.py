@@ -643,6 +643,7 @@ class BatchImageOperator(BaseOperator):
             config=backend.config,
             item_metadata={i: by_id[i].item_metadata for i in in_job},
             on_progress=lambda n: self.log.info("harvested %d result line(s) of job %s", n, snapshot.name),
+            submitted_at=record.submitted_at or "",
         )
         result = backend.harvest(snapshot, harvester, record.dest_uri)
         self.log.info(
