@@ -400,12 +400,12 @@ class RealtimeEngine:
 
     def _claim_conflict(self, request: ImageRequest, held: ClaimHeld) -> str:
         """Another worker is generating a different request under this id right now."""
-        other = {
-            "owner": held.owner,
-            "request_fingerprint": held.fingerprint,
-            "image": {"uri": self.store.claim_uri(request.item_id)},
-        }
-        return self.store.conflict_reason(request, other)
+        return (
+            f"id '{request.item_id}' is being generated right now by {held.owner} for a different "
+            f"request (claim {self.store.claim_uri(request.item_id)}, request fingerprint "
+            f"{held.fingerprint[:12]}; this request's is {request.fingerprint()[:12]}): not generated, "
+            "nothing spent — an id names one image per output prefix; give the item its own id"
+        )
 
     def _wall_deadline(self, w: WorkItem) -> float | None:
         if w.deadline is not None:
