@@ -119,11 +119,15 @@ def test_quarantined_lines_beside_valid_ones_are_counted_and_the_run_goes_on(
 def test_channels_as_a_string_and_preflight_leaves_broken_channels_out_at_the_start(
     airflow_db, sim, conns, monkeypatch, tmp_path
 ):
-    """15.5/15.6/15.8: a templated "a, b, c" string names three channels; a wrong key and a relay
-    base URL without its API prefix are left out by their free preflight call, before any item;
-    the third channel makes every image. 15.3: every attempt has its wall-clock start."""
+    """15.5/15.6/15.8: a templated "a, b, c, d" string names four channels; a wrong key, an unknown
+    model and a relay base URL without its API prefix are left out by their free preflight call,
+    before any item; the fourth channel makes every image. 15.3: every attempt has its wall-clock start."""
     sim.set_faults("wrong-key", FaultProfile(fixed_status=400))  # API_KEY_INVALID
-    conns(badkey=("gemini", "wrong-key", {}), gemini=("gemini", "gemini-key", {}))
+    conns(
+        badkey=("gemini", "wrong-key", {}),
+        nomodel=("gemini", "gemini-key", {"model": "gemini-9-image"}),
+        gemini=("gemini", "gemini-key", {}),
+    )
     monkeypatch.setenv(  # the base URL a new user copies: no /api/v1
         conn_env_var("banana_noprefix"),
         json.dumps(
@@ -137,12 +141,13 @@ def test_channels_as_a_string_and_preflight_leaves_broken_channels_out_at_the_st
     )
     items = [{"id": f"p{i}", "prompt": f"product {i}"} for i in range(3)]
     run, report, md = _run(
-        tmp_path, _manifest(tmp_path, items), "banana_noprefix, banana_badkey,banana_gemini"
+        tmp_path, _manifest(tmp_path, items), "banana_noprefix, banana_badkey,banana_nomodel ,banana_gemini"
     )
     assert _task_state(run) == "success"
     left_out = report["channels_left_out"]
-    assert set(left_out) == {"banana_noprefix", "banana_badkey"}
+    assert set(left_out) == {"banana_noprefix", "banana_badkey", "banana_nomodel"}
     assert "HTTP 404" in left_out["banana_noprefix"] and "HTTP 400" in left_out["banana_badkey"]
+    assert "gemini-9-image" in left_out["banana_nomodel"]
     assert set(report["channels"]) == {"banana_gemini"}  # no item ever called the broken two
     assert "## Channels left out at the start (preflight)" in md
     assert len(sim.billable()) == 3
