@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +52,8 @@ class ClaimHeld:
 
     owner: str
     expires_at: float
+    # What the holder is generating: another request under the same id is a conflict, not a wait.
+    fingerprint: str = field(default="", compare=False)
 
     @property
     def expires_iso(self) -> str:
@@ -64,6 +66,9 @@ class _Claim:
     expires_at: float
     generation: int
     record: dict[str, Any]
+
+    def held(self) -> ClaimHeld:
+        return ClaimHeld(self.owner, self.expires_at, str(self.record.get("request_fingerprint") or ""))
 
 
 class ItemClaims:
@@ -99,7 +104,7 @@ class ItemClaims:
             if current is None:
                 continue  # released between our create and our read: try to create again
             if current.owner != owner and current.expires_at > now:
-                return ClaimHeld(current.owner, current.expires_at)
+                return current.held()
             if current.owner != owner:
                 log.info(
                     "item '%s': claim of %s expired at %s; taking it over",
@@ -115,7 +120,7 @@ class ItemClaims:
                 after = self._read(uri)
                 if after is None:
                     continue
-                return ClaimHeld(after.owner, after.expires_at)
+                return after.held()
         raise StorageError(
             f"item '{item_id}': its claim {uri} kept disappearing while being taken "
             f"({_TAKE_ROUNDS} rounds); the item is not generated in this run so it cannot be paid "
@@ -125,7 +130,7 @@ class ItemClaims:
     def holder(self, item_id: str) -> ClaimHeld | None:
         """Who holds the item's claim as stored (expired or not), or None when there is none."""
         current = self._read(self.store.claim_uri(item_id))
-        return None if current is None else ClaimHeld(current.owner, current.expires_at)
+        return None if current is None else current.held()
 
     def renew(self, item_id: str, *, owner: str, ttl_s: float) -> float | None:
         """Extend our claim to now + ``ttl_s``; the new expiry, or None when it was not renewed.

@@ -7,9 +7,7 @@ added without touching the dispatcher. Heavy imports happen inside each ``run``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +19,8 @@ def _simulator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8089, help="port to listen on (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument(
-        "--config", help="simulator config JSON (see airflow_banana/testing/peak_profile.json)"
+        "--config",
+        help="simulator config JSON: fault profiles per API key, quotas, models (docs/simulator.md)",
     )
     parser.add_argument("--profile", choices=["peak"], help="apply a preset fault profile to every key")
 
@@ -29,10 +28,16 @@ def _simulator_args(parser: argparse.ArgumentParser) -> None:
 def _simulator_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from airflow_banana.exceptions import ConfigurationError
     from airflow_banana.testing.config import FaultProfile, SimulatorConfig
+    from airflow_banana.testing.foreground import wait_for_stop
     from airflow_banana.testing.server import Simulator
 
-    config = SimulatorConfig.load(args.config) if args.config else SimulatorConfig()
+    try:
+        config = SimulatorConfig.load(args.config) if args.config else SimulatorConfig()
+    except ConfigurationError as err:
+        print(f"airflow-banana simulator: {err}", file=sys.stderr)
+        return 2
     config = replace(config, host=args.host, port=args.port)
     if args.profile == "peak":
         config = replace(
@@ -40,16 +45,16 @@ def _simulator_run(args: argparse.Namespace) -> int:
             default=FaultProfile.peak(),
             keys={k: FaultProfile.peak(name=p.name) for k, p in config.keys.items()},
         )
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    with Simulator(config) as sim:
-        print(f"Gemini simulator listening on {sim.base_url} (Ctrl-C to stop)", flush=True)
-        stop.wait()
+    try:
+        sim = Simulator(config).start()
+    except ConfigurationError as err:
+        print(f"airflow-banana simulator: {err}", file=sys.stderr)
+        return 2
+    try:
+        line = f"Gemini simulator listening on {sim.base_url} (Ctrl-C to stop)"
+        wait_for_stop(lambda: print(line, flush=True))
+    finally:
+        sim.stop()
     print("Gemini simulator stopped", flush=True)
     return 0
 
@@ -103,9 +108,10 @@ def _estimate_args(parser: argparse.ArgumentParser) -> None:
 
 def _dry_run(args: argparse.Namespace) -> Any:
     """Read the manifest and compute the plan; nothing is written and nothing is spent."""
+    from airflow_banana.operators._common import channel_ids
     from airflow_banana.operators.plan import dry_run_plan
 
-    channels = [c.strip() for c in str(args.channels or "").split(",") if c.strip()]
+    channels = channel_ids(args.channels)
     return dry_run_plan(
         args.manifest,
         channels,
@@ -163,7 +169,65 @@ def _estimate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", help="manifest URI (gs://… or a local path), JSONL or JSON")
+    parser.add_argument(
+        "--defaults", help='item field defaults as a JSON object, e.g. \'{"image_size": "2K"}\''
+    )
+    parser.add_argument("--json", action="store_true", help="print every problem as a JSON line")
+
+
+def _validate_run(args: argparse.Namespace) -> int:
+    """Every check the lanes make before spending, in one pass: schema, ids, duplicates, deadlines,
+    reference images (each line's problems, not only the first). Reads only; no connection."""
+    import json
+    import logging
+    from datetime import UTC, datetime
+
+    from airflow_banana.exceptions import BananaError
+    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.storage import open_storage
+
+    try:
+        defaults = json.loads(args.defaults) if args.defaults else {}
+        if not isinstance(defaults, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        print(f"airflow-banana validate: --defaults: {err}", file=sys.stderr)
+        return 2
+    # its "N quarantined; see rejects.jsonl in the run folder" is for runs: here there is no folder
+    logging.getLogger("airflow_banana.prepare").setLevel(logging.ERROR)
+    try:
+        prepared = prepare_manifest(
+            args.manifest,
+            open_storage(args.manifest),
+            on_invalid="quarantine",  # collect every problem instead of stopping at the first
+            defaults=defaults,
+            logical_date=datetime.now(UTC),
+        )
+    except BananaError as err:
+        print(f"airflow-banana validate: {err}", file=sys.stderr)
+        return 2
+    problems = [json.loads(line) for line in prepared.rejects_jsonl.splitlines() if line.strip()]
+    problems.sort(key=lambda p: int(p["line"]))  # reference-image problems are found after the schema
+    for problem in problems:
+        if args.json:
+            print(json.dumps({k: v for k, v in problem.items() if k != "raw"}))
+        else:
+            field = f" field '{problem['field']}'" if problem.get("field") else ""
+            item = f" (item '{problem['item_id']}')" if problem.get("item_id") else ""
+            print(f"{args.manifest}:{problem['line']}{item}{field}: {problem['reason']}")
+    verdict = f"{len(prepared.work)} item(s) valid, {len(problems)} line(s) with problems"
+    print(verdict if not args.json else json.dumps({"valid": len(prepared.work), "invalid": len(problems)}))
+    return 1 if problems else 0
+
+
 SUBCOMMANDS: dict[str, tuple[str, AddArgs, Run]] = {
+    "validate": (
+        "check a manifest (schema, ids, duplicates, reference images); no connection, no spend",
+        _validate_args,
+        _validate_run,
+    ),
     "simulator": ("serve the offline Gemini simulator in the foreground", _simulator_args, _simulator_run),
     "plan": ("dry run: route a manifest by deadline (realtime vs batch), no spend", _plan_args, _plan_run),
     "estimate": (

@@ -120,6 +120,9 @@ class GenerationResult:
     thought_signatures: tuple[bytes, ...] = ()
     content: dict[str, Any] | None = field(default=None, compare=False)
     latency_s: float = 0.0
+    # True when ``cost_usd`` is what the channel says it billed (a relay's ``usage.cost``);
+    # False when it is the connection's configured price.
+    cost_reported: bool = False
 
     @property
     def sha256(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,15 @@ from airflow_banana.storage import ObjectStat, Storage, join_uri
 
 log = logging.getLogger(__name__)
 METADATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ItemCheck:
+    """An item id under a prefix: ``done`` (same request, its record), ``conflict`` (why another
+    request's image holds the id) or neither (to generate). An id names one image per prefix."""
+
+    done: dict[str, Any] | None = None
+    conflict: str | None = None
 
 
 def utcnow_iso() -> str:
@@ -55,13 +65,41 @@ class OutputStore:
         return join_uri(self.prefix, "runs", run_key, name)
 
     # -- idempotency
+    def check(self, request: ImageRequest) -> ItemCheck:
+        """What the prefix already holds for ``request``'s id: its image, another request's, or nothing."""
+        fingerprint = request.fingerprint()
+        record = self._committed_success(request.item_id)
+        if record is None:
+            return ItemCheck()
+        if record.get("request_fingerprint") == fingerprint:
+            return ItemCheck(done=record)
+        return ItemCheck(conflict=self.conflict_reason(request, record))
+
     def done_record(self, item_id: str, fingerprint: str) -> dict[str, Any] | None:
         """The item's committed metadata when it already succeeded for ``fingerprint``, else None."""
+        record = self._committed_success(item_id)
+        if record is None or record.get("request_fingerprint") != fingerprint:
+            return None
+        return record
+
+    def conflict_reason(self, request: ImageRequest, other: Mapping[str, Any]) -> str:
+        """Why ``request`` is not generated: its id already names another request's image."""
+        where = (other.get("image") or {}).get("uri") or self.metadata_uri(request.item_id)
+        by = other.get("run_key") or other.get("owner") or "another run"
+        return (
+            f"id '{request.item_id}' already names a different image under {self.prefix} ({where}, "
+            f"from {by}, request fingerprint {str(other.get('request_fingerprint'))[:12]}; this "
+            f"request's is {request.fingerprint()[:12]}): not generated, nothing spent — give the item "
+            "its own id, or set force=True to replace that image"
+        )
+
+    def _committed_success(self, item_id: str) -> dict[str, Any] | None:
+        """The item's metadata when it records a success whose image exists, else None."""
         stat = self.storage.stat(self.metadata_uri(item_id))
         if stat is None:
             return None
         record = self.storage.read_json(self.metadata_uri(item_id))
-        if record.get("status") != SUCCEEDED or record.get("request_fingerprint") != fingerprint:
+        if record.get("status") != SUCCEEDED:
             return None
         image = (record.get("image") or {}).get("uri")
         if not image or not self.storage.exists(image):
@@ -222,7 +260,10 @@ class OutputStore:
             "reference_images": [r.uri for r in request.reference_images],
             "lane": lane,
             "run_key": run_key,
+            # billed (the truth); the estimate is what the router ranked by (configured prices)
             "cost_usd": round(outcome.cost_usd, 6),
+            "estimated_cost_usd": round(outcome.estimated_cost_usd, 6),
+            "cost_source": outcome.cost_source,
             "attempts": attempt_dicts(outcome.attempts),
             "latency_s": outcome.latency_s,
             "written_at": utcnow_iso(),

@@ -20,6 +20,7 @@ from airflow_banana.realtime import WorkItem
 from airflow_banana.storage import Storage
 
 log = logging.getLogger(__name__)
+MAX_REASONS = 20  # rejects quoted in reports; every one is in rejects.jsonl
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class PreparedManifest:
     items: list[ManifestItem]
     rejects_jsonl: str  # empty when nothing was quarantined
     rejected: int
+    # "line N (item 'x') field 'f': why" for the first rejected lines (errors and reports quote them)
+    reject_reasons: tuple[str, ...] = ()
 
 
 def prepare_manifest(
@@ -43,6 +46,7 @@ def prepare_manifest(
     result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}))
     rejects = [result.rejects_jsonl()] if result.rejects else []
     rejected = len(result.rejects)
+    reasons = [_reject_reason(r.line, r.item_id, r.field, r.reason) for r in result.rejects[:MAX_REASONS]]
     work: list[WorkItem] = []
     items: list[ManifestItem] = []
     problems: list[str] = []
@@ -54,6 +58,8 @@ def prepare_manifest(
                 problems.append(str(err))
                 continue
             rejected += 1
+            if len(reasons) < MAX_REASONS:  # err already names the item
+                reasons.append(_reject_reason(item.line, None, "reference_images", str(err)))
             rejects.append(
                 json.dumps(
                     {"line": item.line, "item_id": item.id, "reason": str(err), "field": "reference_images"}
@@ -77,5 +83,15 @@ def prepare_manifest(
         log.warning("%s: %d item(s) quarantined; see rejects.jsonl in the run folder", uri, rejected)
     log.info("%s: %d item(s) ready", uri, len(work))
     return PreparedManifest(
-        uri=uri, work=work, items=items, rejects_jsonl="".join(rejects), rejected=rejected
+        uri=uri,
+        work=work,
+        items=items,
+        rejects_jsonl="".join(rejects),
+        rejected=rejected,
+        reject_reasons=tuple(reasons),
     )
+
+
+def _reject_reason(line: int, item_id: str | None, field: str | None, reason: str) -> str:
+    where = f"line {line}" + (f" (item '{item_id}')" if item_id else "")
+    return f"{where}{f' field {field!r}' if field else ''}: {reason}"

@@ -27,7 +27,8 @@ from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
-from airflow_banana.outputs import OutputStore, utcnow_iso
+from airflow_banana.outputs import ItemCheck, OutputStore, utcnow_iso
+from airflow_banana.pricing import attempt_cost
 from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
@@ -101,24 +102,7 @@ class RunResult:
     breaker_openings: dict[str, int]
     started_at: str
     finished_at: str
-
-
-def _attempt_view(record: AttemptRecord) -> Attempt:
-    outcome = (
-        "cancelled" if record.cancelled else (record.error_class.value if record.error_class else "success")
-    )
-    return Attempt(
-        channel=record.channel,
-        outcome=outcome,
-        latency_s=round(record.latency_s, 3),
-        cost_usd=record.cost_usd,
-        billed=record.billed,
-        status_code=record.status_code,
-        reason=record.reason,
-        started_at=datetime.fromtimestamp(record.started_at, UTC).isoformat(timespec="milliseconds")
-        if record.started_at > 1e9
-        else "",
-    )
+    channels_left_out: dict[str, str] = field(default_factory=dict)  # by preflight: name -> why
 
 
 class RealtimeEngine:
@@ -147,6 +131,7 @@ class RealtimeEngine:
         self._wakers: dict[str, asyncio.Event] = {}
         self._on_release: set[str] = set()
         self._done = 0
+        self._skipped_at_start = 0  # found done in storage: not part of the generation rate
         self._total = 0
         self._spent = 0.0
         self._started = self.clock.now()
@@ -162,19 +147,24 @@ class RealtimeEngine:
         self._total = len(work)
         outcomes: list[ItemOutcome | None] = [None] * len(work)
         todo: list[int] = []
-        done_records = await asyncio.gather(*(self._already_done(w) for w in work))
-        for i, (w, record) in enumerate(zip(work, done_records, strict=True)):
-            if record is not None:
+        checks = await asyncio.gather(*(asyncio.to_thread(self.store.check, w.request) for w in work))
+        for i, (w, check) in enumerate(zip(work, checks, strict=True)):
+            if check.done is not None and not self.settings.force:
                 outcomes[i] = ItemOutcome(
                     w.request.item_id,
                     SKIPPED,
                     w.request.image_size,
-                    image_uri=record["image"]["uri"],
-                    channel=record.get("channel"),
+                    image_uri=check.done["image"]["uri"],
+                    channel=check.done.get("channel"),
                     reason="already done with the same request fingerprint",
                 )
                 self._done += 1
+                self._skipped_at_start += 1
+            elif check.conflict is not None and not self.settings.force:
+                outcomes[i] = self._conflict(w, check.conflict)
             else:
+                if check.conflict is not None:
+                    log.warning("item '%s': force=True: replacing another request's image", w.request.item_id)
                 todo.append(i)
         if self.settings.force and self.settings.claims:
             records = await asyncio.gather(*(self._done_record(work[i].request) for i in todo))
@@ -205,10 +195,30 @@ class RealtimeEngine:
         )
 
     # ------------------------------------------------------------------ per item
-    async def _already_done(self, w: WorkItem) -> dict[str, Any] | None:
-        if self.settings.force:
-            return None
-        return await asyncio.to_thread(self.store.done_record, w.request.item_id, w.request.fingerprint())
+    def _attempt_view(self, record: AttemptRecord, image_size: str) -> Attempt:
+        """An attempt as recorded: billed cost, the configured price as the estimate, wall-clock start."""
+        outcome = (
+            "cancelled"
+            if record.cancelled
+            else (record.error_class.value if record.error_class else "success")
+        )
+        config = self.channels[record.channel].config
+        estimate = attempt_cost(
+            config.prices, image_size, succeeded=record.ok, billed_on_failure=config.billed_on_failure
+        )
+        # The router's clock may be monotonic: shift it by the offset measured at the run's start.
+        started = record.started_at + (self._started_wall - self._started)
+        return Attempt(
+            channel=record.channel,
+            outcome=outcome,
+            latency_s=round(record.latency_s, 3),
+            cost_usd=record.cost_usd,
+            billed=record.billed,
+            status_code=record.status_code,
+            reason=record.reason,
+            started_at=datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            estimated_cost_usd=estimate,
+        )
 
     async def _bounded(self, slots: asyncio.Semaphore, w: WorkItem) -> ItemOutcome:
         # The cost-first router plans over every waiting item (queue places decide who waits
@@ -233,6 +243,8 @@ class RealtimeEngine:
                         await asyncio.to_thread(self.claims.release, w.request.item_id, owner=self.run_key)
             if isinstance(taken, ItemOutcome):
                 return taken
+            if taken.fingerprint not in ("", w.request.fingerprint()) and not self.settings.force:
+                return self._conflict(w, self._claim_conflict(w.request, taken))
             outcome = await self._wait_for_holder(w, taken, announce=not announced)
             announced = True
             if outcome is not None:
@@ -246,7 +258,7 @@ class RealtimeEngine:
         # Computed before the write, so the in-memory expiry is never later than the stored one.
         expires_at = self.claims.now() + ttl
         try:
-            held, record = await asyncio.to_thread(self._take_and_recheck, request, ttl)
+            held, check = await asyncio.to_thread(self._take_and_recheck, request, ttl)
         except StorageError as err:
             # Without a claim another worker may be paying for this item right now; generating
             # anyway could buy it twice, and the item is not lost: a retry picks it up.
@@ -257,6 +269,11 @@ class RealtimeEngine:
             )
         if held is not None:
             return held
+        if check.conflict is not None and not self.settings.force:
+            # another request's image landed under this id since the run started
+            await asyncio.to_thread(self.claims.release, request.item_id, owner=self.run_key)
+            return self._conflict(w, check.conflict)
+        record = check.done
         if record is not None and self._landed_meanwhile(request, record):
             await asyncio.to_thread(self.claims.release, request.item_id, owner=self.run_key)
             return self._skipped(
@@ -267,10 +284,8 @@ class RealtimeEngine:
             )
         return _OwnClaim(request.item_id, expires_at)
 
-    def _take_and_recheck(
-        self, request: ImageRequest, ttl: float
-    ) -> tuple[ClaimHeld | None, dict[str, Any] | None]:
-        """Take the claim and, when it is ours, read the item's committed success if any.
+    def _take_and_recheck(self, request: ImageRequest, ttl: float) -> tuple[ClaimHeld | None, ItemCheck]:
+        """Take the claim and, when it is ours, read what is committed under the item's id.
 
         A claim is free again exactly when its holder has committed, so a success may have
         landed since the run started. One thread hop for both: at the start every item takes
@@ -279,12 +294,12 @@ class RealtimeEngine:
         """
         held = self.claims.take(request.item_id, request.fingerprint(), owner=self.run_key, ttl_s=ttl)
         if held is not None:
-            return held, None
+            return held, ItemCheck()
         try:
-            return None, self.store.done_record(request.item_id, request.fingerprint())
+            return None, self.store.check(request)
         except StorageError as err:
             log.info("item '%s': checking for another worker's result failed (%s)", request.item_id, err)
-            return None, None
+            return None, ItemCheck()
 
     async def _wait_for_holder(self, w: WorkItem, held: ClaimHeld, *, announce: bool) -> ItemOutcome | None:
         """Wait for the worker holding the item's claim; None when the claim is free to take again."""
@@ -354,6 +369,24 @@ class RealtimeEngine:
             image_uri=record["image"]["uri"],
             channel=record.get("channel"),
             reason=reason,
+        )
+
+    def _conflict(self, w: WorkItem, reason: str) -> ItemOutcome:
+        """An item whose id holds another request's image: failed before any call, and no
+        metadata written, since that record describes the image that stays."""
+        request = w.request
+        log.error("item '%s': %s", request.item_id, reason)
+        self._done += 1
+        self._incr("id_conflicts")
+        return ItemOutcome(request.item_id, FAILED, request.image_size, reason=reason)
+
+    def _claim_conflict(self, request: ImageRequest, held: ClaimHeld) -> str:
+        """Another worker is generating a different request under this id right now."""
+        return (
+            f"id '{request.item_id}' is being generated right now by {held.owner} for a different "
+            f"request (claim {self.store.claim_uri(request.item_id)}, request fingerprint "
+            f"{held.fingerprint[:12]}; this request's is {request.fingerprint()[:12]}): not generated, "
+            "nothing spent — an id names one image per output prefix; give the item its own id"
         )
 
     @staticmethod
@@ -475,7 +508,10 @@ class RealtimeEngine:
             events = self.router.report_timeout(item, action.permit)
             return None
         except ChannelError as err:
-            log.info("item '%s': %s", request.item_id, err)
+            if err.item_id:  # the error already names the item
+                log.info("%s", err)
+            else:
+                log.info("item '%s': %s", request.item_id, err)
             events = self.router.report_failure(item, action.permit, err)
             self._incr(f"errors.{err.error_class.value}")
             return None
@@ -513,12 +549,13 @@ class RealtimeEngine:
             request.item_id,
             SUCCEEDED,
             request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts],
+            attempts=[self._attempt_view(a, request.image_size) for a in item.attempts],
             channel=result.channel,
             cost_usd=item.cost_usd,
             latency_s=round(latency, 3),
             size_matches=(info.width, info.height)
             == expected_pixels(request.image_size, request.aspect_ratio),
+            cost_source="reported by the channel" if result.cost_reported else "configured price",
         )
         if outcome.size_matches is False:
             log.warning(
@@ -553,7 +590,7 @@ class RealtimeEngine:
             request.item_id,
             status,
             request.image_size,
-            attempts=[_attempt_view(a) for a in item.attempts],
+            attempts=[self._attempt_view(a, request.image_size) for a in item.attempts],
             cost_usd=item.cost_usd,
             reason=f"{action.reason.value}: {action.detail}",
         )
@@ -594,15 +631,18 @@ class RealtimeEngine:
             now = self.clock.now()
             states = describe(self.router.states(now), now)
             elapsed = max(now - self._started, 1e-9)
-            rate = self._done / elapsed * 60
+            # Items found done at the start took no time: counting them would report thousands
+            # per minute for a rerun that generated nothing.
+            worked = self._done - self._skipped_at_start
+            rate = worked / elapsed * 60
             left = self._total - self._done
             eta = f"{left / (rate / 60):.0f} s" if rate > 0 and left else "–"
             log.info(
-                "%s %d/%d items done (%.1f/min), spent $%.4f, ETA %s, channels: %s",
+                "%s %d/%d items done (%s), spent $%.4f, ETA %s, channels: %s",
                 "finished:" if final else "progress:",
                 self._done,
                 self._total,
-                rate,
+                f"{rate:.1f}/min" if worked else f"{self._skipped_at_start} already done",
                 self._spent,
                 eta,
                 states,

@@ -34,6 +34,13 @@ class Attempt:
     status_code: int | None = None
     reason: str = ""
     started_at: str = ""
+    # The configured price of this attempt, what the router ranks by; ``cost_usd`` is the billed
+    # figure (the truth). None: the same as ``cost_usd``.
+    estimated_cost_usd: float | None = None
+
+    @property
+    def estimate(self) -> float:
+        return self.cost_usd if self.estimated_cost_usd is None else self.estimated_cost_usd
 
 
 @dataclass
@@ -50,6 +57,12 @@ class ItemOutcome:
     image_uri: str | None = None
     size_matches: bool | None = None
     latency_s: float | None = None  # first attempt start to success
+    cost_source: str | None = None  # "reported by the channel" or "configured price"
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """The item's attempts at configured prices (``cost_usd`` is what was billed)."""
+        return sum(a.estimate for a in self.attempts) if self.attempts else self.cost_usd
 
     @property
     def failovers(self) -> int:
@@ -77,6 +90,7 @@ def build_report(
     budget_usd: float | None = None,
     breaker_openings: Mapping[str, int] | None = None,
     rejects: int = 0,
+    reject_reasons: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate per-item outcomes into the report dict written as report.json."""
@@ -92,10 +106,19 @@ def build_report(
     for outcome in paid:
         for a in outcome.attempts:
             ch = channels.setdefault(
-                a.channel, {"calls": 0, "successes": 0, "failures": 0, "spend_usd": 0.0, "errors": Counter()}
+                a.channel,
+                {
+                    "calls": 0,
+                    "successes": 0,
+                    "failures": 0,
+                    "spend_usd": 0.0,
+                    "estimated_usd": 0.0,
+                    "errors": Counter(),
+                },
             )
             ch["calls"] += 1
             ch["spend_usd"] += a.cost_usd
+            ch["estimated_usd"] += a.estimate
             if a.outcome == "success":
                 ch["successes"] += 1
             else:
@@ -103,6 +126,7 @@ def build_report(
                 ch["errors"][a.outcome] += 1
     for name, ch in channels.items():
         ch["spend_usd"] = round(ch["spend_usd"], 6)
+        ch["estimated_usd"] = round(ch["estimated_usd"], 6)
         ch["errors"] = dict(ch["errors"])
         ch["breaker_openings"] = (breaker_openings or {}).get(name, 0)
     for name, n in (breaker_openings or {}).items():
@@ -112,6 +136,7 @@ def build_report(
                 "successes": 0,
                 "failures": 0,
                 "spend_usd": 0.0,
+                "estimated_usd": 0.0,
                 "errors": {},
                 "breaker_openings": n,
             }
@@ -134,7 +159,8 @@ def build_report(
             "rejected_in_manifest": rejects,
         },
         "cost": {
-            "spent_usd": spent,
+            "spent_usd": spent,  # billed: a channel's reported cost where it reports one
+            "estimated_usd": round(sum(o.estimated_cost_usd for o in paid), 6),  # at configured prices
             "budget_usd": budget_usd,
             "cost_per_success_usd": round(spent / len(succeeded), 6) if succeeded else None,
             "google_direct_list_usd": round(direct, 6),
@@ -153,10 +179,27 @@ def build_report(
             for o in items
             if o.status in (FAILED, NOT_ATTEMPTED)
         ],
+        "rejected_lines": list(reject_reasons),
+        # where each item's image is (made now or found done): what downstream tasks read
+        "images": {o.item_id: o.image_uri for o in items if o.image_uri and o.status in (SUCCEEDED, SKIPPED)},
     }
+    report["summary"] = summary_line(report)
     if extra:
         report.update(extra)
     return report
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One sentence: whether every manifest line has an image, else how many do not and why."""
+    items = report["items"]
+    rejected = items.get("rejected_in_manifest", 0)
+    missing = items[FAILED] + items[NOT_ATTEMPTED] + rejected
+    if not missing:
+        return "Every item has an image."
+    parts = [f"{items[FAILED]} failed", f"{items[NOT_ATTEMPTED]} not attempted"]
+    parts.append(f"{rejected} rejected in the manifest" + (" (see rejects.jsonl)" if rejected else ""))
+    have = items[SUCCEEDED] + items[SKIPPED]
+    return f"{missing} of {have + missing} item(s) have no image: " + ", ".join(parts) + "."
 
 
 def _money(value: float | None) -> str:
@@ -177,6 +220,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- Output: `{report.get('output_prefix') or '–'}`",
         f"- Started {report['started_at']}, finished {report['finished_at']}",
         "",
+        f"**{report.get('summary') or summary_line(report)}**",
+        "",
         "## Items",
         "",
         "| total | succeeded | skipped (already done) | failed | not attempted | rejected in manifest |",
@@ -187,7 +232,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "## Cost",
         "",
         f"- Spent: **{_money(cost['spent_usd'])}**"
-        + (f" of a {_money(cost['budget_usd'])} budget" if cost.get("budget_usd") is not None else ""),
+        + (f" of a {_money(cost['budget_usd'])} budget" if cost.get("budget_usd") is not None else "")
+        + f" (billed; estimate at the configured prices: {_money(cost.get('estimated_usd'))})",
         f"- Cost per successful image: {_money(cost['cost_per_success_usd'])}",
         f"- Google direct list price for the same images: {_money(cost['google_direct_list_usd'])}"
         f" (saved {_money(cost['savings_vs_direct_usd'])})",
@@ -200,15 +246,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             "## Channels",
             "",
-            "| channel | calls | successes | failures | spend | breaker openings | errors |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| channel | calls | successes | failures | billed | estimate | breaker openings | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for name, ch in sorted(report["channels"].items()):
             errors = ", ".join(f"{k}: {v}" for k, v in sorted(ch["errors"].items())) or "–"
             lines.append(
                 f"| {name} | {ch['calls']} | {ch['successes']} | {ch['failures']} | "
-                f"{_money(ch['spend_usd'])} | {ch['breaker_openings']} | {errors} |"
+                f"{_money(ch['spend_usd'])} | {_money(ch.get('estimated_usd'))} | "
+                f"{ch['breaker_openings']} | {errors} |"
             )
+        lines.append("")
+    if report.get("batch_job"):
+        lines += _batch_lines(report["batch_job"])
+    if report.get("channels_left_out"):
+        lines += ["## Channels left out at the start (preflight)", ""]
+        lines += [f"- `{name}`: {why}" for name, why in sorted(report["channels_left_out"].items())]
         lines.append("")
     if report["size_mismatches"]:
         lines += ["## Pixel size mismatches", "", *[f"- `{i}`" for i in report["size_mismatches"]], ""]
@@ -216,9 +269,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Items without an image", "", "| item | status | reason |", "|---|---|---|"]
         lines += [f"| `{f['item_id']}` | {f['status']} | {f['reason']} |" for f in report["failed_items"]]
         lines.append("")
-    else:
-        lines += ["Every item has an image.", ""]
+    if report.get("rejected_lines"):
+        shown = len(report["rejected_lines"])
+        more = items["rejected_in_manifest"] - shown
+        lines += ["## Rejected manifest lines", "", *[f"- {r}" for r in report["rejected_lines"]]]
+        lines += [f"- … and {more} more"] if more > 0 else []
+        lines += ["", "All of them are in `rejects.jsonl` next to this report.", ""]
     return "\n".join(lines)
+
+
+def _batch_lines(job: Mapping[str, Any]) -> list[str]:
+    """What happened to the batch job: how it ended, what it delivered, what realtime rescued."""
+    lines = ["## Batch job", "", f"- `{job.get('name') or '–'}` ({job.get('backend') or '–'}): "]
+    lines[-1] += str(job.get("ending") or job.get("state") or "state unknown")
+    if "harvested" in job:
+        lines.append(
+            f"- {job['harvested']} image(s) harvested from the job ({_money(job.get('harvested_usd'))}), "
+            f"{job.get('missing_from_job', 0)} item(s) it did not deliver"
+        )
+    if "rescued" in job:
+        lines.append(
+            f"- {job['rescued']} of them rescued through realtime ({_money(job.get('rescued_usd'))})"
+        )
+    return [*lines, ""]
 
 
 def attempt_dicts(attempts: Iterable[Attempt]) -> list[dict[str, Any]]:

@@ -2,16 +2,18 @@
 
 One feature: dynamic task mapping. ``list_shards`` lists the ``*.jsonl`` manifests under a
 prefix, and ``RealtimeImageOperator.partial(...).expand(manifest=...)`` runs one task instance
-per shard, in parallel, all writing into the same output prefix (item ids are unique across
-shards, so their ``images/`` and ``metadata/`` never collide). Each mapped instance has its own
+per shard, in parallel, all writing into the same output prefix. An id names one image under
+the prefix: a shard whose request for an id differs from the image already there fails that
+item before any call (give each image its own id). Each mapped instance has its own
 run identity (``map_index`` is part of it), so each writes its own report under
 ``runs/{dag}__{task}__{run}__m{N}/``, a retried shard skips what it already finished, and
 ``budget_usd`` caps each shard separately.
 
 Channels are the same three ``banana`` connections as ``banana_catalog_realtime``: the
 relay, Google direct and Vertex AI. Within a task the router shares per-channel limits across
-that shard's items only; keep each channel's ``rpm``/``max_concurrency`` at its share of the
-provider's cap (cap / number of shards running at once) until the shared Redis backend lands.
+that shard's items only; share them across shards through Redis (``redis_conn_id``,
+docs/scaling.md), or keep each channel's ``rpm``/``max_concurrency`` at its share of the
+provider's cap (cap / number of shards running at once).
 """
 
 from __future__ import annotations

@@ -110,8 +110,11 @@ class Harvester:
         config: ChannelConfig,
         item_metadata: Mapping[str, Mapping[str, Any]] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        submitted_at: str = "",
     ):
         self.store = store
+        # A batch line has no start of its own: its attempt started when the job was submitted.
+        self.submitted_at = submitted_at
         self.run_key = run_key
         self.requests = requests
         self.config = batch_config(config)
@@ -185,7 +188,12 @@ class Harvester:
                 reason="harvested by an earlier try of this task",
                 attempts=[
                     Attempt(
-                        channel=config.name, outcome="success", latency_s=0.0, cost_usd=price, billed=True
+                        channel=config.name,
+                        outcome="success",
+                        latency_s=0.0,
+                        cost_usd=price,
+                        billed=True,
+                        started_at=self.submitted_at,
                     )
                 ],
                 size_matches=(done.get("image") or {}).get("size_matches"),
@@ -216,6 +224,7 @@ class Harvester:
                     channel=config.name,
                     outcome="success",
                     latency_s=0.0,
+                    started_at=self.submitted_at,
                     cost_usd=result.cost_usd,
                     billed=True,
                 )
@@ -243,7 +252,15 @@ class Harvester:
             status,
             request.image_size,
             reason=reason,
-            attempts=[Attempt(channel=self.config.name, outcome="failed", latency_s=0.0, reason=reason)],
+            attempts=[
+                Attempt(
+                    channel=self.config.name,
+                    outcome="failed",
+                    latency_s=0.0,
+                    reason=reason,
+                    started_at=self.submitted_at,
+                )
+            ],
         )
 
 

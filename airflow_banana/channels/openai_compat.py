@@ -331,6 +331,7 @@ class OpenAICompatChannel:
             usage=parsed.usage,
             finish_reason=parsed.finish_reason or "STOP",
             cost_usd=cost,
+            cost_reported=parsed.cost is not None,
             text=parsed.text,
             thought_signatures=(),
             content=None,
@@ -367,5 +368,15 @@ class OpenAICompatChannel:
         listed = isinstance(models, list) and any(
             isinstance(m, Mapping) and m.get("id") == self.config.model for m in models
         )
-        note = "lists" if listed else "does not list"
+        if count and not listed:
+            # A relay that lists models but not ours would answer every generation with 404.
+            raise self._fail(
+                Classification(
+                    ErrorClass.CHANNEL_FATAL,
+                    f"{count} models listed, not {self.config.model}; check extra.model",
+                    404,
+                ),
+                None,
+            )
+        note = "lists" if listed else "lists no models, so it cannot confirm"
         return f"channel '{self.name}' (openai) answered: {count} models; it {note} {self.config.model}"

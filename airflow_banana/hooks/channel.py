@@ -21,7 +21,7 @@ from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.channels.errors import config_secrets, scrub
 from airflow_banana.connection_form import UI_FIELD_BEHAVIOUR
-from airflow_banana.exceptions import BananaError
+from airflow_banana.exceptions import BananaError, ConfigurationError
 
 
 class BananaChannelHook(BaseHook):
@@ -47,6 +47,13 @@ class BananaChannelHook(BaseHook):
     def get_config(self) -> ChannelConfig:
         """The parsed, validated channel settings of this connection."""
         conn = self.get_connection(self.banana_conn_id)
+        if conn.conn_type != self.conn_type:
+            # An http (or any other) connection has no protocol/model/prices to read: accepting it
+            # would route paid calls with defaults the user never chose.
+            raise ConfigurationError(
+                f"connection '{self.banana_conn_id}' is of type {conn.conn_type!r}, not 'banana'; "
+                "recreate it with conn_type 'banana' (nothing was spent)"
+            )
         extra: Any = conn.extra_dejson
         raw = conn.extra
         if not extra and isinstance(raw, str) and raw.strip() not in ("", "{}"):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestError
 
 if TYPE_CHECKING:
     from airflow_banana.outputs import OutputStore
@@ -19,11 +19,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def channel_ids(value: Sequence[str] | str | None) -> list[str]:
+    """Connection ids from a list or from a comma-separated string (what a template renders to)."""
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
 def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list[ChannelConfig]:
     """Parse every channel connection up front: a bad one fails the task before any spend."""
     from airflow_banana.hooks.channel import BananaChannelHook
 
-    ids = [conn_ids] if isinstance(conn_ids, str) else list(conn_ids)
+    ids = channel_ids(conn_ids)
     if not ids:
         raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
     if len(set(ids)) != len(ids):
@@ -64,31 +72,60 @@ async def run_realtime_lane(
 
     With a Redis connection (the operator's ``redis_conn_id`` or a channel's extra) breakers,
     limits and quotas are shared by every worker; that needs a clock all workers agree on.
+    Channels whose free preflight call says they cannot work are left out (``preflight``).
     """
     from airflow_banana.channels import build_channel
+    from airflow_banana.preflight import unusable_channels
     from airflow_banana.realtime import RealtimeEngine
     from airflow_banana.routing import SystemClock, router_for
 
     rng = random.Random()
     backend = shared_state_for(configs, redis_conn_id, task_id=task_id, rng=rng)
-    router = router_for(configs, SystemClock(shared=backend is not None), rng, backend, config=router_config)
     channels = {c.name: build_channel(c) for c in configs}
-    engine = RealtimeEngine(
-        channels=channels,
-        router=router,
-        store=store,
-        run_key=run_key,
-        settings=settings,
-        metrics=AirflowMetrics(),
-    )
     try:
-        return await engine.run(work)
+        unusable = await unusable_channels(channels) if work else {}
+        usable = [c for c in configs if c.name not in unusable]
+        if not usable:
+            raise ConfigurationError(
+                f"{task_id}: no channel passed its preflight call, nothing was spent: "
+                + "; ".join(unusable.values())
+            )
+        router = router_for(
+            usable, SystemClock(shared=backend is not None), rng, backend, config=router_config
+        )
+        engine = RealtimeEngine(
+            channels={c.name: channels[c.name] for c in usable},
+            router=router,
+            store=store,
+            run_key=run_key,
+            settings=settings,
+            metrics=AirflowMetrics(),
+        )
+        result = await engine.run(work)
+        result.channels_left_out = unusable
+        return result
     finally:
         for channel in channels.values():
             try:
                 await channel.aclose()
             except BananaError:
                 log.debug("closing channel %s failed", channel.name, exc_info=True)
+
+
+def skip_without_manifest(manifest: object, *, task_id: str) -> None:
+    """Skip the task when its manifest rendered to nothing: a plan gave this lane no items.
+
+    ``PlanImagesOperator`` pushes ``realtime_manifest``/``batch_manifest`` = None for a lane with
+    nothing to do (or a sharded plan: map over ``*_manifests`` then); a lane wired straight after
+    it must end skipped, not failed on a manifest called "None".
+    """
+    if manifest is None or (isinstance(manifest, str) and manifest.strip() in ("", "None")):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(
+            f"{task_id}: no manifest to generate (the plan gave this lane no items, or it was sharded: "
+            "map over realtime_manifests/batch_manifests); skipped, nothing spent"
+        )
 
 
 def budget_from(value: object, *, task_id: str) -> float | None:
@@ -153,20 +190,67 @@ def logical_date_of(context: Mapping[str, Any]) -> datetime:
 
 
 def summary_for_xcom(report: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
-    """Small and secret-free: counts, spend and where the full report is."""
+    """Secret-free, no image bytes: counts, spend, where the report is and where each image is."""
     return {
         "report_uri": report_uri,
         "run_key": report["run_key"],
+        "output_prefix": report.get("output_prefix"),
+        "summary": report.get("summary"),
         "items": dict(report["items"]),
         "spent_usd": report["cost"]["spent_usd"],
         "cost_per_success_usd": report["cost"]["cost_per_success_usd"],
+        "images": dict(report.get("images", {})),
     }
 
 
-def failed_items_error(task_id: str, failed: int, report_uri: str) -> BananaError:
+def checked_max_rejected(value: int | None, *, task_id: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigurationError(
+            f"{task_id}: max_rejected_items must be a whole number >= 0 or None, got {value!r}"
+        )
+    return value
+
+
+def enforce_item_limits(
+    report: Mapping[str, Any],
+    report_uri: str,
+    *,
+    task_id: str,
+    max_failed_items: int,
+    max_rejected_items: int | None,
+) -> None:
+    """Fail the task (after its report is written) when too many items have no image.
+
+    ``max_rejected_items=None`` tolerates quarantined lines while something valid is left; a
+    manifest whose every line was rejected fails (a green run that made nothing misleads).
+    """
+    items = report["items"]
+    rejected = items["rejected_in_manifest"]
+    valid = items["total"]
+    limit = max_rejected_items if max_rejected_items is not None else (0 if valid == 0 else None)
+    if limit is not None and rejected > limit:
+        why = "every manifest line was rejected" if valid == 0 else f"more than max_rejected_items={limit}"
+        reasons = "; ".join(report.get("rejected_lines", [])[:3])
+        raise ManifestError(
+            f"{task_id}: {rejected} line(s) rejected, {why} (first: {reasons}; all in "
+            f"{report_uri.rsplit('/', 1)[0]}/rejects.jsonl); nothing was spent on them — fix the lines "
+            "and rerun, finished items are skipped",
+            manifest=str(report.get("manifest") or "manifest"),
+        )
+    failed = items["failed"] + items["not_attempted"]
+    if failed > max_failed_items:
+        raise failed_items_error(task_id, failed, report_uri, report.get("failed_items", []))
+
+
+def failed_items_error(
+    task_id: str, failed: int, report_uri: str, failed_items: Sequence[Mapping[str, Any]] = ()
+) -> BananaError:
+    first = "; ".join(f"{f['item_id']}: {str(f['reason'])[:300]}" for f in failed_items[:3])
     return BananaError(
-        f"{task_id}: {failed} item(s) ended without an image (reasons in {report_uri}); a retry "
-        "regenerates only those — finished items are skipped and not paid again"
+        f"{task_id}: {failed} item(s) ended without an image"
+        + (f" (first: {first})" if first else "")
+        + f"; all reasons in {report_uri}; a retry regenerates only those — finished items are "
+        "skipped and not paid again"
     )
 
 

@@ -46,10 +46,12 @@ from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
 from airflow_banana.identity import RunIdentity, fingerprint_of
 from airflow_banana.operators._common import (
-    failed_items_error,
+    checked_max_rejected,
+    enforce_item_limits,
     load_channel_configs,
     logical_date_of,
     run_realtime_lane,
+    skip_without_manifest,
 )
 from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
@@ -97,7 +99,8 @@ class BatchImageOperator(BaseOperator):
     :param gcs_staging_prefix: ``gs://`` prefix for Vertex input/output JSONL (required for vertex).
     :param defaults: item field defaults (below the manifest's own defaults).
     :param on_invalid: ``reject`` or ``quarantine`` bad manifest lines.
-    :param force: regenerate items already done (see the module docstring for retries).
+    :param force: regenerate items already done, and replace another request's image under the
+        same id (see the module docstring for retries).
     :param inline: Developer API only: True = inline requests, False = JSONL file, None = by size.
     :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``,
         Airflow's convention, which is False unless configured) or poll in the worker.
@@ -126,6 +129,8 @@ class BatchImageOperator(BaseOperator):
         when the task succeeds). Other ``outlets`` may be given too.
 
     Extra links: the batch job in the console, and the run's ``gallery.html`` (docs/gallery.md).
+    :param max_rejected_items: the task fails when more manifest lines were rejected (quarantine);
+        default ``None``: any number while something valid is left, none when all were rejected.
     """
 
     template_fields: Sequence[str] = (
@@ -168,6 +173,7 @@ class BatchImageOperator(BaseOperator):
         record_turnaround: bool = True,
         max_failed_items: int = 0,
         emit_output_asset: bool = True,
+        max_rejected_items: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -196,6 +202,7 @@ class BatchImageOperator(BaseOperator):
         self.rescue_success_rates = dict(rescue_success_rates or {})
         self.record_turnaround = record_turnaround
         self.max_failed_items = max_failed_items
+        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.console_url = ""
         self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
         if on_invalid not in ("reject", "quarantine"):
@@ -266,6 +273,7 @@ class BatchImageOperator(BaseOperator):
         from airflow_banana.batch.state import JobStateStore
 
         self._coerce()
+        skip_without_manifest(self.manifest, task_id=self.task_id)
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
@@ -366,9 +374,13 @@ class BatchImageOperator(BaseOperator):
     def _todo(self, store: OutputStore, prepared: PreparedManifest) -> list[WorkItem]:
         if self.force:
             return list(prepared.work)
-        todo = [
-            w for w in prepared.work if store.done_record(w.request.item_id, w.request.fingerprint()) is None
-        ]
+        todo = []
+        for w in prepared.work:
+            check = store.check(w.request)
+            if check.conflict is not None:
+                self.log.error("item '%s': %s", w.request.item_id, check.conflict)  # reported as failed
+            elif check.done is None:
+                todo.append(w)
         if len(todo) < len(prepared.work):
             self.log.info(
                 "%d of %d item(s) already done in storage: skipped, nothing paid",
@@ -549,7 +561,16 @@ class BatchImageOperator(BaseOperator):
             backend = self._backend(storage)
             try:
                 self.console_url = backend.console_url(record.job_name or "")
+                story: dict[str, Any] = {}
                 if event["status"] == "end_time":
+                    point = (
+                        "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
+                    )
+                    at = ended_at.isoformat(timespec="seconds")
+                    story["ending"] = (
+                        f"still {event.get('state')} at its end time {at} ({point}): cancelled, what it "
+                        "had finished was harvested"
+                    )
                     self.log.warning(
                         "batch job %s still %s at its end time; cancelling it and harvesting what is done",
                         record.job_name,
@@ -560,14 +581,15 @@ class BatchImageOperator(BaseOperator):
                 else:
                     snapshot = backend.get(record.job_name or "")
                 final_state = snapshot.state.value
+                story.setdefault("ending", f"ended {final_state}")
                 if snapshot.state == JobState.FAILED and snapshot.error:
                     self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
-                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared)
+                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared, story)
             finally:
                 backend.close()
             state.mark_harvested(record, snapshot.state.value)
             self._running_job = None
-            return self._finish(context, identity, store, prepared, record, snapshot, outcomes)
+            return self._finish(context, identity, store, prepared, record, snapshot, outcomes, story)
         finally:
             # Also when the harvest or the failed-items check raises: the job has ended either way.
             if self.record_turnaround:
@@ -617,7 +639,9 @@ class BatchImageOperator(BaseOperator):
         store: OutputStore,
         identity: RunIdentity,
         prepared: PreparedManifest,
+        story: dict[str, Any],
     ) -> dict[str, ItemOutcome]:
+        """Commit what the job delivered, rescue the rest; ``story`` gets the counts for the report."""
         from airflow_banana.batch.results import Harvester
 
         by_id = {w.request.item_id: w for w in prepared.work}
@@ -629,6 +653,7 @@ class BatchImageOperator(BaseOperator):
             config=backend.config,
             item_metadata={i: by_id[i].item_metadata for i in in_job},
             on_progress=lambda n: self.log.info("harvested %d result line(s) of job %s", n, snapshot.name),
+            submitted_at=record.submitted_at or "",
         )
         result = backend.harvest(snapshot, harvester, record.dest_uri)
         self.log.info(
@@ -645,8 +670,18 @@ class BatchImageOperator(BaseOperator):
         for item_id in result.missing(in_job):
             left[item_id] = f"batch job ended {snapshot.state.value} without a result for this item"
         outcomes = dict(result.outcomes)
+        story.update(
+            harvested=len(result.outcomes),
+            harvested_usd=round(sum(o.cost_usd for o in result.outcomes.values()), 6),
+            missing_from_job=len(left),
+        )
         if left and self.rescue_channels:
-            outcomes.update(self._rescue(store, identity, [by_id[i] for i in left], left))
+            rescued = self._rescue(store, identity, [by_id[i] for i in left], left)
+            outcomes.update(rescued)
+            story.update(
+                rescued=sum(1 for o in rescued.values() if o.status == "succeeded"),
+                rescued_usd=round(sum(o.cost_usd for o in rescued.values()), 6),
+            )
         for item_id, reason in left.items():
             if item_id in outcomes:
                 continue
@@ -706,9 +741,10 @@ class BatchImageOperator(BaseOperator):
         record: BatchJobRecord | None,
         snapshot: JobSnapshot | None,
         outcomes: Mapping[str, ItemOutcome],
+        story: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         from airflow_banana.outputs import utcnow_iso
-        from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+        from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
 
         items: list[ItemOutcome] = []
         for w in prepared.work:
@@ -716,8 +752,11 @@ class BatchImageOperator(BaseOperator):
             if request.item_id in outcomes:
                 items.append(outcomes[request.item_id])
                 continue
-            done = store.done_record(request.item_id, request.fingerprint())
-            if done is not None:
+            check = store.check(request)
+            done = check.done
+            if check.conflict is not None:
+                items.append(ItemOutcome(request.item_id, FAILED, request.image_size, reason=check.conflict))
+            elif done is not None:
                 items.append(
                     ItemOutcome(
                         request.item_id,
@@ -752,6 +791,7 @@ class BatchImageOperator(BaseOperator):
             job_info.update(
                 state=snapshot.state.value, error=snapshot.error or None, stats=dict(snapshot.stats)
             )
+        job_info.update(story or {})
         now = utcnow_iso()
         report = build_report(
             items,
@@ -762,10 +802,11 @@ class BatchImageOperator(BaseOperator):
             manifest=self.manifest,
             output_prefix=self.output_prefix,
             rejects=prepared.rejected,
+            reject_reasons=prepared.reject_reasons,
             extra={"batch_job": job_info},
         )
         report_uri = store.write_report(identity.run_key, report)
-        self.log.info("report: %s", report_uri)
+        self.log.info("%s report: %s", report["summary"], report_uri)
         summary = publish_run(
             self,
             context,
@@ -778,9 +819,13 @@ class BatchImageOperator(BaseOperator):
         )
         if job_info:
             summary["batch_job"] = {"name": job_info.get("name"), "state": job_info.get("state")}
-        failed = report["items"]["failed"] + report["items"]["not_attempted"]
-        if failed > self.max_failed_items:
-            raise failed_items_error(self.task_id, failed, report_uri)
+        enforce_item_limits(
+            report,
+            report_uri,
+            task_id=self.task_id,
+            max_failed_items=self.max_failed_items,
+            max_rejected_items=self.max_rejected_items,
+        )
         return summary
 
     # ------------------------------------------------------------------ links and kill

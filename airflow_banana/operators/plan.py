@@ -236,10 +236,8 @@ def write_plan(
             "infeasible": infeasible,
         },
     )
-    markdown = plan.describe()
-    if computed.skipped_done:
-        markdown += f"\n\nAlready done (skipped, not paid again): {len(computed.skipped_done)} item(s)."
-    storage.write_text(join_uri(folder, "plan.md"), markdown + "\n", content_type="text/markdown")
+    markdown = plan_markdown(plan, run_key=run_key, skipped_done=len(computed.skipped_done))
+    storage.write_text(join_uri(folder, "plan.md"), markdown, content_type="text/markdown; charset=utf-8")
     infeasible_uri = join_uri(folder, "infeasible.jsonl")
     storage.write_text(
         infeasible_uri,
@@ -275,6 +273,52 @@ def write_plan(
             "deadlines, add channels, or set on_infeasible='skip' or 'realtime' to go on"
         )
     return summary
+
+
+def plan_markdown(plan: Plan, *, run_key: str, skipped_done: int = 0) -> str:
+    """``plan.md``: the plan as Markdown (``Plan.describe`` is the terminal's fixed-width text)."""
+    n_batch = sum(1 for a in plan.assignments if a.kind == "batch")
+    n_rt = len(plan.assignments) - n_batch
+    lines = [
+        f"# Plan `{run_key}`",
+        "",
+        f"As of {_iso(plan.now)}, confidence {plan.confidence:.0%}: "
+        f"**{len(plan.assignments) + len(plan.infeasible)} items** — {n_batch} batch, {n_rt} realtime, "
+        f"{len(plan.infeasible)} infeasible.",
+        "",
+        "| lane | kind | items | expected cost | last expected finish |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {s.lane} | {s.kind} | {s.items} | ${s.expected_cost_usd:.3f} | {_iso(s.last_finish) or '–'} |"
+        for s in plan.lanes
+    ]
+    baseline = plan.baseline_cost_usd
+    pct = f" ({plan.savings_usd / baseline:.0%})" if baseline > 0 else ""
+    lines += [
+        "",
+        f"Expected cost **${plan.expected_cost_usd:.3f}**; all realtime at the Google direct list price "
+        f"${baseline:.3f}; savings ${plan.savings_usd:.3f}{pct}.",
+        "",
+    ]
+    if plan.infeasible:
+        lines += [
+            f"## Infeasible ({len(plan.infeasible)}; nothing will be spent on them)",
+            "",
+            "| item | size | deadline | why | earliest achievable |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{bad.item_id}` | {bad.image_size} | {_iso(bad.deadline) or 'none'} | {bad.code}: "
+            f"{bad.reason} | {_iso(bad.earliest_achievable) or 'never (no lane)'} |"
+            for bad in plan.infeasible
+        ]
+        lines.append("")
+    else:
+        lines += ["Every item meets its deadline.", ""]
+    if skipped_done:
+        lines += [f"Already done (skipped, not paid again): {skipped_done} item(s).", ""]
+    return "\n".join(lines)
 
 
 def plan_manifest(

@@ -75,6 +75,11 @@ def publish_run(
         context,
         operator.outlets,
         output_prefix=output_prefix,
-        extra={**summary, "lane": report["lane"], "output_prefix": output_prefix},
+        # every image's URI stays in XCom: an event's extra is a row in the metadata DB
+        extra={
+            **{k: v for k, v in summary.items() if k != "images"},
+            "lane": report["lane"],
+            "output_prefix": output_prefix,
+        },
     )
     return summary

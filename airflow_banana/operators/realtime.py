@@ -20,11 +20,13 @@ from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
     budget_from,
-    failed_items_error,
+    checked_max_rejected,
+    enforce_item_limits,
     load_channel_configs,
     logical_date_of,
     run_deadline,
     run_realtime_lane,
+    skip_without_manifest,
 )
 from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 
@@ -46,9 +48,14 @@ class RealtimeImageOperator(BaseOperator):
         (write bad lines to ``rejects.jsonl`` and go on).
     :param budget_usd: stop before spending more than this; unfinished items are reported.
     :param priority: optional fixed channel order (connection ids) before cost order.
-    :param force: regenerate items even if already done with the same request fingerprint.
+    :param force: regenerate items even if already done with the same request fingerprint, and
+        replace the image of another request under the same id (without it such an item fails
+        before any call: an id names one image per output prefix).
     :param max_failed_items: the task fails when more items than this end without an image
         (after the report is written); a retry then pays only for those items.
+    :param max_rejected_items: with ``on_invalid="quarantine"``, the task fails (after the report)
+        when more manifest lines than this were rejected; default ``None``: any number while
+        something valid is left, none when every line was rejected.
     :param progress_interval_s: seconds between progress lines in the task log.
     :param failover_alert_threshold: failovers per rolling hour above which to alert.
     :param on_failover_alert: a notifier or callable, called with the task context plus
@@ -104,6 +111,7 @@ class RealtimeImageOperator(BaseOperator):
         priority: Sequence[str] | None = None,
         force: bool = False,
         max_failed_items: int = 0,
+        max_rejected_items: int | None = None,
         progress_interval_s: float = 30.0,
         failover_alert_threshold: int = 3,
         on_failover_alert: Callable[..., Any] | None = None,
@@ -129,6 +137,7 @@ class RealtimeImageOperator(BaseOperator):
         self.priority = list(priority or [])
         self.force = force
         self.max_failed_items = max_failed_items
+        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.progress_interval_s = progress_interval_s
         self.failover_alert_threshold = failover_alert_threshold
         self.on_failover_alert = on_failover_alert
@@ -157,6 +166,7 @@ class RealtimeImageOperator(BaseOperator):
         from airflow_banana.prepare import prepare_manifest
         from airflow_banana.report import build_report
 
+        skip_without_manifest(self.manifest, task_id=self.task_id)
         identity = RunIdentity.from_context(context)
         started = datetime.now(UTC)
         self.budget_usd = budget_from(self.budget_usd, task_id=self.task_id)
@@ -199,9 +209,11 @@ class RealtimeImageOperator(BaseOperator):
             budget_usd=self.budget_usd,
             breaker_openings=result.breaker_openings,
             rejects=prepared.rejected,
+            reject_reasons=prepared.reject_reasons,
+            extra={"channels_left_out": result.channels_left_out},
         )
         report_uri = store.write_report(identity.run_key, report)
-        self.log.info("report: %s", report_uri)
+        self.log.info("%s report: %s", report["summary"], report_uri)
         summary = publish_run(
             self,
             context,
@@ -212,9 +224,13 @@ class RealtimeImageOperator(BaseOperator):
             prepared=prepared,
             output_prefix=self.output_prefix,
         )
-        failed = report["items"]["failed"] + report["items"]["not_attempted"]
-        if failed > self.max_failed_items:
-            raise failed_items_error(self.task_id, failed, report_uri)
+        enforce_item_limits(
+            report,
+            report_uri,
+            task_id=self.task_id,
+            max_failed_items=self.max_failed_items,
+            max_rejected_items=self.max_rejected_items,
+        )
         return summary
 
     async def _run(

@@ -1076,16 +1076,23 @@ def router_for(
     )
 
 
+_BREAKER_WORDS = {"closed": "ok", "open": "open", "half_open": "probing"}
+
+
 def describe(snapshots: Mapping[str, ChannelSnapshot], now: float) -> str:
-    """One short line of channel states for progress logs, e.g. ``relay=closed gemini=open(+12s)``."""
+    """One short line of channel states for progress logs: ``relay=ok gemini=retry_hint(+12s)``.
+
+    A healthy channel reads ``ok``: "closed" is breaker jargon that reads like "shut".
+    """
     parts = []
     for name, snap in snapshots.items():
         if snap.disabled:
-            parts.append(f"{name}=disabled")
+            state = "disabled"
         elif snap.blocked_by is None:
-            parts.append(f"{name}={snap.breaker}")
+            state = _BREAKER_WORDS.get(str(snap.breaker), str(snap.breaker))
         elif snap.available_at is None:
-            parts.append(f"{name}={snap.blocked_by}")
+            state = str(snap.blocked_by)
         else:
-            parts.append(f"{name}={snap.blocked_by}(+{max(0.0, snap.available_at - now):.0f}s)")
+            state = f"{snap.blocked_by}(+{max(0.0, snap.available_at - now):.0f}s)"
+        parts.append(f"{name}={state}")
     return " ".join(parts)

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Literal
 
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.testing.foreground import wait_for_stop
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _READY_TIMEOUT_S = 15.0
@@ -166,7 +167,8 @@ class GcsEmulator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run a filesystem-backed emulator in the foreground until Ctrl-C (the demo)."""
+    """Run a filesystem-backed emulator in the foreground until Ctrl-C or SIGTERM (the demo);
+    either stops the fake-gcs-server child too."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--root", default="./gcs-data", help="directory where objects land as files")
     parser.add_argument("--port", type=int, default=4443)
@@ -176,12 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     with emulator:
         for bucket in args.bucket:
             emulator.create_bucket(bucket)
-        print(f"export {EMULATOR_ENV}={emulator.endpoint}   # objects under {emulator.root}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        line = f"export {EMULATOR_ENV}={emulator.endpoint}   # objects under {emulator.root}"
+        wait_for_stop(lambda: print(line, flush=True))
 
 
 if __name__ == "__main__":

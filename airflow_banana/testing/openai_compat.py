@@ -1,9 +1,10 @@
 """An OpenAI-compatible relay in front of the same simulated model (OpenRouter's shape).
 
-``POST {any prefix}/chat/completions`` with ``modalities`` and ``image_config`` answers
-``choices[0].message.images[]`` data URLs and ``usage.cost``; a per-key ``openai_markdown`` switch
-answers with a markdown data URL in ``content`` instead, as some relays do. Relays drop thought
-signatures, so there is no multi-turn editing here: only the last user message is generated.
+``POST {prefix}/chat/completions`` (only under ``RELAY_PREFIXES``, as real relays) with
+``modalities`` and ``image_config`` answers ``choices[0].message.images[]`` data URLs and
+``usage.cost``; a per-key ``openai_markdown`` switch answers with a markdown data URL in
+``content`` instead, as some relays do. Relays drop thought signatures, so there is no
+multi-turn editing here: only the last user message is generated.
 """
 
 from __future__ import annotations
@@ -210,8 +211,12 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+# Where real relays serve the OpenAI API: OpenRouter ``/api/v1``, most relays ``/v1``, some
+# ``/openai/v1``. Nowhere else, so a base URL missing its prefix fails here as it does for real.
+RELAY_PREFIXES: tuple[str, ...] = ("/api/v1", "/v1", "/openai/v1")
+
+
 def register(builder: AppBuilder) -> None:
-    builder.add_core_route(Route("/chat/completions", chat_completions, methods=["POST"]))
-    builder.add_core_route(Route("/{prefix:path}/chat/completions", chat_completions, methods=["POST"]))
-    builder.add_core_route(Route("/models", list_models, methods=["GET"]))
-    builder.add_core_route(Route("/{prefix:path}/models", list_models, methods=["GET"]))
+    for prefix in RELAY_PREFIXES:
+        builder.add_core_route(Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]))
+        builder.add_core_route(Route(f"{prefix}/models", list_models, methods=["GET"]))

@@ -52,7 +52,14 @@ class Simulator:
             return self
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as err:
+            sock.close()
+            raise ConfigurationError(
+                f"simulator: cannot listen on {self.config.host}:{self.config.port} ({err.strerror}); "
+                "another simulator may be running there — stop it, or pick a free port (--port 0 = any)"
+            ) from err
         self._sock = sock
         self.port = sock.getsockname()[1]
         uv_config = uvicorn.Config(

@@ -101,6 +101,7 @@ class BatchJobTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "error", "job_name": self.job_name, "message": str(err)})
                 return
             decision = tracker.start(time.time())
+            last_state: Any = None
             while isinstance(decision, PollAgain):
                 if decision.wait_s > 0:
                     await asyncio.sleep(decision.wait_s)
@@ -116,7 +117,10 @@ class BatchJobTrigger(BaseTrigger):
                     decision = tracker.failed(str(err), time.time())
                     continue
                 decision = tracker.observed(snapshot.state, time.time())
-                self.log.info("batch job %s: %s", self.job_name, snapshot.state.value)
+                # A day-long job polled every minute would log 1,440 identical lines: log changes.
+                if snapshot.state != last_state:
+                    self.log.info("batch job %s: %s", self.job_name, snapshot.state.value)
+                    last_state = snapshot.state
             yield TriggerEvent(self._event(decision))
         finally:
             if backend is not None:

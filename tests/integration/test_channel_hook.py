@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import pytest
@@ -11,19 +10,19 @@ import pytest
 from airflow_banana.hooks import BananaChannelHook
 from airflow_banana.models import ImageRequest
 from airflow_banana.testing import FaultProfile, Simulator
+from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def set_conn(monkeypatch: pytest.MonkeyPatch, sim: Simulator, conn_id: str, key: str, protocol: str) -> None:
-    extra: dict[str, object] = {"protocol": protocol, "timeout": 5}
+    extra: dict[str, object] = {"timeout": 5}
     if protocol == "vertex":
         extra.update(project="banana-test", location="us-central1")
     if protocol == "openai":
         extra["model"] = "google/gemini-3-pro-image-preview"
     monkeypatch.setenv(
-        f"AIRFLOW_CONN_{conn_id.upper()}",
-        json.dumps({"conn_type": "banana", "host": sim.base_url, "password": key, "extra": extra}),
+        conn_env_var(conn_id), channel_connection(sim.base_url, protocol=protocol, key=key, **extra)
     )
 
 

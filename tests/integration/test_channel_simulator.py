@@ -21,6 +21,7 @@ from airflow_banana.exceptions import ChannelError, ErrorClass
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, ReferenceImage, expected_pixels
 from airflow_banana.testing import FaultProfile, Simulator
+from airflow_banana.testing.connections import OPENAI_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.genai2, pytest.mark.timeout(60)]
 
@@ -39,7 +40,8 @@ def make_config(sim: Simulator, protocol: str, key: str, **extra: Any) -> Channe
         fields.setdefault("location", "us-central1")
     if protocol == "openai":
         fields.setdefault("model", "google/gemini-3-pro-image-preview")
-    return parse_channel(f"{protocol}-chan", host=sim.base_url, password=key, extra=fields)
+    host = sim.base_url + (OPENAI_PREFIX if protocol == "openai" else "")  # relays serve under a prefix
+    return parse_channel(f"{protocol}-chan", host=host, password=key, extra=fields)
 
 
 def run(coro: Any) -> Any:

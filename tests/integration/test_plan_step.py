@@ -104,7 +104,10 @@ def test_infeasible_items_fail_the_step_before_any_spend_but_the_plan_is_written
     folder = tmp_path / "out" / "runs" / "r" / "plan"
     bad = [json.loads(line) for line in (folder / "infeasible.jsonl").read_text().splitlines()]
     assert [(b["item_id"], b["code"]) for b in bad] == [("too-late", "deadline_passed")]
-    assert "Infeasible (1" in storage.read_text(str(folder / "plan.md"))
+    md = storage.read_text(str(folder / "plan.md"))
+    # Issue 15.12: real Markdown (a heading and tables), not the terminal's fixed-width text
+    assert md.startswith("# Plan `r`") and "| lane | kind | items | expected cost |" in md
+    assert "## Infeasible (1; nothing will be spent on them)" in md and "| `too-late` |" in md
 
 
 @pytest.mark.parametrize(("policy", "rt", "batch"), [("skip", 2, 3), ("realtime", 3, 3), ("batch", 2, 4)])

@@ -176,6 +176,22 @@ def test_without_claims_two_overlapping_runs_pay_twice(rsim, tmp_path):
     assert not (tmp_path / "claims").exists()
 
 
+def test_a_different_request_under_an_id_another_run_is_generating_fails_without_waiting(rsim, tmp_path):
+    """Issue 15.1 while both run: one id, two requests; the second fails before any call instead
+    of waiting for (and then overwriting) the first worker's image."""
+    theirs = work_items(2)
+    # short-lived: waiting it out (as for the same request) would then generate, and bill, ours
+    plant_claims(tmp_path, theirs[:1], owner="run-a", ttl_s=1.0)
+    ours = work_items(2, prompts={0: "a different prompt under the same id"})
+    result = run_engines(rsim, tmp_path, {"run-b": settings()}, ours)["run-b"]
+    (failed,) = [o for o in result.outcomes if o.status == "failed"]
+    assert failed.item_id == "item-000" and failed.attempts == []
+    assert "being generated right now by run-a for a different request" in failed.reason
+    assert by_status(result, SUCCEEDED) == {"item-001"}
+    assert billed_fingerprints(rsim) == [ours[1].request.fingerprint()]
+    assert not (tmp_path / "metadata" / "item-000.json").exists()  # nothing written for it
+
+
 # ----------------------------------------------------------------------------- dead workers
 
 

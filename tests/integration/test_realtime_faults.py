@@ -648,7 +648,8 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     from airflow_banana.operators import RealtimeImageOperator
 
     faults(rsim, RELAY, overload_rate=0.45)
-    faults(rsim, GEMINI, fixed_status=403)
+    # every generation fails, its free preflight call does not (a 403 would leave it out at the start)
+    faults(rsim, GEMINI, overload_rate=1.0)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"product {i}"}) + "\n" for i in range(8))
@@ -661,7 +662,7 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
         channels=_connections(rsim, monkeypatch),
         failover_alert_threshold=1,
         on_failover_alert=lambda context: alerts.append(context["banana_alert"]),
-        objective="fastest",  # fails over at once, so the 403 channel and the alert are both reached
+        objective="fastest",  # fails over at once, so the failing channel and the alert are both reached
         router_options={**FAST_ROUTER},
     )
     summary = op.execute(_operator_context())  # type: ignore[arg-type]
@@ -670,17 +671,23 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
     assert set(summary) == {
         "report_uri",
         "run_key",
+        "output_prefix",
+        "summary",
         "items",
         "spent_usd",
         "cost_per_success_usd",
+        "images",
         "gallery_uri",
     }
-    assert len(json.dumps(summary)) < 1000  # XCom carries no image bytes
+    assert summary["output_prefix"] == str(tmp_path / "out") and len(summary["images"]) == 8
+    assert all(open_storage().exists(uri) for uri in summary["images"].values())
+    assert len(json.dumps(summary)) < 2000  # XCom carries URIs, no image bytes
     paid = [b["fingerprint"] for b in rsim.billable()]
     assert len(paid) == len(set(paid)) == 8
     assert KEYS[RELAY] not in json.dumps(summary)
     report = open_storage().read_json(summary["report_uri"])
-    assert report["channels"][f"banana_faults_{GEMINI}"]["errors"].get("channel_fatal", 0) >= 1
+    assert report["channels"][f"banana_faults_{GEMINI}"]["errors"].get("retryable", 0) >= 1
+    assert report["channels_left_out"] == {}
     assert alerts and alerts[0]["failovers_last_hour"] > 1  # the notifier got the task context
 
 

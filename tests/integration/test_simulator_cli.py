@@ -35,3 +35,51 @@ def test_cli_serves_peak_profile_until_sigterm() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_says_so_when_the_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15.9: a friendly message and exit 2, not a traceback."""
+    from airflow_banana.cli import main
+    from airflow_banana.testing.server import Simulator
+
+    with Simulator() as running:
+        assert main(["simulator", "--port", str(running.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{running.port}" in err and "--port 0" in err
+    assert "Traceback" not in err
+
+
+def test_gcs_emulator_helper_stops_its_fake_gcs_server_child_on_sigterm(tmp_path: Path) -> None:
+    """Issue 15.9: under a process manager (SIGTERM) the child must not outlive the helper."""
+    import psutil
+
+    from airflow_banana.testing.gcs_emulator import _free_port
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow_banana.testing.gcs_emulator",
+            "--root",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("export STORAGE_EMULATOR_HOST=")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "fake-gcs-server was not started as a child"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0  # generous: the machine is shared
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

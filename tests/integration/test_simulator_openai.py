@@ -37,7 +37,7 @@ def decode_data_url(url: str) -> bytes:
     return base64.b64decode(data)
 
 
-@pytest.mark.parametrize("prefix", ["/api/v1", "/openai/v1", "", "/v1"])
+@pytest.mark.parametrize("prefix", ["/api/v1", "/openai/v1", "/v1"])
 def test_images_in_message_with_usage_cost(sim: Simulator, prefix: str) -> None:
     resp = chat(sim, prefix)
     assert resp.status_code == 200
@@ -124,3 +124,10 @@ def test_models_list(sim: Simulator) -> None:
     resp = httpx.get(f"{sim.base_url}/v1/models", headers={"Authorization": "Bearer relay-key"})
     assert resp.json()["object"] == "list"
     assert sim.billable() == [] and len(sim.requests()) == 2
+
+
+@pytest.mark.parametrize("prefix", ["", "/relay", "/api"])
+def test_no_chat_completions_where_real_relays_have_none(sim: Simulator, prefix: str) -> None:
+    """Issue 15.6: a base URL without its API prefix must fail offline as it does for real."""
+    assert chat(sim, prefix).status_code == 404
+    assert sim.billable() == []

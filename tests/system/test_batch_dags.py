@@ -57,9 +57,14 @@ def _check_outputs(storage: Any, prefix: str, sim: Any) -> None:
     assert report["lane"] == "batch" and report["items"]["succeeded"] == len(ITEMS)
     assert report["cost"]["spent_usd"] == pytest.approx(LIST_PRICES["batch"]["1K"] * len(ITEMS))
     assert report["batch_job"]["state"] == "SUCCEEDED"
+    assert report["batch_job"]["ending"] == "ended SUCCEEDED"
+    assert report["batch_job"]["harvested"] == len(ITEMS) and report["batch_job"]["missing_from_job"] == 0
+    assert set(report["images"]) == {i["id"] for i in ITEMS}  # what the XCom carries too
     for item in ITEMS:
         meta = storage.read_json(f"{prefix}/metadata/{item['id']}.json")
         assert meta["status"] == "succeeded" and meta["lane"] == "batch"
+        # a batch line's attempt started when the job was submitted
+        assert meta["attempts"][0]["started_at"] == report["batch_job"]["submitted_at"] != ""
         with Image.open(io.BytesIO(storage.read_bytes(meta["image"]["uri"]))) as img:
             assert img.size == expected_pixels("1K", item["aspect_ratio"])
     billable = sim.billable()

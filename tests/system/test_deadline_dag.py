@@ -108,6 +108,15 @@ def test_mixed_manifest_is_routed_and_a_stuck_batch_is_rescued_in_time(
     )
     assert batch_report["batch_job"]["state"] == "CANCELLED"
     assert batch_report["items"]["succeeded"] == len(BULK)
+    # Issue 15.12: the report says what happened to the job, not only its final state.
+    job = batch_report["batch_job"]
+    assert "at its end time" in job["ending"] and "(its rescue point): cancelled" in job["ending"]
+    assert (job["harvested"], job["missing_from_job"], job["rescued"]) == (2, 2, 2)
+    md = storage.read_text(
+        next(u for u in storage.list(f"{prefix}/runs/") if u.endswith("report.md") and "generate_batch" in u)
+    )
+    assert "## Batch job" in md and "2 image(s) harvested from the job ($0.1340)" in md
+    assert "2 of them rescued through realtime ($0.2680)" in md
 
     billable = sim.billable()
     fingerprints = [b["fingerprint"] for b in billable]

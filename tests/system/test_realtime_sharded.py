@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_banana.identity import RunIdentity
 from airflow_banana.storage import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
@@ -93,3 +94,50 @@ def test_one_mapped_task_per_shard_every_image_once(airflow_db, channels, tmp_pa
         assert meta["status"] == "succeeded" and storage.exists(meta["image"]["uri"])
     paid = [b["fingerprint"] for b in sim.billable()]
     assert len(paid) == len(set(paid)) == len(ids)  # nothing paid twice across shards
+
+
+def _write_shards(shards: Path, parts: list[list[dict[str, str]]]) -> None:
+    shards.mkdir()
+    for s, items in enumerate(parts):
+        (shards / f"part-{s:02d}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+
+
+def test_one_id_two_requests_across_shards_and_runs_fails_before_spend(airflow_db, channels, tmp_path):
+    """Issue 15.1: an id under an output prefix names one image; another request for it fails
+    that item before any spend (its shard fails after the report), and no rerun pays again."""
+    sim = channels
+    shards = tmp_path / "shards"
+    _write_shards(
+        shards,
+        [
+            [{"id": "sneaker-red", "prompt": "a red sneaker, studio light"}, {"id": "a-1", "prompt": "one"}],
+            [{"id": "sneaker-red", "prompt": "a red sneaker on a beach"}, {"id": "b-1", "prompt": "two"}],
+        ],
+    )
+    out = tmp_path / "out"
+    dag = _load_dag("banana_catalog_sharded")
+    conf = {"shards_prefix": str(shards) + "/", "output_prefix": str(out), "budget_usd_per_shard": 2.0}
+    storage = open_storage()
+    meta_uri = str(out / "metadata" / "sneaker-red.json")
+
+    for attempt in range(2):
+        run = dag.test(run_conf=conf)
+        assert run.state == "failed"
+        mapped = sorted(
+            (ti for ti in run.get_task_instances() if ti.task_id == "generate_shard"),
+            key=lambda t: t.map_index,
+        )
+        assert [ti.state for ti in mapped] == ["success", "failed"]
+        meta = storage.read_json(meta_uri)
+        assert meta["prompt"] == "a red sneaker, studio light"  # the first shard's image stays
+        if attempt == 0:
+            image = storage.read_bytes(meta["image"]["uri"])
+        assert storage.read_bytes(meta["image"]["uri"]) == image
+        run_key = RunIdentity("banana_catalog_sharded", "generate_shard", run.run_id, 1).run_key
+        loser = storage.read_json(str(out / "runs" / run_key / "report.json"))
+        assert loser["items"]["succeeded" if attempt == 0 else "skipped"] == 1
+        assert loser["items"]["failed"] == 1
+        (failed,) = loser["failed_items"]
+        assert failed["item_id"] == "sneaker-red" and "already names a different image" in failed["reason"]
+        # three images bought in the first run, none in the second: nothing paid twice
+        assert len(sim.billable()) == 3

@@ -118,3 +118,16 @@ def test_on_kill_cancels_but_cleanup_and_cancellation_do_not(backend: FakeBacken
     assert backend.cancelled == []
     asyncio.run(trigger.on_kill())
     assert backend.cancelled == ["batches/9"]
+
+
+def test_logs_state_changes_not_every_identical_poll(backend: FakeBackend) -> None:
+    """Issue 15.12: a long job polled often logs each state once."""
+    from structlog.testing import capture_logs
+
+    backend.states = [JobState.PENDING] * 3 + [JobState.RUNNING] * 4 + [JobState.SUCCEEDED]
+    trigger = BatchJobTrigger(conn_id="c", job_name="j", poll_interval_s=0.001)
+    with capture_logs() as logs:
+        asyncio.run(_events(trigger))
+    lines = [e["event"] for e in logs if e["event"].startswith("batch job j: ")]
+    assert lines == ["batch job j: PENDING", "batch job j: RUNNING", "batch job j: SUCCEEDED"]
+    assert backend.gets == 8

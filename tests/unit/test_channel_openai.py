@@ -337,6 +337,30 @@ def test_probe_lists_models() -> None:
     assert "2 models" in message and "it lists google/gemini-3-pro-image-preview" in message
 
 
+@pytest.mark.parametrize(("listed", "fatal"), [(["x", "y"], True), ([], False)])
+def test_probe_refuses_a_relay_that_lists_models_but_not_ours(listed: list[str], fatal: bool) -> None:
+    """Issue 15.5: an unknown model is found by the free call, not by every item's 404."""
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [{"id": m} for m in listed]})
+
+    channel = channel_with(handler)
+
+    async def main() -> str:
+        try:
+            return await channel.probe()
+        finally:
+            await channel.aclose()
+
+    if not fatal:  # a relay that lists nothing cannot say no
+        assert "cannot confirm" in asyncio.run(main())
+        return
+    with pytest.raises(ChannelError) as info:
+        asyncio.run(main())
+    assert info.value.error_class is ErrorClass.CHANNEL_FATAL
+    assert "2 models listed, not google/gemini-3-pro-image-preview" in str(info.value)
+
+
 def test_build_channel_dispatches_openai_and_refuses_other_protocols() -> None:
     config = parse_channel("relay", host=None, password=KEY, extra={"protocol": "openai"})
     channel = build_channel(config)

@@ -549,7 +549,7 @@ def test_describe_gives_one_line_of_channel_states() -> None:
     fail(router, ItemProgress("x"), ErrorClass.RATE_LIMITED, retry_after=20.0)
     fail(router, ItemProgress("y"), ErrorClass.CHANNEL_FATAL)
     line = describe(router.states(), clock.now())
-    assert line == "relay=retry_hint(+20s) direct=disabled vertex=closed"
+    assert line == "relay=retry_hint(+20s) direct=disabled vertex=ok"
 
 
 def test_router_uses_the_injected_backend() -> None:
