@@ -6,6 +6,8 @@ demand, so importing this package (hooks, operators, DAG parsing) never imports 
 
 from __future__ import annotations
 
+import logging
+
 from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.exceptions import ConfigurationError
@@ -13,8 +15,22 @@ from airflow_banana.exceptions import ConfigurationError
 __all__ = ["Channel", "ChannelConfig", "build_channel", "parse_channel"]
 
 
+# The HTTP clients under the SDKs log one INFO line per request ("HTTP Request: POST ..."):
+# thousands of them would drown the provider's own progress lines in a task log.
+_CHATTY_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_loggers() -> None:
+    """Keep the HTTP clients' loggers at WARNING, unless the user set a level for them."""
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
 def build_channel(config: ChannelConfig) -> Channel:
     """The channel for ``config.protocol``; builds no network client for the Google SDK yet."""
+    quiet_http_loggers()
     if config.protocol in ("gemini", "vertex"):
         from airflow_banana.channels.gemini import GeminiChannel
 

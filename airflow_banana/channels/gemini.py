@@ -378,6 +378,8 @@ class GeminiChannel:
         from google.genai import types
 
         return types.GenerateContentConfig(
+            # no tools are sent: without this the SDK logs "AFC is enabled ..." on every call
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             response_modalities=["TEXT", "IMAGE"],
             image_config=types.ImageConfig(aspect_ratio=request.aspect_ratio, image_size=request.image_size),
             thinking_config=types.ThinkingConfig(include_thoughts=True) if request.include_thoughts else None,

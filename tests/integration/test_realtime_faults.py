@@ -731,3 +731,32 @@ def test_operator_waits_for_another_runs_claim_and_claim_ttl_none_turns_claims_o
 
     summary = operator(claim_ttl_s=None).execute(_operator_context())  # type: ignore[arg-type]
     assert summary["items"]["succeeded"] == 3 and len(rsim.billable()) == 3
+
+
+def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_path, monkeypatch, caplog):
+    from airflow_banana.operators import RealtimeImageOperator
+
+    faults(rsim, RELAY, overload_rate=0.3)  # some retries, so attempts outnumber items
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"product {i}"}) + "\n" for i in range(12))
+    )
+    op = RealtimeImageOperator(
+        task_id="generate",
+        manifest=str(manifest),
+        output_prefix=str(tmp_path / "out"),
+        channels=_connections(rsim, monkeypatch),
+        router_options={**FAST_ROUTER},
+    )
+    with caplog.at_level(logging.INFO):
+        summary = op.execute(_operator_context())  # type: ignore[arg-type]
+
+    assert summary["items"]["succeeded"] == 12
+    calls = [r for r in rsim.requests() if r["method"] == "POST"]
+    assert len(calls) > 12
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "HTTP Request:" in m], "the HTTP client logs every call"
+    assert not [m for m in messages if "AFC is enabled" in m], "the SDK logs every call"
+    ours = [r for r in caplog.records if r.name.startswith("airflow_banana")]
+    # at most one line per attempt, plus the run's own start, progress, report and finish lines
+    assert len(ours) <= len(calls) + 10, [r.getMessage() for r in ours]
