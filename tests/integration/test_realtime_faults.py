@@ -748,6 +748,9 @@ def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_
         channels=_connections(rsim, monkeypatch),
         router_options={**FAST_ROUTER},
     )
+    # as outside Airflow's own logging config (which sets httpx to WARN): the level is the user's
+    for name in ("httpx", "httpcore"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
     with caplog.at_level(logging.INFO):
         summary = op.execute(_operator_context())  # type: ignore[arg-type]
 
