@@ -733,33 +733,57 @@ def test_operator_waits_for_another_runs_claim_and_claim_ttl_none_turns_claims_o
     assert summary["items"]["succeeded"] == 3 and len(rsim.billable()) == 3
 
 
-def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_path, monkeypatch, caplog):
+def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_path, monkeypatch):
     from airflow_banana.operators import RealtimeImageOperator
 
-    faults(rsim, RELAY, overload_rate=0.3)  # some retries, so attempts outnumber items
+    faults(rsim, GEMINI, overload_rate=0.3)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"product {i}"}) + "\n" for i in range(12))
     )
+    channels = _connections(rsim, monkeypatch)
     op = RealtimeImageOperator(
         task_id="generate",
         manifest=str(manifest),
         output_prefix=str(tmp_path / "out"),
-        channels=_connections(rsim, monkeypatch),
+        channels=channels,
+        priority=[channels[1]],  # Gemini through google-genai, where the SDK's own lines come from
         router_options={**FAST_ROUTER},
     )
-    # as outside Airflow's own logging config (which sets httpx to WARN): the level is the user's
-    for name in ("httpx", "httpcore"):
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
-    with caplog.at_level(logging.INFO):
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    # Airflow's logging setup may stop propagation to the root: listen on each logger itself,
+    # at the user's levels (outside Airflow's config, which sets httpx to WARN, they are unset)
+    keep = Keep()
+    for name in ("httpx", "httpcore", "google_genai", "airflow_banana"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "level", logger.level)  # restored after the test
+        monkeypatch.setattr(logger, "propagate", False)
+        logger.setLevel(logging.NOTSET if name != "airflow_banana" else logging.INFO)
+        logger.addHandler(keep)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)
+    root.setLevel(logging.INFO)
+    try:
         summary = op.execute(_operator_context())  # type: ignore[arg-type]
+    finally:
+        for name in ("httpx", "httpcore", "google_genai", "airflow_banana"):
+            logging.getLogger(name).removeHandler(keep)
 
     assert summary["items"]["succeeded"] == 12
     calls = [r for r in rsim.requests() if r["method"] == "POST"]
-    assert len(calls) > 12
-    messages = [r.getMessage() for r in caplog.records]
+    assert len(calls) >= 12
+    messages = [r.getMessage() for r in keep.records]
     assert not [m for m in messages if "HTTP Request:" in m], "the HTTP client logs every call"
     assert not [m for m in messages if "AFC is enabled" in m], "the SDK logs every call"
-    ours = [r for r in caplog.records if r.name.startswith("airflow_banana")]
+    ours = [r for r in keep.records if r.name.startswith("airflow_banana")]
+    assert ours, "the provider's own lines were not captured"
     # at most one line per attempt, plus the run's own start, progress, report and finish lines
     assert len(ours) <= len(calls) + 10, [r.getMessage() for r in ours]
