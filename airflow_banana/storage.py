@@ -61,6 +61,7 @@ _TMP_MARK = ".banana-tmp-"
 __all__ = [
     "ObjectStat",
     "Storage",
+    "TruncatedLine",
     "join_uri",
     "open_storage",
     "parent_uri",
@@ -99,22 +100,61 @@ def parent_uri(uri: str) -> str:
     return head or "/"
 
 
-def split_lines(stream: IO[bytes], *, chunk_size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+class TruncatedLine(bytes):
+    """The first bytes of a line longer than the caller's bound; ``length`` is the whole line's."""
+
+    length: int
+
+    def __new__(cls, head: bytes, length: int) -> TruncatedLine:
+        line = super().__new__(cls, head)
+        line.length = length
+        return line
+
+
+TRUNCATED_HEAD_BYTES = 1024
+
+
+def split_lines(
+    stream: IO[bytes], *, chunk_size: int = READ_CHUNK_BYTES, max_line_bytes: int | None = None
+) -> Iterator[bytes]:
     """Lines of a binary stream without their ``\\n`` / ``\\r\\n``, reading ``chunk_size`` at a time.
 
-    Memory is bounded by the chunk size plus the longest line, whatever the object's size.
+    Memory is bounded by the chunk size plus the longest line, whatever the object's size. With
+    ``max_line_bytes`` it is bounded by the chunk size plus that: a longer line is skipped as it
+    streams past and yielded as a :class:`TruncatedLine` (its first bytes and its length).
     """
-    pending = b""
-    while True:
-        chunk = stream.read(chunk_size)
-        if not chunk:
-            break
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line[:-1] if line.endswith(b"\r") else line
-    if pending:
-        yield pending[:-1] if pending.endswith(b"\r") else pending
+    parts: list[bytes] = []  # the line so far; joined once, so a long line costs no quadratic copying
+    pending = 0
+    head = b""  # set while skipping an over-long line
+    skipping = False
+    while chunk := stream.read(chunk_size):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            start = end + 1
+            if skipping:
+                yield TruncatedLine(head, pending + len(piece))
+                skipping, pending = False, 0
+                continue
+            line = b"".join([*parts, piece]) if parts else piece
+            parts, pending = [], 0
+            if max_line_bytes is not None and len(line) > max_line_bytes:
+                yield TruncatedLine(line[:TRUNCATED_HEAD_BYTES], len(line))
+            else:
+                yield line[:-1] if line.endswith(b"\r") else line
+        rest = chunk[start:]
+        pending += len(rest)
+        if skipping:
+            continue
+        parts.append(rest)
+        if max_line_bytes is not None and pending > max_line_bytes:
+            head = b"".join(parts)[:TRUNCATED_HEAD_BYTES]
+            parts, skipping = [], True
+    if skipping:
+        yield TruncatedLine(head, pending)
+    elif pending:
+        line = b"".join(parts)
+        yield line[:-1] if line.endswith(b"\r") else line
 
 
 class _Backend:

@@ -2,9 +2,11 @@
 
 Formats: JSONL streamed line by line (blank lines ignored; an optional first line
 ``{"manifest_version": 1, "defaults": {...}}``), or a JSON document -- an array of items or
-``{"manifest_version": 1, "defaults": {...}, "items": [...]}`` -- which is read whole and so is
-capped at :data:`MAX_DOCUMENT_BYTES`. Every problem names the manifest, the line (for a JSON
-document: the item's position) and the field.
+``{"manifest_version": 1, "defaults": {...}, "items": [...]}`` -- streamed item by item
+(:mod:`.document`). Every problem names the manifest, the line (for a JSON document: the item's
+position) and the field. Sizes are bounded (:mod:`.limits`): a line, a prompt, an item's metadata
+and (with its reference images) its request; accepted items are kept packed (:mod:`.packed`), so
+memory grows by about the manifest's own size, not by a Python object graph per item.
 
 Precedence of item fields: item > manifest ``defaults`` > the caller's (operator's) defaults >
 built-ins (1K, 1:1, gemini-3-pro-image-preview). ``metadata`` is merged key by key in the same
@@ -22,7 +24,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -32,20 +35,23 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 
 from airflow_banana.exceptions import ConfigurationError, ManifestError, ObjectNotFoundError
+from airflow_banana.manifests import document
+from airflow_banana.manifests.limits import ManifestLimits, env_name, limits_from_env
 from airflow_banana.manifests.model import (
     BUILTIN_DEFAULTS,
     ManifestItem,
     deadline_problem,
     id_problem,
 )
+from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.models import IMAGE_SIZES
-from airflow_banana.storage import Storage, join_uri, parent_uri, split_lines
+from airflow_banana.storage import Storage, TruncatedLine, join_uri, parent_uri, split_lines
 
 OnInvalid = Literal["reject", "quarantine"]
 SCHEMA_FILE = "manifest.v1.schema.json"
 MANIFEST_VERSION = 1
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 _MAX_MESSAGE = 300
+_MAX_RAW_CHARS = 8192  # of a rejected line kept in rejects.jsonl; the rest is summarised
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -72,7 +78,7 @@ class ManifestReject:
 @dataclass(frozen=True)
 class ManifestReadResult:
     uri: str
-    items: tuple[ManifestItem, ...]
+    items: Sequence[ManifestItem]  # packed (PackedItems); iterate, index or compare like a tuple
     rejects: tuple[ManifestReject, ...] = ()
     format: Literal["jsonl", "json"] = "jsonl"
 
@@ -183,21 +189,34 @@ def validate_defaults(defaults: dict[str, Any] | None, *, source: str) -> dict[s
 class _Reader:
     """One pass over one manifest; collects items and problems."""
 
-    def __init__(self, uri: str, operator_defaults: dict[str, Any], fmt: Literal["jsonl", "json"]):
+    def __init__(
+        self,
+        uri: str,
+        operator_defaults: dict[str, Any],
+        fmt: Literal["jsonl", "json"],
+        limits: ManifestLimits,
+    ):
         self.uri = uri
         self.base = parent_uri(uri)
         self.operator_defaults = operator_defaults
         self.manifest_defaults: dict[str, Any] = {}
         self.format = fmt
-        self.items: list[ManifestItem] = []
+        self.limits = limits
+        self.items = PackedItems()
         self.rejects: list[ManifestReject] = []
-        self.raw_by_line: dict[int, str] = {}
-        self.lines_by_id: dict[str, list[int]] = {}
+        # hash of each accepted item's lower-case id, by position: 8 bytes an item, checked at the end
+        self.id_hashes = array("q")
 
     def where(self, line: int) -> str:
         return f"line {line}" if self.format == "jsonl" else f"item {line}"
 
-    def reject(self, line: int, raw: str, reason: str, field: str | None, item_id: Any = None) -> None:
+    def reject(
+        self, line: int, raw: str | None, reason: str, field: str | None, item_id: Any = None, obj: Any = None
+    ) -> None:
+        if raw is None:  # a document item: its JSON, only when it is rejected
+            raw = json.dumps(obj, ensure_ascii=False, default=str)
+        if len(raw) > _MAX_RAW_CHARS:
+            raw = raw[:_MAX_RAW_CHARS] + f"... ({len(raw)} characters in all)"
         self.rejects.append(
             ManifestReject(
                 line=line,
@@ -206,6 +225,18 @@ class _Reader:
                 field=field,
                 item_id=item_id if isinstance(item_id, str) else None,
             )
+        )
+
+    def too_long(self, line: int, head: bytes, length: int) -> None:
+        """A line (or document item) over ``max_line_bytes``: rejected without being read whole."""
+        limit = self.limits.max_line_bytes
+        self.reject(
+            line,
+            head.decode("utf-8", "replace"),
+            f"{'line' if self.format == 'jsonl' else 'item'} is {length} bytes long, over the {limit}-byte "
+            f"limit for one manifest item (a prompt may have up to {self.limits.max_prompt_chars()} "
+            f"characters); it was not read (limit: {env_name('max_line_bytes')})",
+            None,
         )
 
     def header(self, obj: dict[str, Any], line: int) -> None:
@@ -231,16 +262,45 @@ class _Reader:
             return ref
         return join_uri(self.base, ref)
 
-    def item(self, obj: Any, line: int, raw: str) -> None:
+    def size_problems(self, merged: dict[str, Any], metadata: dict[str, Any]) -> list[tuple[str, str]]:
+        """The limits a schema-valid item can still break: prompt length and metadata size."""
+        problems: list[tuple[str, str]] = []
+        images = len(merged.get("reference_images", ()))
+        max_chars = self.limits.max_prompt_chars(images)
+        if len(merged["prompt"]) > max_chars:
+            beside = f" beside {images} reference image(s)" if images else ""
+            problems.append(
+                (
+                    "prompt",
+                    f"prompt is {len(merged['prompt'])} characters, over the {max_chars} that fit{beside} "
+                    f"in the model's {self.limits.max_input_tokens}-token input limit (~4 characters "
+                    f"a token); Google would refuse it (limit: {env_name('max_input_tokens')})",
+                )
+            )
+        if metadata:
+            size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+            if size > self.limits.max_metadata_bytes:
+                problems.append(
+                    (
+                        "metadata",
+                        f"metadata is {size} bytes as JSON, over the {self.limits.max_metadata_bytes}-byte "
+                        f"limit (limit: {env_name('max_metadata_bytes')})",
+                    )
+                )
+        return problems
+
+    def item(self, obj: Any, line: int, raw: str | None) -> None:
         if not isinstance(obj, dict):
-            self.reject(line, raw, f"an item must be a JSON object, got {type(obj).__name__}", None)
+            self.reject(line, raw, f"an item must be a JSON object, got {type(obj).__name__}", None, obj=obj)
             return
         if "manifest_version" in obj:
-            self.reject(line, raw, "a manifest header is only allowed as the first line", "manifest_version")
+            self.reject(
+                line, raw, "a manifest header is only allowed as the first line", "manifest_version", obj=obj
+            )
             return
         problems = _field_problems(obj, is_item=True)
         if problems:
-            self.reject(line, raw, _join_problems(problems), problems[0][0], obj.get("id"))
+            self.reject(line, raw, _join_problems(problems), problems[0][0], obj.get("id"), obj=obj)
             return
         merged: dict[str, Any] = {
             **BUILTIN_DEFAULTS,
@@ -253,6 +313,10 @@ class _Reader:
             **self.manifest_defaults.get("metadata", {}),
             **obj.get("metadata", {}),
         }
+        problems = self.size_problems(merged, metadata)  # type: ignore[arg-type]
+        if problems:
+            self.reject(line, raw, _join_problems(problems), problems[0][0], obj.get("id"), obj=obj)
+            return
         item = ManifestItem(
             id=merged["id"],
             prompt=merged["prompt"],
@@ -265,30 +329,44 @@ class _Reader:
             line=line,
         )
         # ids differing only in case collide on case-insensitive disks (macOS, Windows)
-        self.lines_by_id.setdefault(item.id.lower(), []).append(line)
-        self.raw_by_line[line] = raw
+        self.id_hashes.append(hash(item.id.lower()))
         self.items.append(item)
 
     def drop_duplicates(self) -> None:
-        dup_lines = {n for lines in self.lines_by_id.values() if len(lines) > 1 for n in lines}
-        if not dup_lines:
+        counts: dict[int, int] = {}
+        previous = None
+        for value in sorted(self.id_hashes):  # equal hashes are neighbours; most ids have none
+            if value == previous:
+                counts[value] = counts.get(value, 1) + 1
+            previous = value
+        if not counts:
             return
-        kept: list[ManifestItem] = []
-        for item in self.items:
-            if item.line not in dup_lines:
-                kept.append(item)
-                continue
-            others = [n for n in self.lines_by_id[item.id.lower()] if n != item.line]
-            listed = ", ".join(self.where(n) for n in others)
+        lines_by_id: dict[str, list[int]] = {}
+        by_position: dict[int, ManifestItem] = {}
+        for position, value in enumerate(self.id_hashes):
+            if value in counts:
+                item = self.items[position]
+                by_position[position] = item
+                lines_by_id.setdefault(item.id.lower(), []).append(item.line)
+        dropped: set[int] = set()
+        for position, item in by_position.items():
+            lines = lines_by_id[item.id.lower()]
+            if len(lines) < 2:
+                continue  # a hash collision, not a duplicate
+            dropped.add(position)
+            listed = ", ".join(self.where(n) for n in lines if n != item.line)
             self.reject(
                 item.line,
-                self.raw_by_line[item.line],
+                None,
                 f"duplicate id '{item.id}' (also on {listed}; ids are compared ignoring case); "
                 "every copy is rejected because it is unclear which one is meant",
                 "id",
                 item.id,
+                obj=item.to_dict(),
             )
-        self.items = kept
+        if dropped:
+            self.items = self.items.without(dropped)
+            self.id_hashes = array("q", (h for p, h in enumerate(self.id_hashes) if p not in dropped))
         self.rejects.sort(key=lambda r: r.line)
 
 
@@ -302,6 +380,10 @@ def _decode(raw: bytes) -> str | None:
 def _read_jsonl(reader: _Reader, lines: Iterator[tuple[int, bytes]]) -> None:
     first = True
     for number, raw_bytes in lines:
+        if isinstance(raw_bytes, TruncatedLine):
+            reader.too_long(number, raw_bytes, raw_bytes.length)
+            first = False
+            continue
         text = _decode(raw_bytes)
         if text is None:
             reader.reject(number, raw_bytes.decode("utf-8", "replace"), "line is not valid UTF-8", None)
@@ -312,8 +394,13 @@ def _read_jsonl(reader: _Reader, lines: Iterator[tuple[int, bytes]]) -> None:
         text = text.lstrip("\ufeff") if first else text  # a BOM from some editors
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            reader.reject(number, text, f"line is not JSON: {err.msg} at column {err.colno}", None)
+        except (json.JSONDecodeError, RecursionError) as err:
+            reason = (
+                f"line is not JSON: {err.msg} at column {err.colno}"
+                if isinstance(err, json.JSONDecodeError)
+                else "line is not JSON: nested too deeply"
+            )
+            reader.reject(number, text, reason, None)
             first = False
             continue
         if first and isinstance(obj, dict) and "manifest_version" in obj:
@@ -323,20 +410,32 @@ def _read_jsonl(reader: _Reader, lines: Iterator[tuple[int, bytes]]) -> None:
         first = False
 
 
-def _read_document(reader: _Reader, obj: Any) -> None:
-    if isinstance(obj, dict):
-        reader.header(obj, 1)
-        if "items" not in obj:
+def _read_document(reader: _Reader, storage: Storage, uri: str, is_array: bool) -> None:
+    """Stream the document's items into ``reader``; the header first when it is an object."""
+    limit = reader.limits.max_line_bytes
+    prefix = "item"
+    if not is_array:
+        header, has_items = document.read_header(lambda: storage.open_read(uri), limit)  # DocumentError
+        if not has_items and "items" not in header:
             raise ManifestError(
                 "a JSON manifest object needs an 'items' array; nothing was accepted",
                 manifest=reader.uri,
                 field="items",
             )
-        entries = obj["items"]
-    else:
-        entries = obj
-    for position, entry in enumerate(entries, start=1):
-        reader.item(entry, position, json.dumps(entry, ensure_ascii=False))
+        reader.header({**header, "items": []} if has_items else header, 1)
+        prefix = "items.item"
+    position = 0
+    try:
+        for position, entry in enumerate(document.iter_items(lambda: storage.open_read(uri), prefix, limit), 1):
+            reader.item(entry, position, None)
+    except document.ValueTooLarge as err:
+        # the parse cannot resume inside a value it stopped reading, so this always raises
+        raise ManifestError(
+            f"item {position + 1} is over the {err.size}-byte limit for one item, so the document cannot "
+            f"be read past it; nothing was accepted (limit: {env_name('max_line_bytes')})",
+            manifest=reader.uri,
+            field=f"items[{position}]",
+        ) from err
 
 
 def read_manifest(
@@ -346,74 +445,75 @@ def read_manifest(
     on_invalid: OnInvalid = "reject",
     defaults: dict[str, Any] | None = None,
     max_problems: int = 20,
+    limits: ManifestLimits | None = None,
 ) -> ManifestReadResult:
     """Validate the manifest at ``uri``; see the module docstring for formats and policies.
 
-    Raises :class:`ManifestError` (reject policy, or a broken header / document) and
-    :class:`ConfigurationError` (bad ``defaults`` or policy). Nothing here spends money.
+    ``limits`` defaults to :func:`~airflow_banana.manifests.limits.limits_from_env`. Raises
+    :class:`ManifestError` (reject policy, or a broken header / document) and
+    :class:`ConfigurationError` (bad ``defaults``, policy or limits). Nothing here spends money.
     """
     if on_invalid not in ("reject", "quarantine"):
         raise ConfigurationError(f"on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}")
     operator_defaults = validate_defaults(defaults, source=f"defaults for manifest {uri}")
+    limits = limits or limits_from_env()
     try:
-        with storage.open_read(uri) as stream:
-            lines = enumerate(split_lines(stream), start=1)
-            reader = _scan(uri, operator_defaults, lines)
+        reader = _scan(uri, storage, operator_defaults, limits)
     except ObjectNotFoundError as err:
         raise ManifestError("the manifest does not exist; nothing was spent", manifest=uri) from err
     reader.drop_duplicates()
     if reader.rejects and on_invalid == "reject":
         _raise_all(reader, max_problems)
-    return ManifestReadResult(
-        uri=uri, items=tuple(reader.items), rejects=tuple(reader.rejects), format=reader.format
-    )
+    return ManifestReadResult(uri=uri, items=reader.items, rejects=tuple(reader.rejects), format=reader.format)
 
 
-def _scan(uri: str, operator_defaults: dict[str, Any], lines: Iterator[tuple[int, bytes]]) -> _Reader:
-    buffered: list[tuple[int, bytes]] = []
-    for number, raw in lines:
-        buffered.append((number, raw))
-        if raw.strip():
-            break
-    first = buffered[-1][1].lstrip().lstrip(b"\xef\xbb\xbf") if buffered else b""
-    maybe_document = first.startswith(b"[")
-    if first.startswith(b"{"):
-        try:
-            parsed = json.loads(first)
-            maybe_document = isinstance(parsed, dict) and "items" in parsed
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            maybe_document = True  # a pretty-printed object spans lines; JSONL if that fails too
-    if maybe_document:
-        size = sum(len(raw) + 1 for _, raw in buffered)
+def _scan(uri: str, storage: Storage, operator_defaults: dict[str, Any], limits: ManifestLimits) -> _Reader:
+    """JSONL or a JSON document, decided by the first non-blank line; JSONL streams in this pass."""
+    with storage.open_read(uri) as stream:
+        lines = enumerate(split_lines(stream, max_line_bytes=limits.max_line_bytes), start=1)
+        buffered: list[tuple[int, bytes]] = []
         for number, raw in lines:
             buffered.append((number, raw))
-            size += len(raw) + 1
-            if size > MAX_DOCUMENT_BYTES:
-                if first.startswith(b"["):
-                    raise ManifestError(
-                        f"a JSON-array manifest is read whole and this one exceeds {MAX_DOCUMENT_BYTES} "
-                        "bytes; write it as JSONL (one item per line) instead",
-                        manifest=uri,
-                    )
-                break  # too big for a document: treat as JSONL, streaming the rest
-        else:
-            text = b"\n".join(raw for _, raw in buffered)
-            try:
-                document = json.loads(text.decode("utf-8-sig"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                if first.startswith(b"["):
-                    line = getattr(err, "lineno", None)
-                    raise ManifestError(
-                        f"the JSON document is invalid ({getattr(err, 'msg', err)}); nothing was accepted",
-                        manifest=uri,
-                        line=line,
-                    ) from err
+            if isinstance(raw, TruncatedLine) or raw.strip():
+                break
+        first = buffered[-1][1].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip() if buffered else b""
+        is_array = first.startswith(b"[")
+        maybe_object = False
+        if first.startswith(b"{"):
+            if isinstance(buffered[-1][1], TruncatedLine):
+                maybe_object = True  # a whole document on one line, or one over-long JSONL line
             else:
-                reader = _Reader(uri, operator_defaults, "json")
-                _read_document(reader, document)
-                return reader
-    reader = _Reader(uri, operator_defaults, "jsonl")
-    _read_jsonl(reader, chain(buffered, lines))
+                try:
+                    parsed = json.loads(first)
+                    maybe_object = isinstance(parsed, dict) and "items" in parsed
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    maybe_object = True  # a pretty-printed object spans lines; JSONL if that fails too
+        if not (is_array or maybe_object):
+            reader = _Reader(uri, operator_defaults, "jsonl", limits)
+            _read_jsonl(reader, chain(buffered, lines))
+            return reader
+    reader = _Reader(uri, operator_defaults, "json", limits)
+    try:
+        _read_document(reader, storage, uri, is_array)
+    except (document.DocumentError, document.ValueTooLarge) as err:
+        # an object that is no document (the header pass reads it all before any item) is JSONL
+        # whose first line did not parse or is over-long; that pass reports it line by line
+        if not is_array and len(reader.items) == 0 and not reader.rejects:
+            reader = _Reader(uri, operator_defaults, "jsonl", limits)
+            with storage.open_read(uri) as stream:
+                _read_jsonl(reader, enumerate(split_lines(stream, max_line_bytes=limits.max_line_bytes), 1))
+            return reader
+        if isinstance(err, document.ValueTooLarge):
+            raise ManifestError(
+                f"a value of the JSON document is over the {err.size}-byte limit for one item; "
+                f"nothing was accepted (limit: {env_name('max_line_bytes')})",
+                manifest=uri,
+            ) from err
+        raise ManifestError(
+            f"the JSON document is invalid ({err.message}); nothing was accepted",
+            manifest=uri,
+            line=document.error_line(lambda: storage.open_read(uri)),
+        ) from err
     return reader
 
 
