@@ -15,7 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from airflow_banana.exceptions import ManifestError, ReferenceImageError
-from airflow_banana.manifests import ManifestItem, OnInvalid, load_reference_images, read_manifest
+from airflow_banana.manifests import (
+    ManifestItem,
+    ManifestLimits,
+    OnInvalid,
+    limits_from_env,
+    load_reference_images,
+    read_manifest,
+)
 from airflow_banana.realtime import WorkItem
 from airflow_banana.storage import Storage
 
@@ -38,9 +45,15 @@ def prepare_manifest(
     on_invalid: OnInvalid = "reject",
     defaults: Mapping[str, Any] | None = None,
     logical_date: datetime,
+    limits: ManifestLimits | None = None,
 ) -> PreparedManifest:
-    """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine."""
-    result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}))
+    """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine.
+
+    ``limits`` (sizes of lines, prompts, metadata, requests) default to the ``BANANA_*``
+    environment overrides of the built-in defaults (``manifests.limits``).
+    """
+    limits = limits or limits_from_env()
+    result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}), limits=limits)
     rejects = [result.rejects_jsonl()] if result.rejects else []
     rejected = len(result.rejects)
     work: list[WorkItem] = []
@@ -48,7 +61,7 @@ def prepare_manifest(
     problems: list[str] = []
     for item in result.items:
         try:
-            refs = load_reference_images(item, storage)
+            refs = load_reference_images(item, storage, limits=limits)
         except ReferenceImageError as err:
             if on_invalid == "reject":
                 problems.append(str(err))

@@ -47,13 +47,19 @@ class ValueTooLarge(Exception):
 
 
 class _Bounded:
-    """A read-only view of ``stream`` that raises :class:`ValueTooLarge` between two marks."""
+    """A read-only view of ``stream`` that ends early once ``limit`` bytes pass between two marks.
+
+    It signals by ending (``exceeded`` set) rather than raising: an exception thrown through
+    ijson's pure-python generators leaves them suspended, and closing them at garbage collection
+    raises again at a random later point.
+    """
 
     def __init__(self, stream: IO[bytes], limit: int):
         self._stream = stream
         self._limit = limit
         self._since = 0
         self._first = True
+        self.exceeded = False
 
     def readable(self) -> bool:
         return True
@@ -62,7 +68,7 @@ class _Bounded:
         self._since = 0
 
     def read(self, size: int | None = -1) -> bytes:
-        if size == 0:
+        if size == 0 or self.exceeded:
             return b""  # ijson probes the stream's type with read(0)
         data = self._stream.read(size if size and size > 0 else _READ_BYTES)
         if self._first:
@@ -70,7 +76,8 @@ class _Bounded:
             data = data.removeprefix(_BOM)  # some editors write one
         self._since += len(data)
         if self._since > self._limit + _READ_BYTES:  # one read of lookahead belongs to the next value
-            raise ValueTooLarge(self._limit)
+            self.exceeded = True
+            return b""
         return data
 
 
@@ -81,23 +88,22 @@ def _json_error(err: Exception) -> DocumentError:
 
 def error_line(open_stream: OpenStream) -> int | None:
     """Where a syntax error is: the pure-python backend reports a character offset; count lines.
+    An error without one (the document ends early) is on the last line.
 
     Two more passes over the document in bounded memory; only for an error about to be raised.
     """
     python = ijson.get_backend("python")
+    offset = 1 << 62
     try:
         with open_stream() as stream:
             for _ in python.basic_parse(_Bounded(stream, 1 << 62)):
                 pass
     except ijson.JSONError as err:
         found = _POSITION.search(str(err))
-        if not found:
-            return None
-        offset = int(found.group(1))
+        if found:
+            offset = int(found.group(1))
     except (UnicodeDecodeError, ValueError):
-        return None
-    else:
-        return None
+        return _bad_utf8_line(open_stream)
     line, seen = 1, 0
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with open_stream() as raw:
@@ -107,6 +113,20 @@ def error_line(open_stream: OpenStream) -> int | None:
             line += text.count("\n")
             seen += len(text)
     return line
+
+
+def _bad_utf8_line(open_stream: OpenStream) -> int | None:
+    line = 1
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open_stream() as raw:
+        stream = _Bounded(raw, 1 << 62)
+        while data := stream.read(_READ_BYTES):
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as err:
+                return line + data[: err.start].count(b"\n")
+            line += data.count(b"\n")
+    return None
 
 
 def read_header(open_stream: OpenStream, limit: int) -> tuple[dict[str, Any], bool]:
@@ -129,7 +149,7 @@ def read_header(open_stream: OpenStream, limit: int) -> tuple[dict[str, Any], bo
                     if key == "items" and event == "start_array":
                         items_is_array = True
                     else:
-                        builder = BACKEND.ObjectBuilder()
+                        builder = ijson.ObjectBuilder()
                 if builder is not None:
                     builder.event(event, value)
                 if event in ("start_map", "start_array"):
@@ -139,9 +159,11 @@ def read_header(open_stream: OpenStream, limit: int) -> tuple[dict[str, Any], bo
                 if depth == 1 and builder is not None:
                     header[key] = builder.value
                     builder = None
-    except ValueTooLarge:
-        raise
+            if stream.exceeded:  # the parse ended where the stream was cut: never a whole document
+                raise ValueTooLarge(limit)
     except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
+        if stream.exceeded:
+            raise ValueTooLarge(limit) from err
         raise _json_error(err) from err
     return header, items_is_array
 
@@ -157,7 +179,9 @@ def iter_items(open_stream: OpenStream, prefix: str, limit: int) -> Iterator[Any
             for value in BACKEND.items(stream, prefix, use_float=True):
                 yield value
                 stream.mark()
-    except ValueTooLarge:
-        raise
+            if stream.exceeded:
+                raise ValueTooLarge(limit)
     except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
+        if stream.exceeded:
+            raise ValueTooLarge(limit) from err
         raise _json_error(err) from err

@@ -410,21 +410,23 @@ def _read_jsonl(reader: _Reader, lines: Iterator[tuple[int, bytes]]) -> None:
         first = False
 
 
-def _read_document(reader: _Reader, storage: Storage, uri: str, is_array: bool) -> None:
-    """Stream the document's items into ``reader``; the header first when it is an object."""
-    limit = reader.limits.max_line_bytes
+def _read_document(
+    reader: _Reader, storage: Storage, uri: str, header: tuple[dict[str, Any], bool] | None
+) -> None:
+    """Stream the document's items into ``reader``; ``header`` is an object's (None: an array)."""
     prefix = "item"
-    if not is_array:
-        header, has_items = document.read_header(lambda: storage.open_read(uri), limit)  # DocumentError
-        if not has_items and "items" not in header:
+    if header is not None:
+        members, has_items = header
+        if not has_items and "items" not in members:
             raise ManifestError(
                 "a JSON manifest object needs an 'items' array; nothing was accepted",
                 manifest=reader.uri,
                 field="items",
             )
-        reader.header({**header, "items": []} if has_items else header, 1)
+        reader.header({**members, "items": []} if has_items else members, 1)
         prefix = "items.item"
     position = 0
+    limit = reader.limits.max_line_bytes
     try:
         for position, entry in enumerate(document.iter_items(lambda: storage.open_read(uri), prefix, limit), 1):
             reader.item(entry, position, None)
@@ -492,23 +494,20 @@ def _scan(uri: str, storage: Storage, operator_defaults: dict[str, Any], limits:
             reader = _Reader(uri, operator_defaults, "jsonl", limits)
             _read_jsonl(reader, chain(buffered, lines))
             return reader
-    reader = _Reader(uri, operator_defaults, "json", limits)
-    try:
-        _read_document(reader, storage, uri, is_array)
-    except (document.DocumentError, document.ValueTooLarge) as err:
-        # an object that is no document (the header pass reads it all before any item) is JSONL
-        # whose first line did not parse or is over-long; that pass reports it line by line
-        if not is_array and len(reader.items) == 0 and not reader.rejects:
+    header = None
+    if not is_array:
+        try:  # this pass reads the whole object, so JSONL is known before any item is taken
+            header = document.read_header(lambda: storage.open_read(uri), limits.max_line_bytes)
+        except (document.DocumentError, document.ValueTooLarge):
+            # no document: JSONL whose first line did not parse or is over-long, reported line by line
             reader = _Reader(uri, operator_defaults, "jsonl", limits)
             with storage.open_read(uri) as stream:
                 _read_jsonl(reader, enumerate(split_lines(stream, max_line_bytes=limits.max_line_bytes), 1))
             return reader
-        if isinstance(err, document.ValueTooLarge):
-            raise ManifestError(
-                f"a value of the JSON document is over the {err.size}-byte limit for one item; "
-                f"nothing was accepted (limit: {env_name('max_line_bytes')})",
-                manifest=uri,
-            ) from err
+    reader = _Reader(uri, operator_defaults, "json", limits)
+    try:
+        _read_document(reader, storage, uri, header)
+    except document.DocumentError as err:
         raise ManifestError(
             f"the JSON document is invalid ({err.message}); nothing was accepted",
             manifest=uri,
