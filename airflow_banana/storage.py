@@ -120,41 +120,51 @@ def split_lines(
     """Lines of a binary stream without their ``\\n`` / ``\\r\\n``, reading ``chunk_size`` at a time.
 
     Memory is bounded by the chunk size plus the longest line, whatever the object's size. With
-    ``max_line_bytes`` it is bounded by the chunk size plus that: a longer line is skipped as it
-    streams past and yielded as a :class:`TruncatedLine` (its first bytes and its length).
+    ``max_line_bytes`` it is bounded by about twice the chunk size: a longer line is never
+    assembled, only counted as it streams past, and yielded as a :class:`TruncatedLine` (its
+    first bytes and its length).
     """
+    limit = max_line_bytes if max_line_bytes is not None else -1
     parts: list[bytes] = []  # the line so far; joined once, so a long line costs no quadratic copying
-    pending = 0
-    head = b""  # set while skipping an over-long line
-    skipping = False
-    while chunk := stream.read(chunk_size):
+    pending = 0  # its length
+    head: bytes | None = None  # set once the line is known to be over the limit
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            break
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
-            piece = chunk[start:end]
-            start = end + 1
-            if skipping:
-                yield TruncatedLine(head, pending + len(piece))
-                skipping, pending = False, 0
-                continue
-            line = b"".join([*parts, piece]) if parts else piece
-            parts, pending = [], 0
-            if max_line_bytes is not None and len(line) > max_line_bytes:
-                yield TruncatedLine(line[:TRUNCATED_HEAD_BYTES], len(line))
+            length = pending + end - start
+            if head is None and 0 <= limit < length:
+                head = _head([*parts, chunk[start : start + TRUNCATED_HEAD_BYTES]])
+            if head is not None:
+                yield TruncatedLine(head, length)
             else:
+                piece = chunk[start:end]
+                line = b"".join([*parts, piece]) if parts else piece
                 yield line[:-1] if line.endswith(b"\r") else line
-        rest = chunk[start:]
-        pending += len(rest)
-        if skipping:
-            continue
-        parts.append(rest)
-        if max_line_bytes is not None and pending > max_line_bytes:
-            head = b"".join(parts)[:TRUNCATED_HEAD_BYTES]
-            parts, skipping = [], True
-    if skipping:
+            parts, pending, head = [], 0, None
+            start = end + 1
+        pending += len(chunk) - start
+        if head is None:
+            parts.append(chunk[start:] if start else chunk)  # a line longer than the chunk: no copy
+            if 0 <= limit < pending:
+                head, parts = _head(parts), []
+        del chunk  # not held while the next one is read
+    if head is not None:
         yield TruncatedLine(head, pending)
     elif pending:
         line = b"".join(parts)
         yield line[:-1] if line.endswith(b"\r") else line
+
+
+def _head(parts: list[bytes]) -> bytes:
+    out = b""
+    for part in parts:  # never joins more than the head: the parts may be megabytes
+        out += part[: TRUNCATED_HEAD_BYTES - len(out)]
+        if len(out) >= TRUNCATED_HEAD_BYTES:
+            break
+    return out
 
 
 class _Backend:

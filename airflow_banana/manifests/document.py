@@ -22,10 +22,16 @@ from typing import IO, Any
 
 import ijson
 
-BACKEND: Any = ijson  # the best available backend; tests swap in ijson.get_backend("python")
+BACKEND: Any = ijson  # the best available backend; tests swap in PYTHON_BACKEND
+PYTHON_BACKEND: Any = ijson.get_backend("python")
 _BOM = b"\xef\xbb\xbf"
-_READ_BYTES = 64 * 1024
+# ijson's C backend turns each read into a list of events before yielding any: 16 KiB of "[[[["
+# is 16k events (~1.5 MB), so reads stay small
+_READ_BYTES = 16 * 1024
 _POSITION = re.compile(r" at (\d+)$")
+_DEPTH_SLACK = 64  # levels past an item's limit before a document is given up as broken
+_OPEN = frozenset({"start_map", "start_array"})
+_CLOSE = frozenset({"end_map", "end_array"})
 
 OpenStream = Callable[[], AbstractContextManager[IO[bytes]]]
 
@@ -39,11 +45,15 @@ class DocumentError(Exception):
 
 
 class ValueTooLarge(Exception):
-    """One JSON value (an item, a header field) is longer than the limit; the parse was stopped."""
+    """One JSON value (an item, a header field) is longer than the limit; the parse was stopped.
 
-    def __init__(self, size: int):
+    ``item`` is the 1-based position of the item it is in, when it is in one.
+    """
+
+    def __init__(self, size: int, item: int | None = None):
         super().__init__(f"over {size} bytes")
         self.size = size
+        self.item = item
 
 
 class _Bounded:
@@ -60,6 +70,7 @@ class _Bounded:
         self._since = 0
         self._first = True
         self.exceeded = False
+        self.newlines = 0  # in the bytes read so far
 
     def readable(self) -> bool:
         return True
@@ -75,10 +86,21 @@ class _Bounded:
             self._first = False
             data = data.removeprefix(_BOM)  # some editors write one
         self._since += len(data)
+        self.newlines += data.count(b"\n")
         if self._since > self._limit + _READ_BYTES:  # one read of lookahead belongs to the next value
             self.exceeded = True
             return b""
         return data
+
+
+def _closing(events: Any) -> Iterator[Any]:
+    """``events``, closed however the loop over it ends (a suspended parser is not left to GC)."""
+    try:
+        yield from events
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def _json_error(err: Exception) -> DocumentError:
@@ -86,19 +108,28 @@ def _json_error(err: Exception) -> DocumentError:
     return DocumentError(text)
 
 
-def error_line(open_stream: OpenStream) -> int | None:
+def error_line(open_stream: OpenStream, limit: int, max_depth: int) -> int | None:
     """Where a syntax error is: the pure-python backend reports a character offset; count lines.
-    An error without one (the document ends early) is on the last line.
+    An error without one (the document ends early) is on the last line. Past ``max_depth``
+    levels, or a value over ``limit`` bytes, it stops and names the line it reached (to within
+    one read): the document is invalid there already, and its state would grow without bound.
 
     Two more passes over the document in bounded memory; only for an error about to be raised.
     """
-    python = ijson.get_backend("python")
+    python = PYTHON_BACKEND
     offset = 1 << 62
     try:
-        with open_stream() as stream:
-            for _ in python.basic_parse(_Bounded(stream, 1 << 62)):
-                pass
+        with open_stream() as raw:
+            stream = _Bounded(raw, limit)
+            depth = 0
+            for event, _value in _closing(python.basic_parse(stream, buf_size=_READ_BYTES)):
+                stream.mark()
+                depth += (event in _OPEN) - (event in _CLOSE)
+                if depth > max_depth + 1:
+                    return 1 + stream.newlines
     except ijson.JSONError as err:
+        if stream.exceeded:
+            return 1 + stream.newlines
         found = _POSITION.search(str(err))
         if found:
             offset = int(found.group(1))
@@ -107,8 +138,8 @@ def error_line(open_stream: OpenStream) -> int | None:
     line, seen = 1, 0
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with open_stream() as raw:
-        stream = _Bounded(raw, 1 << 62)
-        while seen < offset and (data := stream.read(_READ_BYTES)):
+        whole = _Bounded(raw, 1 << 62)
+        while seen < offset and (data := whole.read(_READ_BYTES)):
             text = decoder.decode(data)[: offset - seen]
             line += text.count("\n")
             seen += len(text)
@@ -129,59 +160,121 @@ def _bad_utf8_line(open_stream: OpenStream) -> int | None:
     return None
 
 
-def read_header(open_stream: OpenStream, limit: int) -> tuple[dict[str, Any], bool]:
+class TooDeep:
+    """Stands for a value nested deeper than allowed: it was skipped, not built."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+
+
+def _values(
+    open_stream: OpenStream,
+    limit: int,
+    max_depth: int,
+    *,
+    in_object: bool,
+    build_items: bool,
+    backend: Any = None,
+) -> Iterator[tuple[str, Any, Any]]:
+    """``("member", key, value)`` for each top-level member of an object but an ``items`` array,
+    ``("items", None, None)`` where that array starts, and ``("item", position, value)`` for each
+    item, in document order. Members are built when items are not (``build_items``), and the
+    other kind is None.
+
+    Built from ijson's ``basic_parse`` (no prefix strings: those grow with the square of the
+    nesting depth); a value nested deeper than ``max_depth`` levels stops being built and is
+    yielded as :class:`TooDeep`. Raises :class:`ValueTooLarge` (``item`` set when in one) and
+    :class:`DocumentError`.
+    """
+    depth, key, position = 0, "", 0
+    items_depth = 2 if in_object else 1  # the depth at which an item starts
+    in_items = not in_object
+    start: int | None = None  # the depth at which the value being read started
+    kind, builder, deepest = "", None, 0
+    give_up = items_depth + max_depth + _DEPTH_SLACK
+    try:
+        with open_stream() as raw:
+            stream = _Bounded(raw, limit)
+            events = (backend or BACKEND).basic_parse(stream, use_float=True, buf_size=_READ_BYTES)
+            for event, value in _closing(events):
+                stream.mark()
+                if in_object and depth == 1 and event == "map_key":
+                    key = value
+                    continue
+                if start is None:
+                    if in_object and depth == 1 and event != "end_map":
+                        if key == "items" and event == "start_array":
+                            in_items = True
+                            depth += 1
+                            yield "items", None, None
+                            continue
+                        start, kind = 1, "member"
+                    elif in_items and depth == items_depth and event not in _CLOSE:
+                        position += 1
+                        start, kind = items_depth, "item"
+                    if start is not None:
+                        build = build_items == (kind == "item")
+                        builder, deepest = (ijson.ObjectBuilder() if build else None), 0
+                if event in _OPEN:
+                    depth += 1
+                    if depth > give_up:  # the parser's own state grows with depth: stop here
+                        raise DocumentError(f"it nests deeper than {give_up} levels")
+                elif event in _CLOSE:
+                    depth -= 1
+                    if in_object and in_items and start is None and depth == 1:
+                        in_items = False  # the items array ended
+                if start is None:
+                    continue
+                deepest = max(deepest, depth - start)
+                if builder is not None and deepest <= max_depth:
+                    builder.event(event, value)
+                if depth == start:  # a scalar, or the container closed: the value is complete
+                    done = TooDeep(deepest) if deepest > max_depth else getattr(builder, "value", None)
+                    yield kind, key if kind == "member" else position, done
+                    start, builder = None, None
+            if stream.exceeded:  # the parse ended where the stream was cut: never a whole document
+                raise ValueTooLarge(limit, _cut_item(in_items, start, kind, position))
+    except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
+        if stream.exceeded:
+            raise ValueTooLarge(limit, _cut_item(in_items, start, kind, position)) from err
+        raise _json_error(err) from err
+
+
+def _cut_item(in_items: bool, start: int | None, kind: str, position: int) -> int | None:
+    if start is not None:
+        return position if kind == "item" else None
+    return position + 1 if in_items else None  # a scalar item being read has no event yet
+
+
+def read_header(open_stream: OpenStream, limit: int, max_depth: int) -> tuple[dict[str, Any], bool]:
     """The top-level members of a JSON object except ``items``, and whether ``items`` is an array.
 
     A non-array ``items`` is returned as a member, so the header schema names the problem.
     """
-    header: dict[str, Any] = {}
-    items_is_array = False
-    try:
-        with open_stream() as raw:
-            stream = _Bounded(raw, limit)
-            depth, key, builder = 0, "", None
-            for _prefix, event, value in BACKEND.parse(stream):
-                stream.mark()
-                if depth == 1 and event == "map_key":
-                    key = value
-                    continue
-                if depth == 1 and event != "end_map":
-                    if key == "items" and event == "start_array":
-                        items_is_array = True
-                    else:
-                        builder = ijson.ObjectBuilder()
-                if builder is not None:
-                    builder.event(event, value)
-                if event in ("start_map", "start_array"):
-                    depth += 1
-                elif event in ("end_map", "end_array"):
-                    depth -= 1
-                if depth == 1 and builder is not None:
-                    header[key] = builder.value
-                    builder = None
-            if stream.exceeded:  # the parse ended where the stream was cut: never a whole document
-                raise ValueTooLarge(limit)
-    except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
-        if stream.exceeded:
-            raise ValueTooLarge(limit) from err
-        raise _json_error(err) from err
+    for backend in (BACKEND, PYTHON_BACKEND):
+        header: dict[str, Any] = {}
+        items_is_array = False
+        values = _values(open_stream, limit, max_depth, in_object=True, build_items=False, backend=backend)
+        try:
+            for kind, key, value in values:
+                if kind == "member":
+                    header[key] = value
+                elif kind == "items":
+                    items_is_array = True
+        except DocumentError as err:
+            if "integer overflow" in err.message and backend is not PYTHON_BACKEND:
+                continue  # yajl takes integers below 2**63 only; json and the python backend take any
+            raise
+        break
     return header, items_is_array
 
 
-def iter_items(open_stream: OpenStream, prefix: str, limit: int) -> Iterator[Any]:
-    """The values under ``prefix`` (``item`` for an array, ``items.item`` in an object), one at a time.
-
-    Raises :class:`ValueTooLarge` for one over ``limit`` bytes and :class:`DocumentError`.
-    """
-    try:
-        with open_stream() as raw:
-            stream = _Bounded(raw, limit)
-            for value in BACKEND.items(stream, prefix, use_float=True):
-                yield value
-                stream.mark()
-            if stream.exceeded:
-                raise ValueTooLarge(limit)
-    except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
-        if stream.exceeded:
-            raise ValueTooLarge(limit) from err
-        raise _json_error(err) from err
+def iter_items(
+    open_stream: OpenStream, limit: int, max_depth: int, *, in_object: bool, backend: Any = None
+) -> Iterator[Any]:
+    """The items of an array document, or of an object's ``items`` array, one at a time."""
+    for kind, _position, value in _values(
+        open_stream, limit, max_depth, in_object=in_object, build_items=True, backend=backend
+    ):
+        if kind == "item":
+            yield value

@@ -40,6 +40,8 @@ class ManifestLimits:
       unread, so memory never holds more than this much of it.
     * ``max_metadata_bytes`` -- an item's merged ``metadata`` as compact JSON, 64 KiB (our choice:
       it is copied into every item's metadata file and report; it is not sent to Google).
+    * ``max_metadata_depth`` -- how deeply ``metadata`` may nest, 32 levels (our choice: deeper
+      values hit Python's recursion limit in ``json`` and every later serialisation).
     """
 
     max_input_tokens: int = MAX_INPUT_TOKENS
@@ -47,6 +49,7 @@ class ManifestLimits:
     max_reference_bytes: int = 7 * 1024 * 1024
     max_line_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 64 * 1024
+    max_metadata_depth: int = 32
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -21,16 +21,17 @@ A bad header or bad caller defaults affect every item and always raise.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from itertools import chain
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from jsonschema import Draft202012Validator
 
@@ -51,6 +52,9 @@ OnInvalid = Literal["reject", "quarantine"]
 SCHEMA_FILE = "manifest.v1.schema.json"
 MANIFEST_VERSION = 1
 _MAX_MESSAGE = 300
+_MAX_FIELD_NAME = 100
+_CHUNK_BYTES = 1024 * 1024  # read at a time: with the line limit, what a JSONL pass holds
+_MAX_LINE_PROBLEMS = 10  # per line: a line with 100k unknown keys gets ten, and a count
 _MAX_RAW_CHARS = 8192  # of a rejected line kept in rejects.jsonl; the rest is summarised
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -111,7 +115,10 @@ def _short(text: str) -> str:
 def _dotted(path: Iterable[Any]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = str(part)
+        if len(name) > _MAX_FIELD_NAME:
+            name = name[: _MAX_FIELD_NAME - 3] + "..."
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -130,10 +137,14 @@ def _schema_problems(validator: Draft202012Validator, obj: Any) -> list[tuple[st
                     problems.append((_dotted([*path, name]), "is required"))
         elif err.validator == "additionalProperties" and isinstance(here, dict):
             known = sorted(err.schema.get("properties", {}))
-            for name in sorted(set(here) - set(known)):
-                hint = difflib.get_close_matches(str(name), known, n=1)
+            unknown = sorted(set(here) - set(known))
+            for name in unknown[:_MAX_LINE_PROBLEMS]:
+                # difflib indexes the word it is given: never a megabyte-long key
+                hint = difflib.get_close_matches(str(name), known, n=1) if len(name) <= 64 else []
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(known)}"
                 problems.append((_dotted([*path, name]), f"unknown field{suggestion}"))
+            if len(unknown) > _MAX_LINE_PROBLEMS:
+                problems.append((None, f"... and {len(unknown) - _MAX_LINE_PROBLEMS} more unknown fields"))
         elif path[-1:] == ["prompt"] and err.validator in ("minLength", "pattern"):
             problems.append(("prompt", "prompt is empty or only whitespace"))
         else:
@@ -141,6 +152,8 @@ def _schema_problems(validator: Draft202012Validator, obj: Any) -> list[tuple[st
             if err.validator == "enum" and isinstance(here, str) and here.upper() in IMAGE_SIZES:
                 reason += f" (sizes are uppercase: use '{here.upper()}'; Google rejects '{here}')"
             problems.append((_dotted(path) or None, _short(reason)))
+        if len(problems) > _MAX_LINE_PROBLEMS:
+            break
     return problems
 
 
@@ -202,6 +215,7 @@ class _Reader:
         self.manifest_defaults: dict[str, Any] = {}
         self.format = fmt
         self.limits = limits
+        self.max_depth = max_item_depth(limits)
         self.items = PackedItems()
         self.rejects: list[ManifestReject] = []
         # hash of each accepted item's lower-case id, by position: 8 bytes an item, checked at the end
@@ -214,7 +228,7 @@ class _Reader:
         self, line: int, raw: str | None, reason: str, field: str | None, item_id: Any = None, obj: Any = None
     ) -> None:
         if raw is None:  # a document item: its JSON, only when it is rejected
-            raw = json.dumps(obj, ensure_ascii=False, default=str)
+            raw = "(nested too deeply to show)" if isinstance(obj, document.TooDeep) else _json_text(obj)
         if len(raw) > _MAX_RAW_CHARS:
             raw = raw[:_MAX_RAW_CHARS] + f"... ({len(raw)} characters in all)"
         self.rejects.append(
@@ -240,12 +254,15 @@ class _Reader:
         )
 
     def header(self, obj: dict[str, Any], line: int) -> None:
-        problems = _schema_problems(_validator("header"), obj)
-        if not problems and isinstance(obj.get("defaults"), dict):
-            problems = [
-                (f"defaults.{f}" if f else "defaults", r)
-                for f, r in _field_problems(obj["defaults"], is_item=False)
-            ]
+        try:
+            problems = _schema_problems(_validator("header"), obj)
+            if not problems and isinstance(obj.get("defaults"), dict):
+                problems = [
+                    (f"defaults.{f}" if f else "defaults", r)
+                    for f, r in _field_problems(obj["defaults"], is_item=False)
+                ]
+        except RecursionError:
+            problems = [(None, "the header is nested too deeply to check")]
         if problems:
             field, _ = problems[0]
             raise ManifestError(
@@ -262,9 +279,11 @@ class _Reader:
             return ref
         return join_uri(self.base, ref)
 
-    def size_problems(self, merged: dict[str, Any], metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    def size_problems(
+        self, merged: dict[str, Any], metadata: dict[str, Any]
+    ) -> list[tuple[str | None, str]]:
         """The limits a schema-valid item can still break: prompt length and metadata size."""
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str | None, str]] = []
         images = len(merged.get("reference_images", ()))
         max_chars = self.limits.max_prompt_chars(images)
         if len(merged["prompt"]) > max_chars:
@@ -290,6 +309,18 @@ class _Reader:
         return problems
 
     def item(self, obj: Any, line: int, raw: str | None) -> None:
+        depth = obj.depth if isinstance(obj, document.TooDeep) else _depth(obj)
+        if depth > self.max_depth:
+            self.reject(
+                line,
+                raw,
+                f"the item nests {depth} levels deep, over the {self.max_depth} an item with metadata "
+                f"{self.limits.max_metadata_depth} levels deep needs "
+                f"(limit: {env_name('max_metadata_depth')})",
+                None,
+                obj=obj,
+            )
+            return
         if not isinstance(obj, dict):
             self.reject(line, raw, f"an item must be a JSON object, got {type(obj).__name__}", None, obj=obj)
             return
@@ -298,7 +329,10 @@ class _Reader:
                 line, raw, "a manifest header is only allowed as the first line", "manifest_version", obj=obj
             )
             return
-        problems = _field_problems(obj, is_item=True)
+        try:
+            problems = _field_problems(obj, is_item=True)
+        except RecursionError:  # a message quoting a value thousands of levels deep
+            problems = [(None, "the item is nested too deeply to check")]
         if problems:
             self.reject(line, raw, _join_problems(problems), problems[0][0], obj.get("id"), obj=obj)
             return
@@ -313,7 +347,7 @@ class _Reader:
             **self.manifest_defaults.get("metadata", {}),
             **obj.get("metadata", {}),
         }
-        problems = self.size_problems(merged, metadata)  # type: ignore[arg-type]
+        problems = self.size_problems(merged, metadata)
         if problems:
             self.reject(line, raw, _join_problems(problems), problems[0][0], obj.get("id"), obj=obj)
             return
@@ -370,6 +404,27 @@ class _Reader:
         self.rejects.sort(key=lambda r: r.line)
 
 
+def max_item_depth(limits: ManifestLimits) -> int:
+    """How deeply an item may nest: its own object, then its metadata's levels."""
+    return limits.max_metadata_depth + 1
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (it may be thousands of levels deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        current, level = stack.pop()
+        if isinstance(current, dict | list):
+            deepest = max(deepest, level)
+            children = current.values() if isinstance(current, dict) else current
+            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
 def _decode(raw: bytes) -> str | None:
     try:
         return raw.decode("utf-8")
@@ -411,10 +466,9 @@ def _read_jsonl(reader: _Reader, lines: Iterator[tuple[int, bytes]]) -> None:
 
 
 def _read_document(
-    reader: _Reader, storage: Storage, uri: str, header: tuple[dict[str, Any], bool] | None
+    reader: _Reader, storage: Storage, uri: str, header: tuple[dict[str, Any], bool] | None, backend: Any
 ) -> None:
     """Stream the document's items into ``reader``; ``header`` is an object's (None: an array)."""
-    prefix = "item"
     if header is not None:
         members, has_items = header
         if not has_items and "items" not in members:
@@ -423,20 +477,35 @@ def _read_document(
                 manifest=reader.uri,
                 field="items",
             )
+        deep = next((k for k, v in members.items() if isinstance(v, document.TooDeep)), None)
+        if deep is not None:
+            raise ManifestError(
+                f"invalid manifest header ('{deep}' nests deeper than {reader.max_depth} levels); it "
+                "applies to every item, so nothing was accepted and nothing was spent",
+                manifest=reader.uri,
+                field=deep,
+            )
         reader.header({**members, "items": []} if has_items else members, 1)
-        prefix = "items.item"
     position = 0
-    limit = reader.limits.max_line_bytes
+    limits = reader.limits
+    entries = document.iter_items(
+        lambda: storage.open_read(uri),
+        limits.max_line_bytes,
+        reader.max_depth,
+        in_object=header is not None,
+        backend=backend,
+    )
     try:
-        for position, entry in enumerate(document.iter_items(lambda: storage.open_read(uri), prefix, limit), 1):
+        for position, entry in enumerate(entries, 1):
             reader.item(entry, position, None)
     except document.ValueTooLarge as err:
         # the parse cannot resume inside a value it stopped reading, so this always raises
+        at = err.item or position + 1
         raise ManifestError(
-            f"item {position + 1} is over the {err.size}-byte limit for one item, so the document cannot "
-            f"be read past it; nothing was accepted (limit: {env_name('max_line_bytes')})",
+            f"item {at} is over the {err.size}-byte limit for one item, so the document cannot be read "
+            f"past it; nothing was accepted (limit: {env_name('max_line_bytes')})",
             manifest=reader.uri,
-            field=f"items[{position}]",
+            field=f"items[{at - 1}]",
         ) from err
 
 
@@ -466,13 +535,15 @@ def read_manifest(
     reader.drop_duplicates()
     if reader.rejects and on_invalid == "reject":
         _raise_all(reader, max_problems)
-    return ManifestReadResult(uri=uri, items=reader.items, rejects=tuple(reader.rejects), format=reader.format)
+    return ManifestReadResult(
+        uri=uri, items=reader.items, rejects=tuple(reader.rejects), format=reader.format
+    )
 
 
 def _scan(uri: str, storage: Storage, operator_defaults: dict[str, Any], limits: ManifestLimits) -> _Reader:
     """JSONL or a JSON document, decided by the first non-blank line; JSONL streams in this pass."""
-    with storage.open_read(uri) as stream:
-        lines = enumerate(split_lines(stream, max_line_bytes=limits.max_line_bytes), start=1)
+    with storage.open_read(uri) as stream, contextlib.closing(_lines(stream, limits)) as raw_lines:
+        lines = enumerate(raw_lines, start=1)  # closed on leaving: a document frees its chunk
         buffered: list[tuple[int, bytes]] = []
         for number, raw in lines:
             buffered.append((number, raw))
@@ -497,23 +568,46 @@ def _scan(uri: str, storage: Storage, operator_defaults: dict[str, Any], limits:
     header = None
     if not is_array:
         try:  # this pass reads the whole object, so JSONL is known before any item is taken
-            header = document.read_header(lambda: storage.open_read(uri), limits.max_line_bytes)
-        except (document.DocumentError, document.ValueTooLarge):
+            header = document.read_header(
+                lambda: storage.open_read(uri), limits.max_line_bytes, max_item_depth(limits)
+            )
+        except (document.DocumentError, document.ValueTooLarge) as err:
+            if isinstance(err, document.ValueTooLarge) and not isinstance(buffered[-1][1], TruncatedLine):
+                # a pretty-printed document (its first line is short) with one value too long
+                raise ManifestError(
+                    f"a value of the JSON document is over the {err.size}-byte limit for one item, so it "
+                    f"cannot be read past it; nothing was accepted (limit: {env_name('max_line_bytes')})",
+                    manifest=uri,
+                    field=None if err.item is None else f"items[{err.item - 1}]",
+                ) from err
             # no document: JSONL whose first line did not parse or is over-long, reported line by line
             reader = _Reader(uri, operator_defaults, "jsonl", limits)
             with storage.open_read(uri) as stream:
-                _read_jsonl(reader, enumerate(split_lines(stream, max_line_bytes=limits.max_line_bytes), 1))
+                _read_jsonl(reader, enumerate(_lines(stream, limits), 1))
             return reader
-    reader = _Reader(uri, operator_defaults, "json", limits)
-    try:
-        _read_document(reader, storage, uri, header)
-    except document.DocumentError as err:
-        raise ManifestError(
-            f"the JSON document is invalid ({err.message}); nothing was accepted",
-            manifest=uri,
-            line=document.error_line(lambda: storage.open_read(uri)),
-        ) from err
-    return reader
+    backend = document.BACKEND
+    while True:
+        reader = _Reader(uri, operator_defaults, "json", limits)
+        try:
+            _read_document(reader, storage, uri, header, backend)
+            return reader
+        except document.DocumentError as err:
+            if "integer overflow" in err.message and backend is not document.PYTHON_BACKEND:
+                backend = document.PYTHON_BACKEND  # yajl takes integers below 2**63 only; json takes any
+                continue
+            error = err
+            break
+    raise ManifestError(
+        f"the JSON document is invalid ({error.message}); nothing was accepted",
+        manifest=uri,
+        line=document.error_line(
+            lambda: storage.open_read(uri), limits.max_line_bytes, max_item_depth(limits)
+        ),
+    ) from error
+
+
+def _lines(stream: IO[bytes], limits: ManifestLimits) -> Generator[bytes, None, None]:
+    return split_lines(stream, chunk_size=_CHUNK_BYTES, max_line_bytes=limits.max_line_bytes)
 
 
 def _raise_all(reader: _Reader, max_problems: int) -> None:
