@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
@@ -116,7 +116,7 @@ TRUNCATED_HEAD_BYTES = 1024
 
 def split_lines(
     stream: IO[bytes], *, chunk_size: int = READ_CHUNK_BYTES, max_line_bytes: int | None = None
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Lines of a binary stream without their ``\\n`` / ``\\r\\n``, reading ``chunk_size`` at a time.
 
     Memory is bounded by the chunk size plus the longest line, whatever the object's size. With
