@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from airflow_banana.manifests import (
     load_reference_images,
     read_manifest,
 )
+from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.realtime import WorkItem
 from airflow_banana.storage import Storage
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class PreparedManifest:
     uri: str
     work: list[WorkItem]
-    items: list[ManifestItem]
+    items: Sequence[ManifestItem]  # packed: the realtime and batch lanes only need ``work``
     rejects_jsonl: str  # empty when nothing was quarantined
     rejected: int
 
@@ -57,7 +58,7 @@ def prepare_manifest(
     rejects = [result.rejects_jsonl()] if result.rejects else []
     rejected = len(result.rejects)
     work: list[WorkItem] = []
-    items: list[ManifestItem] = []
+    items = PackedItems()
     problems: list[str] = []
     for item in result.items:
         try:
