@@ -50,10 +50,11 @@ class ValueTooLarge(Exception):
     ``item`` is the 1-based position of the item it is in, when it is in one.
     """
 
-    def __init__(self, size: int, item: int | None = None):
+    def __init__(self, size: int, item: int | None = None, member: str | None = None):
         super().__init__(f"over {size} bytes")
         self.size = size
         self.item = item
+        self.member = member  # the top-level member it is in, outside the items
 
 
 class _Bounded:
@@ -233,17 +234,20 @@ def _values(
                     yield kind, key if kind == "member" else position, done
                     start, builder = None, None
             if stream.exceeded:  # the parse ended where the stream was cut: never a whole document
-                raise ValueTooLarge(limit, _cut_item(in_items, start, kind, position))
+                raise _too_large(limit, in_items, start, kind, position, key)
     except (ijson.JSONError, UnicodeDecodeError, ValueError) as err:
         if stream.exceeded:
-            raise ValueTooLarge(limit, _cut_item(in_items, start, kind, position)) from err
+            raise _too_large(limit, in_items, start, kind, position, key) from err
         raise _json_error(err) from err
 
 
-def _cut_item(in_items: bool, start: int | None, kind: str, position: int) -> int | None:
+def _too_large(
+    limit: int, in_items: bool, start: int | None, kind: str, position: int, key: str
+) -> ValueTooLarge:
+    """Where the stream was cut: in an item, in a member, or in a scalar item with no event yet."""
     if start is not None:
-        return position if kind == "item" else None
-    return position + 1 if in_items else None  # a scalar item being read has no event yet
+        return ValueTooLarge(limit, position if kind == "item" else None, key if kind == "member" else None)
+    return ValueTooLarge(limit, position + 1 if in_items else None, None if in_items else key or None)
 
 
 def read_header(open_stream: OpenStream, limit: int, max_depth: int) -> tuple[dict[str, Any], bool]:

@@ -578,7 +578,7 @@ def _scan(uri: str, storage: Storage, operator_defaults: dict[str, Any], limits:
                     f"a value of the JSON document is over the {err.size}-byte limit for one item, so it "
                     f"cannot be read past it; nothing was accepted (limit: {env_name('max_line_bytes')})",
                     manifest=uri,
-                    field=None if err.item is None else f"items[{err.item - 1}]",
+                    field=f"items[{err.item - 1}]" if err.item is not None else err.member or "items",
                 ) from err
             # no document: JSONL whose first line did not parse or is over-long, reported line by line
             reader = _Reader(uri, operator_defaults, "jsonl", limits)
