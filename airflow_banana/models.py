@@ -31,6 +31,17 @@ PIXEL_SIZES: dict[str, dict[str, tuple[int, int]]] = {
 ASPECT_RATIOS: tuple[str, ...] = tuple(PIXEL_SIZES)
 OUTPUT_IMAGE_TOKENS = {"1K": 1120, "2K": 1120, "4K": 2000}
 INPUT_IMAGE_TOKENS = 560
+# Google's input limit for gemini-3-pro-image-preview ("Maximum input tokens: 65,536", Vertex AI
+# model card docs.cloud.google.com/vertex-ai/generative-ai/docs/models/gemini/3-pro-image) and its
+# rule of thumb "a token is equivalent to about 4 characters" (ai.google.dev/gemini-api/docs/tokens).
+MAX_INPUT_TOKENS = 65_536
+CHARS_PER_TOKEN = 4
+
+
+def estimate_input_tokens(text_chars: int, images: int = 0) -> int:
+    """Input tokens of ``text_chars`` characters of prompt plus ``images`` input images, as Google counts
+    them roughly; the manifest reader and the simulator use the same estimate, so they agree."""
+    return -(-text_chars // CHARS_PER_TOKEN) + images * INPUT_IMAGE_TOKENS
 
 
 def expected_pixels(image_size: str, aspect_ratio: str) -> tuple[int, int]:

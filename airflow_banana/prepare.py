@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from airflow_banana.exceptions import ManifestError, ReferenceImageError
-from airflow_banana.manifests import ManifestItem, OnInvalid, load_reference_images, read_manifest
+from airflow_banana.manifests import (
+    ManifestItem,
+    ManifestLimits,
+    OnInvalid,
+    limits_from_env,
+    load_reference_images,
+    read_manifest,
+)
+from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.realtime import WorkItem
 from airflow_banana.storage import Storage
 
@@ -27,7 +35,7 @@ MAX_REASONS = 20  # rejects quoted in reports; every one is in rejects.jsonl
 class PreparedManifest:
     uri: str
     work: list[WorkItem]
-    items: list[ManifestItem]
+    items: Sequence[ManifestItem]  # packed: the realtime and batch lanes only need ``work``
     rejects_jsonl: str  # empty when nothing was quarantined
     rejected: int
     # "line N (item 'x') field 'f': why" for the first rejected lines (errors and reports quote them)
@@ -41,18 +49,24 @@ def prepare_manifest(
     on_invalid: OnInvalid = "reject",
     defaults: Mapping[str, Any] | None = None,
     logical_date: datetime,
+    limits: ManifestLimits | None = None,
 ) -> PreparedManifest:
-    """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine."""
-    result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}))
+    """Read and check the manifest at ``uri`` and load every reference image; raise or quarantine.
+
+    ``limits`` (sizes of lines, prompts, metadata, requests) default to the ``BANANA_*``
+    environment overrides of the built-in defaults (``manifests.limits``).
+    """
+    limits = limits or limits_from_env()
+    result = read_manifest(uri, storage, on_invalid=on_invalid, defaults=dict(defaults or {}), limits=limits)
     rejects = [result.rejects_jsonl()] if result.rejects else []
     rejected = len(result.rejects)
     reasons = [_reject_reason(r.line, r.item_id, r.field, r.reason) for r in result.rejects[:MAX_REASONS]]
     work: list[WorkItem] = []
-    items: list[ManifestItem] = []
+    items = PackedItems()
     problems: list[str] = []
     for item in result.items:
         try:
-            refs = load_reference_images(item, storage)
+            refs = load_reference_images(item, storage, limits=limits)
         except ReferenceImageError as err:
             if on_invalid == "reject":
                 problems.append(str(err))

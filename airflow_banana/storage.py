@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
@@ -61,6 +61,7 @@ _TMP_MARK = ".banana-tmp-"
 __all__ = [
     "ObjectStat",
     "Storage",
+    "TruncatedLine",
     "join_uri",
     "open_storage",
     "parent_uri",
@@ -99,22 +100,71 @@ def parent_uri(uri: str) -> str:
     return head or "/"
 
 
-def split_lines(stream: IO[bytes], *, chunk_size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+class TruncatedLine(bytes):
+    """The first bytes of a line longer than the caller's bound; ``length`` is the whole line's."""
+
+    length: int
+
+    def __new__(cls, head: bytes, length: int) -> TruncatedLine:
+        line = super().__new__(cls, head)
+        line.length = length
+        return line
+
+
+TRUNCATED_HEAD_BYTES = 1024
+
+
+def split_lines(
+    stream: IO[bytes], *, chunk_size: int = READ_CHUNK_BYTES, max_line_bytes: int | None = None
+) -> Generator[bytes, None, None]:
     """Lines of a binary stream without their ``\\n`` / ``\\r\\n``, reading ``chunk_size`` at a time.
 
-    Memory is bounded by the chunk size plus the longest line, whatever the object's size.
+    Memory is bounded by the chunk size plus the longest line, whatever the object's size. With
+    ``max_line_bytes`` it is bounded by about twice the chunk size: a longer line is never
+    assembled, only counted as it streams past, and yielded as a :class:`TruncatedLine` (its
+    first bytes and its length).
     """
-    pending = b""
+    limit = max_line_bytes if max_line_bytes is not None else -1
+    parts: list[bytes] = []  # the line so far; joined once, so a long line costs no quadratic copying
+    pending = 0  # its length
+    head: bytes | None = None  # set once the line is known to be over the limit
     while True:
         chunk = stream.read(chunk_size)
         if not chunk:
             break
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line[:-1] if line.endswith(b"\r") else line
-    if pending:
-        yield pending[:-1] if pending.endswith(b"\r") else pending
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            length = pending + end - start
+            if head is None and 0 <= limit < length:
+                head = _head([*parts, chunk[start : start + TRUNCATED_HEAD_BYTES]])
+            if head is not None:
+                yield TruncatedLine(head, length)
+            else:
+                piece = chunk[start:end]
+                line = b"".join([*parts, piece]) if parts else piece
+                yield line[:-1] if line.endswith(b"\r") else line
+            parts, pending, head = [], 0, None
+            start = end + 1
+        pending += len(chunk) - start
+        if head is None:
+            parts.append(chunk[start:] if start else chunk)  # a line longer than the chunk: no copy
+            if 0 <= limit < pending:
+                head, parts = _head(parts), []
+        del chunk  # not held while the next one is read
+    if head is not None:
+        yield TruncatedLine(head, pending)
+    elif pending:
+        line = b"".join(parts)
+        yield line[:-1] if line.endswith(b"\r") else line
+
+
+def _head(parts: list[bytes]) -> bytes:
+    out = b""
+    for part in parts:  # never joins more than the head: the parts may be megabytes
+        out += part[: TRUNCATED_HEAD_BYTES - len(out)]
+        if len(out) >= TRUNCATED_HEAD_BYTES:
+            break
+    return out
 
 
 class _Backend:

@@ -5,6 +5,7 @@ Everything here runs before the first paid call, so a bad manifest costs nothing
 
 from __future__ import annotations
 
+from airflow_banana.manifests.limits import DEFAULT_LIMITS, ManifestLimits, limits_from_env
 from airflow_banana.manifests.model import (
     BUILTIN_DEFAULTS,
     ManifestItem,
@@ -27,13 +28,16 @@ from airflow_banana.manifests.references import load_reference_images
 
 __all__ = [
     "BUILTIN_DEFAULTS",
+    "DEFAULT_LIMITS",
     "MANIFEST_VERSION",
     "ManifestItem",
+    "ManifestLimits",
     "ManifestReadResult",
     "ManifestReject",
     "OnInvalid",
     "deadline_problem",
     "id_problem",
+    "limits_from_env",
     "load_reference_images",
     "manifest_schema",
     "parse_duration",

@@ -350,6 +350,7 @@ class SignatureEditOperator(BaseOperator):
     def _load(
         self, session_id: str, text: str, uris: tuple[str, ...], storage: Storage
     ) -> tuple[ReferenceImage, ...]:
+        from airflow_banana.manifests.limits import env_name, limits_from_env
         from airflow_banana.manifests.model import ManifestItem
         from airflow_banana.manifests.references import load_reference_images
 
@@ -358,9 +359,18 @@ class SignatureEditOperator(BaseOperator):
                 f"{self.task_id}: edit session '{session_id}': a turn carries {len(uris)} images; "
                 f"Google takes at most {MAX_REFERENCE_IMAGES} (base image included). Nothing was sent"
             )
+        limits = limits_from_env()
+        if len(text) > limits.max_prompt_chars(len(uris)):
+            raise ConfigurationError(
+                f"{self.task_id}: edit session '{session_id}': a turn's text is {len(text)} characters, "
+                f"over the {limits.max_prompt_chars(len(uris))} that fit in the model's "
+                f"{limits.max_input_tokens}-token input limit beside {len(uris)} image(s); nothing was "
+                f"sent (limit: {env_name('max_input_tokens')})"
+            )
         if not uris:
             return ()
-        return load_reference_images(ManifestItem(id=session_id, prompt=text, reference_images=uris), storage)
+        item = ManifestItem(id=session_id, prompt=text, reference_images=uris)
+        return load_reference_images(item, storage, limits=limits)
 
     async def _run(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +19,12 @@ from airflow_banana.models import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
     INPUT_IMAGE_TOKENS,
+    MAX_INPUT_TOKENS,
     MAX_REFERENCE_IMAGES,
     OUTPUT_IMAGE_TOKENS,
     ImageRequest,
     ReferenceImage,
+    estimate_input_tokens,
     expected_pixels,
 )
 from airflow_banana.testing.errors import RequestError, model_not_found
@@ -53,7 +54,17 @@ def camelize(obj: Any) -> Any:
 
 
 def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4) if text else 0
+    return estimate_input_tokens(len(text))
+
+
+def check_input_tokens(parsed: ParsedRequest) -> None:
+    """Refuse a request over the model's input limit, with Google's 400, before anything is drawn."""
+    if parsed.prompt_tokens > MAX_INPUT_TOKENS:
+        raise RequestError(
+            400,
+            f"The input token count ({parsed.prompt_tokens}) exceeds the maximum number of tokens "
+            f"allowed ({MAX_INPUT_TOKENS}).",
+        )
 
 
 @dataclass(frozen=True)
@@ -236,7 +247,12 @@ def content_fault_of(parsed: ParsedRequest, decided: str | None) -> str | None:
 def produce(
     parsed: ParsedRequest, *, content_fault: str | None = None, response_id: str | None = None
 ) -> Generated:
-    """Render the outcome of one generation (deterministic in the request, except the id)."""
+    """Render the outcome of one generation (deterministic in the request, except the id).
+
+    Raises ``RequestError`` (400) for a request over the input-token limit: every route and the
+    batch lanes come through here, so none of them renders an over-limit prompt.
+    """
+    check_input_tokens(parsed)
     fp = parsed.fingerprint()
     rid = response_id or uuid.uuid4().hex[:22]
     digest = hashlib.sha256(fp.encode()).digest()

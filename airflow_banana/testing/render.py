@@ -4,6 +4,9 @@ A gradient whose colours derive from a hash of the request, with the prompt draw
 identical requests give byte-identical images and a human can see which prompt made which file.
 Built from PIL primitives (no numpy) and PNG ``compress_level=1`` so a 4K image costs well under
 a second; an LRU cache makes repeats free. Edits paint the new instruction over the parent image.
+Whatever the text, at most :data:`MAX_TEXT_CHARS` of it reach the wrapper and the cache, so one
+request with a megabyte-long word cannot hold a worker for long (``textwrap`` is quadratic on a
+long word; an unbounded prompt once took over an hour) nor fill the cache with megabytes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import textwrap
 from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+MAX_LINES = 12
+# More than 12 lines of the widest image hold (6336 px at ~67 px a character); the rest is not drawn.
+MAX_TEXT_CHARS = 2048
 
 
 def _colour(digest: bytes, offset: int) -> tuple[int, int, int]:
@@ -44,7 +51,8 @@ def _draw_text(img: Image.Image, text: str, *, band: bool) -> None:
     w, h = img.size
     size = max(12, min(w, h) // 24)
     font = _font(size)
-    lines = textwrap.wrap(text, width=max(10, int(w / (size * 0.6))))[:12] or [""]
+    width = max(10, int(w / (size * 0.6)))
+    lines = textwrap.wrap(text[: width * MAX_LINES], width=width)[:MAX_LINES] or [""]
     draw = ImageDraw.Draw(img)
     top = h // 10
     if band:
@@ -68,7 +76,6 @@ def _encode(img: Image.Image, fmt: str, text_chunks: tuple[tuple[str, str], ...]
     return buf.getvalue()
 
 
-@lru_cache(maxsize=64)
 def render_image(
     seed: str,
     text: str,
@@ -79,13 +86,25 @@ def render_image(
     chunks: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     """PNG (or JPEG) bytes of ``width`` x ``height``, deterministic in every argument."""
+    return _render_image(seed, text[:MAX_TEXT_CHARS], width, height, fmt=fmt, chunks=chunks)
+
+
+@lru_cache(maxsize=64)
+def _render_image(
+    seed: str,
+    text: str,
+    width: int,
+    height: int,
+    *,
+    fmt: str,
+    chunks: tuple[tuple[str, str], ...],
+) -> bytes:
     digest = hashlib.sha256(seed.encode()).digest()
     img = _gradient((width, height), digest)
     _draw_text(img, text, band=False)
     return _encode(img, fmt, chunks)
 
 
-@lru_cache(maxsize=32)
 def render_edit(
     parent: bytes,
     text: str,
@@ -96,6 +115,19 @@ def render_edit(
     chunks: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     """The parent image resized to the requested size with ``text`` painted over it."""
+    return _render_edit(parent, text[:MAX_TEXT_CHARS], width, height, fmt=fmt, chunks=chunks)
+
+
+@lru_cache(maxsize=32)
+def _render_edit(
+    parent: bytes,
+    text: str,
+    width: int,
+    height: int,
+    *,
+    fmt: str,
+    chunks: tuple[tuple[str, str], ...],
+) -> bytes:
     with Image.open(io.BytesIO(parent)) as src:
         img = src.convert("RGB")
     if img.size != (width, height):

@@ -257,3 +257,15 @@ def test_start_from_a_base_image_with_reference_images(gemini: Simulator, tmp_pa
             prompt="x",
             reference_images=[str(ref)] * 14,
         )
+
+
+def test_an_instruction_over_the_input_limit_is_refused_before_any_turn(
+    gemini: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args: dict[str, Any] = {"channels": ["edit_a"], "output_prefix": str(tmp_path), "session_id": "mug"}
+    with pytest.raises(ConfigurationError, match="a turn's text is 262145 characters, over the 262144"):
+        _run(**args, prompt="a mug", instructions=["x" * 262_145])
+    monkeypatch.setenv("BANANA_MAX_INPUT_TOKENS", "4")  # the same limit, lowered for this process
+    with pytest.raises(ConfigurationError, match="BANANA_MAX_INPUT_TOKENS"):
+        _run(**args, prompt="a white ceramic mug")
+    assert gemini.requests() == [] and gemini.billable() == []

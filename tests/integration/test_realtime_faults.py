@@ -787,3 +787,42 @@ def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_
     assert ours, "the provider's own lines were not captured"
     # at most one line per attempt, plus the run's own start, progress, report and finish lines
     assert len(ours) <= len(calls) + 10, [r.getMessage() for r in ours]
+def test_operator_refuses_a_50_mb_line_and_an_over_limit_prompt_before_any_request(
+    rsim, tmp_path, monkeypatch
+):
+    """Issue 16 end to end: nothing reaches a channel, the errors name line and field."""
+    from airflow_banana.exceptions import ManifestError
+    from airflow_banana.operators import RealtimeImageOperator
+
+    manifest = tmp_path / "m.jsonl"
+    with manifest.open("w") as out:
+        out.write(json.dumps({"id": "ok", "prompt": "a small fox"}) + "\n")
+        out.write('{"id": "huge", "prompt": "' + "x" * (50 * 1024 * 1024) + '"}\n')
+        out.write(json.dumps({"id": "long", "prompt": "y" * 300_000}) + "\n")
+
+    def operator(on_invalid: str) -> RealtimeImageOperator:
+        return RealtimeImageOperator(
+            task_id="generate",
+            manifest=str(manifest),
+            output_prefix=str(tmp_path / "out"),
+            channels=_connections(rsim, monkeypatch, timeout=5),
+            on_invalid=on_invalid,
+            router_options={**FAST_ROUTER},
+        )
+
+    started = time.monotonic()
+    with pytest.raises(ManifestError) as info:
+        operator("reject").execute(_operator_context())  # type: ignore[arg-type]
+    assert time.monotonic() - started < 2.0
+    text = str(info.value)
+    assert "2 invalid items; nothing was generated or spent" in text
+    assert "line 2: line is 52428828 bytes long, over the 4194304-byte limit" in text
+    assert "line 3 field 'prompt': prompt is 300000 characters, over the 262144" in text
+    assert rsim.requests() == [] and rsim.billable() == []
+
+    summary = operator("quarantine").execute(_operator_context())  # type: ignore[arg-type]
+    assert summary["items"]["succeeded"] == 1 and len(rsim.billable()) == 1
+    run_dir = tmp_path / "out" / "runs" / "faults_dag__generate__manual__faults"
+    rejects = (run_dir / "rejects.jsonl").read_text()
+    assert [json.loads(r)["line"] for r in rejects.splitlines()] == [2, 3]
+    assert len(rejects) < 40_000  # the 50 MB line is summarised, not copied

@@ -12,6 +12,7 @@ from PIL import Image
 from airflow_banana.exceptions import ReferenceImageError
 from airflow_banana.manifests import (
     ManifestItem,
+    ManifestLimits,
     deadline_problem,
     load_reference_images,
     parse_duration,
@@ -117,17 +118,41 @@ def test_bad_reference_is_rejected_naming_item_and_uri(
     assert "before any spend" in str(info.value)
 
 
-def test_size_limits_per_image_and_in_total(tmp_path: Path) -> None:
+def test_size_limits_per_image_and_for_the_whole_request(tmp_path: Path) -> None:
     big = _image("PNG", (64, 64))
     (tmp_path / "big.png").write_bytes(big)
     with pytest.raises(ReferenceImageError, match="over the 100-byte limit for one inline image"):
-        load_reference_images(_item(str(tmp_path / "big.png")), STORAGE, max_bytes=100)
+        load_reference_images(
+            _item(str(tmp_path / "big.png")), STORAGE, limits=ManifestLimits(max_reference_bytes=100)
+        )
     (tmp_path / "two.png").write_bytes(big)
     refs = (str(tmp_path / "big.png"), str(tmp_path / "two.png"))
-    with pytest.raises(ReferenceImageError, match="add up to") as info:
-        load_reference_images(_item(*refs), STORAGE, max_total_bytes=len(big) + 1)
-    assert info.value.uri == refs[1]
-    assert len(load_reference_images(_item(*refs), STORAGE, max_total_bytes=2 * len(big))) == 2
+    item = _item(*refs)
+    two = ManifestLimits().request_bytes(len(item.prompt), 2 * len(big), 2)
+    with pytest.raises(ReferenceImageError, match=f"request would be {two} bytes") as info:
+        load_reference_images(item, STORAGE, limits=ManifestLimits(max_request_bytes=two - 1))
+    assert info.value.uri == refs[1] and "2 image(s) base64-encoded" in str(info.value)
+    assert "BANANA_MAX_REQUEST_BYTES" in str(info.value)
+    assert len(load_reference_images(item, STORAGE, limits=ManifestLimits(max_request_bytes=two))) == 2
+
+
+def test_the_request_limit_counts_the_prompt_and_is_checked_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = _image("PNG", (8, 8))
+    (tmp_path / "a.png").write_bytes(small)
+    item = ManifestItem(id="long", prompt="é" * 1000, reference_images=(str(tmp_path / "a.png"),))
+    need = ManifestLimits().request_bytes(2000, len(small), 1)  # é is two bytes of UTF-8
+    assert need == 1024 + 2000 + 4 * -(-len(small) // 3) + 2 * 128
+    storage = open_storage()
+
+    def no_download(uri: str) -> bytes:
+        raise AssertionError(f"{uri} was downloaded")  # the limit must hold from stat alone
+
+    monkeypatch.setattr(storage, "read_bytes", no_download)
+    with pytest.raises(ReferenceImageError, match="request would be"):
+        load_reference_images(item, storage, limits=ManifestLimits(max_request_bytes=need - 1))
+    assert len(load_reference_images(item, STORAGE, limits=ManifestLimits(max_request_bytes=need))) == 1
 
 
 def test_more_than_fourteen_references(tmp_path: Path) -> None:

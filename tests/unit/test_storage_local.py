@@ -15,7 +15,14 @@ from airflow_banana.exceptions import (
     PreconditionFailedError,
     StorageError,
 )
-from airflow_banana.storage import join_uri, open_storage, parent_uri, split_lines
+from airflow_banana.storage import (
+    TRUNCATED_HEAD_BYTES,
+    TruncatedLine,
+    join_uri,
+    open_storage,
+    parent_uri,
+    split_lines,
+)
 
 
 def test_join_uri_uses_exactly_one_slash() -> None:
@@ -38,6 +45,20 @@ def test_split_lines_handles_crlf_chunk_borders_and_missing_final_newline() -> N
         assert list(split_lines(io.BytesIO(data), chunk_size=chunk)) == [b"a", b"bb", b"", b"ccc", b"last"]
     assert list(split_lines(io.BytesIO(b""))) == []
     assert list(split_lines(io.BytesIO(b"x\n"))) == [b"x"]
+
+
+def test_split_lines_with_a_bound_counts_long_lines_without_assembling_them() -> None:
+    data = b"ok\n" + b"x" * 5000 + b"\nyy\n" + b"0123456789\n" + b"z" * 3000
+    for chunk in (1, 7, 64, 1 << 20):
+        out = list(split_lines(io.BytesIO(data), chunk_size=chunk, max_line_bytes=2000))
+        assert out[0] == b"ok" and out[2:4] == [b"yy", b"0123456789"]
+        assert not any(isinstance(o, TruncatedLine) for o in (out[0], out[2], out[3]))
+        long, tail = out[1], out[4]
+        assert isinstance(long, TruncatedLine) and long.length == 5000 and long == b"x" * TRUNCATED_HEAD_BYTES
+        assert isinstance(tail, TruncatedLine) and tail.length == 3000 and tail.startswith(b"zzz")
+    exact = list(split_lines(io.BytesIO(b"a" * 10 + b"\n" + b"b" * 11), chunk_size=4, max_line_bytes=10))
+    assert exact[0] == b"a" * 10 and not isinstance(exact[0], TruncatedLine)
+    assert isinstance(exact[1], TruncatedLine) and exact[1].length == 11
 
 
 def test_unsupported_scheme_fails_up_front() -> None:
