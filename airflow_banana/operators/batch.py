@@ -256,10 +256,16 @@ class BatchImageOperator(BaseOperator):
         fingerprint = fingerprint_of(w.request.fingerprint() for w in prepared.work)
         return identity, storage, store, prepared, fingerprint
 
-    def _backend(self, storage: Any) -> BatchBackend:
+    def _backend(self, storage: Any, prepared: PreparedManifest) -> BatchBackend:
         from airflow_banana.batch import backend_for
+        from airflow_banana.routing.eligibility import require_servable
 
         config = load_channel_configs([self.channel], task_id=self.task_id)[0]
+        # Developer Batch and Vertex are Google's own; a Gemini-native relay is not, and may not
+        # carry the Search tool: such items fail the task here, before anything is submitted.
+        require_servable(
+            ((w.request.item_id, w.request) for w in prepared.work), [config], who=self.task_id, lane="batch"
+        )
         if config.protocol == "vertex" and not (self.gcs_staging_prefix or "").startswith("gs://"):
             raise ConfigurationError(
                 f"{self.task_id}: channel '{self.channel}' is vertex; set gcs_staging_prefix to a gs:// "
@@ -277,7 +283,7 @@ class BatchImageOperator(BaseOperator):
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
-        backend = self._backend(storage)
+        backend = self._backend(storage, prepared)
         state = JobStateStore(storage, self.output_prefix, identity.run_key)
         try:
             record = self._reattach_or_submit(backend, state, store, identity, prepared, fingerprint)
@@ -558,7 +564,7 @@ class BatchImageOperator(BaseOperator):
             )
         final_state = str(event.get("state") or "")
         try:
-            backend = self._backend(storage)
+            backend = self._backend(storage, prepared)
             try:
                 self.console_url = backend.console_url(record.job_name or "")
                 story: dict[str, Any] = {}
@@ -776,6 +782,10 @@ class BatchImageOperator(BaseOperator):
                         reason="not part of the batch job and not done",
                     )
                 )
+        for request_item, outcome in zip(prepared.work, items, strict=True):
+            # the report says which policy applied to every item
+            outcome.data_policy = request_item.request.data_policy
+            outcome.grounding = request_item.request.grounding
         job_info: dict[str, Any] = {}
         if record is not None:
             job_info = {

@@ -8,6 +8,7 @@ routes are metadata only: never billable, and only a key's fixed status or outag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from airflow_banana.testing.generate import (
     gemini_response,
     generate,
     last_user_prompt,
+    parse_generate_request,
     record_billable,
     strict_for,
 )
@@ -34,6 +36,7 @@ from airflow_banana.testing.wire import (
     caller_for,
     error_response,
     log_request,
+    note_request,
     read_json,
     transport_fault_response,
     unauthenticated,
@@ -112,6 +115,9 @@ async def run_generation(request: Request, ctx: ActionContext, *, stream: bool) 
         return unauthenticated(caller)
     body = await read_json(request)
     prompt = last_user_prompt(body) if isinstance(body, dict) else ""
+    if isinstance(body, dict):
+        with contextlib.suppress(RequestError, AttributeError, TypeError, ValueError):
+            note_request(request, parse_generate_request(body, ctx.model, known_models=state.config.models))
     decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt)
     if fault_resp is not None:
         return fault_resp
