@@ -18,11 +18,12 @@ request, the router's item progress).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import NoEligibleChannelError
-from airflow_banana.models import OFFICIAL_ONLY
+from airflow_banana.models import DEFAULT_DATA_POLICY, OFFICIAL_ONLY
 
 # Items named in the error message; the exception carries every id.
 _MAX_NAMED = 10
@@ -36,6 +37,14 @@ class Needs(Protocol):
 
     @property
     def grounding(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ItemNeeds:
+    """``Needs`` on its own, for callers without an item object (an edit session's turns)."""
+
+    data_policy: str = DEFAULT_DATA_POLICY
+    grounding: str | None = None
 
 
 def refusal(channel: ChannelConfig, needs: Needs) -> str | None:
