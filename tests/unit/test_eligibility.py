@@ -13,7 +13,7 @@ import pytest
 from airflow_banana.batch.requests import inline_request, jsonl_line
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.channels.gemini import GeminiChannel, grounding_summary, parse_generate_response
-from airflow_banana.exceptions import ConfigurationError, ErrorClass, NoEligibleChannelError
+from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass, NoEligibleChannelError
 from airflow_banana.manifests import read_manifest
 from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.models import ImageRequest
@@ -65,7 +65,7 @@ def test_grounding_on_google_by_default_on_native_relays_only_when_said_never_on
     assert conn("native", "gemini", "https://relay.example.com", supports_grounding=True).grounding
     assert not conn("g", "gemini", supports_grounding=False).grounding
     assert not conn("or", "openai").grounding
-    with pytest.raises(ConfigurationError, match="'or'.*cannot carry Gemini's Google Search tool"):
+    with pytest.raises(ConfigurationError, match=r"'or'.*cannot carry Gemini's Google Search tool"):
         conn("or", "openai", supports_grounding=True)
 
 
@@ -126,8 +126,6 @@ def test_router_never_offers_a_relay_to_an_official_only_item_even_when_google_i
     assert isinstance(first, Attempt) and first.channel == "relay"  # cheapest wins for a plain item
     secret = ItemProgress.for_request(ImageRequest("secret", "p", data_policy="official_only"))
     seen = []
-    from airflow_banana.exceptions import ChannelError
-
     for _ in range(8):  # a 503 storm on Google: it fails over between official channels only
         action = router.next_action(secret, _clock.now())
         if not isinstance(action, Attempt):
@@ -153,6 +151,8 @@ def test_router_gives_up_an_item_no_channel_may_carry() -> None:
 # ------------------------------------------------------------------ planner
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+OFFICIAL_LANES = frozenset({"google", "batch:developer"})
+RETRYABLE = ErrorClass.RETRYABLE
 
 
 def test_planner_prices_official_only_items_on_official_lanes_only() -> None:
@@ -162,10 +162,8 @@ def test_planner_prices_official_only_items_on_official_lanes_only() -> None:
     soon = NOW + timedelta(hours=1)
     items = [
         PlanItem("plain", "1K", soon),
-        PlanItem("secret", "1K", soon, lanes=frozenset({"google", "batch:developer"})),
-        PlanItem(
-            "secret-late", "1K", NOW + timedelta(days=2), lanes=frozenset({"google", "batch:developer"})
-        ),
+        PlanItem("secret", "1K", soon, lanes=OFFICIAL_LANES),
+        PlanItem("secret-late", "1K", NOW + timedelta(days=2), lanes=OFFICIAL_LANES),
         PlanItem("nowhere", "1K", soon, lanes=frozenset()),
     ]
     plan = make_plan(items, now=NOW, realtime=[relay, google], batch=[batch])
