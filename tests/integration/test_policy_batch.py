@@ -89,3 +89,51 @@ def test_a_relay_as_batch_channel_is_refused_before_anything_is_submitted(
     assert caught.value.item_ids == ("leaflet", "chart")
     assert "item 'leaflet' (data_policy official_only)" in str(caught.value)
     assert not _creates(sim) and not sim.billable()
+
+
+def test_rescue_sends_official_only_items_to_official_channels_only(
+    sim: Any, monkeypatch, tmp_path: Path
+) -> None:
+    # The job fails with none of its lines done: every item is rescued through realtime, where a
+    # cheap relay is first in cost order -- and still never gets the official-only item.
+    monkeypatch.setenv(
+        conn_env_var("p_google"),
+        channel_connection(sim.base_url, protocol="gemini", key="pkey", official=True),
+    )
+    monkeypatch.setenv(
+        conn_env_var("p_cheap"),
+        channel_connection(
+            sim.base_url, protocol="openai", key="ckey", prices={"1K": 0.02, "2K": 0.02, "4K": 0.02}
+        ),
+    )
+    monkeypatch.setenv(
+        conn_env_var("p_rescue"),
+        channel_connection(sim.base_url, protocol="gemini", key="gkey", official=True),
+    )
+    sim.set_faults(
+        "pkey",
+        {
+            "name": "p",
+            "batch": {
+                "turnaround_s": 0.3,
+                "pending_s": 0.05,
+                "final_state": "FAILED",
+                "completed_fraction": 0.0,
+            },
+        },
+    )
+    sim.set_faults("ckey", {"name": "cheap"})
+    sim.set_faults("gkey", {"name": "rescue"})
+    op = _operator(tmp_path, "p_google")
+    op.rescue_channels = ["p_cheap", "p_rescue"]
+    summary = op.execute(_context())
+    assert summary["items"]["succeeded"] == 3
+
+    leaflet = json.loads((tmp_path / "out" / "metadata" / "leaflet.json").read_text())
+    assert leaflet["data_policy"] == "official_only" and leaflet["channel"] == "p_rescue"
+    chart = json.loads((tmp_path / "out" / "metadata" / "chart.json").read_text())
+    assert chart["channel"] == "p_rescue" and chart["grounding_metadata"]["sources"]
+    mug = json.loads((tmp_path / "out" / "metadata" / "mug.json").read_text())
+    assert mug["channel"] == "p_cheap"  # the unrestricted item took the cheap relay
+    on_cheap = {r["fingerprint"] for r in sim.requests("cheap") if r["fingerprint"]}
+    assert on_cheap == {mug["request_fingerprint"]}
