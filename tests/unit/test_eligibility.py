@@ -260,3 +260,32 @@ def test_grounding_metadata_is_read_in_either_spelling() -> None:
     assert grounding_summary({}) is None
     body = {"candidates": [{**wire, "content": {"parts": [{"text": "t"}]}, "finishReason": "STOP"}]}
     assert parse_generate_response(body).grounding == expected
+
+
+def test_plan_step_and_estimate_price_official_only_items_on_official_lanes() -> None:
+    from airflow_banana.manifests import ManifestItem
+    from airflow_banana.operators.plan import compute_plan, estimate_scenarios
+
+    relay = conn("relay", "openai", rpm=60, prices={"1K": 0.02, "2K": 0.02, "4K": 0.02})
+    google = conn("google", "gemini", rpm=60)
+    items = [
+        ManifestItem("plain", "p", deadline="+1h"),
+        ManifestItem("secret", "p", deadline="+1h", data_policy="official_only"),
+        ManifestItem("grounded", "p", deadline="+1h", grounding="google_search"),
+    ]
+    computed = compute_plan(items, configs=[relay, google], batch="developer", now=NOW, logical_date=NOW)
+    lanes = {a.item_id: (a.lane, a.expected_cost_usd) for a in computed.plan.assignments}
+    assert lanes == {"plain": ("relay", 0.02), "secret": ("google", 0.134), "grounded": ("google", 0.134)}
+    assert estimate_scenarios(computed)["scenarios"][-1]["cost_usd"] == pytest.approx(0.02 + 2 * 0.134)
+    # no official realtime channel and no batch lane: nothing may carry them, before any spend
+    none = compute_plan(items, configs=[relay], batch=None, now=NOW, logical_date=NOW)
+    assert {b.item_id: b.code for b in none.plan.infeasible} == {
+        "secret": "no_eligible_lane",
+        "grounded": "no_eligible_lane",
+    }
+    # a deadline the batch lane can make: the official-only item goes there, at the batch price
+    later = [ManifestItem("secret", "p", deadline="+3d", data_policy="official_only")]
+    (only,) = compute_plan(
+        later, configs=[relay], batch="developer", now=NOW, logical_date=NOW
+    ).plan.assignments
+    assert (only.lane, only.kind) == ("batch:developer", "batch")
