@@ -474,7 +474,8 @@ def _schedule(
     for item in items:
         size, deadline = item.image_size, item.deadline
         item_batch = [lane for lane in batch if item.may_use(lane.name)]
-        if not item_batch and not any(item.may_use(lane.channel) for lane in queues.lanes):
+        restricted = item.lanes is not None and (batch or queues.lanes)
+        if restricted and not item_batch and not any(item.may_use(lane.channel) for lane in queues.lanes):
             failed.append(
                 (item, "no_eligible_lane", "no planned lane may carry it (its data policy or grounding)")
             )
