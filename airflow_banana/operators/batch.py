@@ -258,15 +258,10 @@ class BatchImageOperator(BaseOperator):
         fingerprint = fingerprint_of(w.request.fingerprint() for w in prepared.work)
         return identity, storage, store, prepared, fingerprint
 
-    def _backend(self, storage: Any, prepared: PreparedManifest) -> BatchBackend:
+    def _backend(self, storage: Any) -> BatchBackend:
         from airflow_banana.batch import backend_for
 
         config = load_channel_configs([self.channel], task_id=self.task_id)[0]
-        # Developer Batch and Vertex are Google's own; a Gemini-native relay is not, and may not
-        # carry the Search tool: such items fail the task here, before anything is submitted.
-        require_servable(
-            ((w.request.item_id, w.request) for w in prepared.work), [config], who=self.task_id, lane="batch"
-        )
         if config.protocol == "vertex" and not (self.gcs_staging_prefix or "").startswith("gs://"):
             raise ConfigurationError(
                 f"{self.task_id}: channel '{self.channel}' is vertex; set gcs_staging_prefix to a gs:// "
@@ -284,8 +279,8 @@ class BatchImageOperator(BaseOperator):
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
-        backend = self._backend(storage, prepared)
-        self._warn_unrescuable(prepared)
+        self._check_channels(prepared)
+        backend = self._backend(storage)
         state = JobStateStore(storage, self.output_prefix, identity.run_key)
         try:
             record = self._reattach_or_submit(backend, state, store, identity, prepared, fingerprint)
@@ -468,8 +463,16 @@ class BatchImageOperator(BaseOperator):
         # No rescue possible: past the deadline the job is late anyway, so harvest what it has.
         return min(end, point if point is not None else deadline).timestamp()
 
-    def _warn_unrescuable(self, prepared: PreparedManifest) -> None:
-        """Say now which items no rescue channel may carry: if the job misses them, they fail."""
+    def _check_channels(self, prepared: PreparedManifest) -> None:
+        """Before anything is submitted: may the batch channel carry every item, and which items
+        could no rescue channel carry (said now: if the job misses them, they are not rescued)?
+
+        Developer Batch and Vertex are Google's own; a Gemini-native relay as the batch channel is
+        not, and may not carry the Search tool: such items fail the task here, unsubmitted.
+        """
+        config = load_channel_configs([self.channel], task_id=self.task_id)[0]
+        needs = ((w.request.item_id, w.request) for w in prepared.work)
+        require_servable(needs, [config], who=self.task_id, lane="batch")
         if not self.rescue_channels:
             return
         configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
@@ -597,7 +600,7 @@ class BatchImageOperator(BaseOperator):
             )
         final_state = str(event.get("state") or "")
         try:
-            backend = self._backend(storage, prepared)
+            backend = self._backend(storage)
             try:
                 self.console_url = backend.console_url(record.job_name or "")
                 story: dict[str, Any] = {}
