@@ -469,9 +469,14 @@ def generate(
     strict: bool,
     content_fault: str | None = None,
     version: str = "v1beta",
+    parsed: ParsedRequest | None = None,
 ) -> Generated:
-    """Validate and produce; raises ``RequestError`` for what the API would refuse."""
-    parsed = parse_generate_request(body, model, known_models=state.config.models, version=version)
+    """Validate and produce; raises ``RequestError`` for what the API would refuse.
+
+    ``parsed``: the body already parsed (the route parses once, to log what it asked for).
+    """
+    if parsed is None:
+        parsed = parse_generate_request(body, model, known_models=state.config.models, version=version)
     if strict:
         missing = check_signatures(state, parsed)
         if missing is not None:
