@@ -264,7 +264,7 @@ def test_grounding_metadata_is_read_in_either_spelling() -> None:
 
 def test_plan_step_and_estimate_price_official_only_items_on_official_lanes() -> None:
     from airflow_banana.manifests import ManifestItem
-    from airflow_banana.operators.plan import compute_plan, estimate_scenarios
+    from airflow_banana.operators.plan import compute_plan, estimate_scenarios, render_estimate
 
     relay = conn("relay", "openai", rpm=60, prices={"1K": 0.02, "2K": 0.02, "4K": 0.02})
     google = conn("google", "gemini", rpm=60)
@@ -276,7 +276,10 @@ def test_plan_step_and_estimate_price_official_only_items_on_official_lanes() ->
     computed = compute_plan(items, configs=[relay, google], batch="developer", now=NOW, logical_date=NOW)
     lanes = {a.item_id: (a.lane, a.expected_cost_usd) for a in computed.plan.assignments}
     assert lanes == {"plain": ("relay", 0.02), "secret": ("google", 0.134), "grounded": ("google", 0.134)}
-    assert estimate_scenarios(computed)["scenarios"][-1]["cost_usd"] == pytest.approx(0.02 + 2 * 0.134)
+    estimate = estimate_scenarios(computed)
+    assert estimate["scenarios"][-1]["cost_usd"] == pytest.approx(0.02 + 2 * 0.134)
+    assert estimate["restricted"] == 2
+    assert "2 item(s) are official-only or grounded" in render_estimate(estimate)
     # no official realtime channel and no batch lane: nothing may carry them, before any spend
     none = compute_plan(items, configs=[relay], batch=None, now=NOW, logical_date=NOW)
     assert {b.item_id: b.code for b in none.plan.infeasible} == {
