@@ -450,7 +450,8 @@ class RealtimeEngine:
     async def _renew_if_due(self, claim: _OwnClaim) -> None:
         """Extend our claim once less than half its TTL is left; no storage call before that."""
         ttl = self.settings.claim_ttl_s
-        if claim.lost or claim.expires_at - self.claims.now() >= ttl / 2:
+        # ">": renewal is due at exactly half the TTL, the moment _renewal_due_in wakes us for
+        if claim.lost or claim.expires_at - self.claims.now() > ttl / 2:
             return
         renewed = await asyncio.to_thread(self.claims.renew, claim.item_id, owner=self.run_key, ttl_s=ttl)
         if renewed is None:

@@ -357,6 +357,20 @@ def test_timeout_is_capped_by_the_item_deadline() -> None:
     assert attempt(router, item).timeout_s == pytest.approx(45)
 
 
+def test_a_silent_call_is_cut_in_time_for_a_rescue_elsewhere_to_make_the_deadline() -> None:
+    router, clock = make_router()
+    deadline = clock.now() + 100
+    item = ItemProgress("x", deadline=deadline)
+    hung = attempt(router, item)
+    assert hung.timeout_s < 100  # not the whole time left: that would leave no rescue
+    clock.advance(hung.timeout_s)
+    router.report_timeout(item, hung.permit)
+    rescue = attempt(router, item)
+    assert rescue.channel != hung.channel
+    ranked = next(r for r in router.rank("1K") if r.channel == rescue.channel)
+    assert clock.now() + router.expected_latency(ranked) + router.config.deadline_margin_s <= deadline
+
+
 def test_channel_fatal_disables_the_channel_and_fails_over() -> None:
     router, _ = make_router()
     item = ItemProgress("x")
@@ -512,6 +526,20 @@ def test_retry_budget_stops_retry_storms() -> None:
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.RETRY_BUDGET
     assert "1 retries for 1 first attempts" in decision.detail
     assert isinstance(router.next_action(ItemProgress("fresh")), Attempt)  # first attempts still go
+
+
+def test_a_retry_after_a_429_does_not_draw_on_the_retry_budget() -> None:
+    """The 429's closing paces the retry; the budget is for storms of unpaced retries."""
+    router, clock = make_router([RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
+    item = ItemProgress("x")
+    for _ in range(3):
+        fail(router, item, ErrorClass.RATE_LIMITED, retry_after=1.0)
+        clock.advance(2)
+    assert router.retry_budget.retries == 0
+    fail(router, item, ErrorClass.RETRYABLE)  # the retry after this 429 was free
+    fail(router, item, ErrorClass.RETRYABLE)  # the one budgeted retry
+    decision = router.next_action(item)
+    assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.RETRY_BUDGET
 
 
 def test_max_attempts_per_item() -> None:
