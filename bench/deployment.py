@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -231,14 +231,10 @@ class Deployment:
             os.killpg(process.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
+        with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
-        except ProcessLookupError:
-            pass
         process.wait(timeout=10)
 
     def restart(self, name: str) -> None:
@@ -271,7 +267,9 @@ class Deployment:
         else:
             raise DeploymentError(f"API server not up in {timeout_s:g} s: {self.log_tail('api-server')}")
         password = json.loads((self.home / "passwords.json").read_text())[USER]
-        token = httpx.post(f"{self.api}/auth/token", json={"username": USER, "password": password}, timeout=10)
+        token = httpx.post(
+            f"{self.api}/auth/token", json={"username": USER, "password": password}, timeout=10
+        )
         token.raise_for_status()
         self._client = httpx.Client(
             base_url=f"{self.api}/api/v2",

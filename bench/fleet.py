@@ -40,7 +40,6 @@ from typing import Any
 
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import BatchProfile
-
 from bench.deployment import BUCKET, Deployment
 
 DAG_ID = "banana_catalog_sharded"
@@ -94,7 +93,9 @@ def shard_items(items: int, shards: int) -> list[list[dict[str, str]]]:
     parts: list[list[dict[str, str]]] = [[] for _ in range(shards)]
     for i in range(items):
         s = i % shards
-        parts[s].append({"id": f"s{s}-{i:04d}", "prompt": f"catalog product {i}: a ceramic mug, studio light"})
+        parts[s].append(
+            {"id": f"s{s}-{i:04d}", "prompt": f"catalog product {i}: a ceramic mug, studio light"}
+        )
     return parts
 
 
@@ -232,11 +233,17 @@ def kill_one_task(d: Deployment, run_id: str, notes: list[str], map_index: int =
     """SIGKILL the task process of one running shard (found by its task instance id)."""
     for _ in range(60):
         for ti in d.task_instances(DAG_ID, run_id):
-            if ti["task_id"] == "generate_shard" and ti["map_index"] == map_index and ti["state"] == "running":
+            if (
+                ti["task_id"] == "generate_shard"
+                and ti["map_index"] == map_index
+                and ti["state"] == "running"
+            ):
                 pid = d.task_pid(ti["id"])
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
-                    notes.append(f"SIGKILLed shard {map_index}'s task process (pid {pid}, try {ti['try_number']})")
+                    notes.append(
+                        f"SIGKILLed shard {map_index}'s task process (pid {pid}, try {ti['try_number']})"
+                    )
                     return
         time.sleep(0.5)
     raise RuntimeError(f"fleet: no running task process for shard {map_index} to kill")
@@ -342,7 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fault == "triggerer-restart":
             outcome = run_batch_with_triggerer_restart(d)
             print(f"fleet: deferred batch job, triggerer restarted: {outcome}")
-            return 0 if outcome["jobs"] == 1 and outcome["paid_twice"] == 0 and outcome["state"] == "success" and outcome["succeeded"] == outcome["items"] else 1
+            return (
+                0
+                if outcome["jobs"] == 1
+                and outcome["paid_twice"] == 0
+                and outcome["state"] == "success"
+                and outcome["succeeded"] == outcome["items"]
+                else 1
+            )
         result = run_shards(d, items=args.items, shards=args.shards, fault=args.fault)
         print_result(result, args.shards, args.fault)
         return 0 if result.ok(throughput=args.fault == "none") else 1
