@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,8 @@ class Deployment:
                 part.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         for signum, handler in self._saved_signals.items():
             signal.signal(signum, handler)
         self._saved_signals.clear()

@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--fault", choices=FAULTS, default="none")
-    parser.add_argument("--keep", action="store_true", help="print the work directory and keep it")
+    parser.add_argument("--ledger", help="write the simulator's ledger (JSON) here, for analysis")
     args = parser.parse_args(argv)
     with Deployment(channels(), airflow_env=AIRFLOW_ENV) as d:
         print(f"deployment up in {d.work_dir} (API {d.api})", flush=True)
@@ -358,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else 1
             )
         result = run_shards(d, items=args.items, shards=args.shards, fault=args.fault)
+        if args.ledger:
+            assert d.sim is not None
+            with open(args.ledger, "w") as out:
+                json.dump(d.sim.ledger(), out)
         print_result(result, args.shards, args.fault)
         return 0 if result.ok(throughput=args.fault == "none") else 1
 
