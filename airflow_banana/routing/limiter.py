@@ -2,16 +2,23 @@
 
 Our own traffic must never be the cause of a 429 (FAULTS.md R5), and the engine must know
 exactly how long to sleep for the next slot. Each limit (requests per minute, images per
-minute) is a Generic Cell Rate Algorithm cell holding one number, the theoretical arrival time
-``tat``. With emission interval ``T = 60 / per_minute`` and ``burst`` ``b``:
+minute) is a Generic Cell Rate Algorithm cell: the theoretical arrival time ``tat`` plus the
+send times of the last window. With emission interval ``T = 60 / per_minute`` and ``burst`` ``b``:
 
 * a request costing ``c`` units (``c <= b``) conforms at ``t`` iff ``t >= tat + (c - b) * T``
-  (so the next free slot is exactly that time);
-* on acceptance ``tat = max(tat, t) + c * T``.
+  and the last window holds at most ``n - c`` units (``n = ceil(per_minute) + b - 1``), so the
+  next free slot is exactly the later of the two times;
+* on acceptance ``tat = tat + c * T`` when the request is less than one interval late for its
+  slot, else ``now + c * T``.
 
-With the default ``b = 1`` requests are spaced ``T`` apart, so no 60 s window ever holds more
-than the configured rate (Google counts per minute) and a saturated channel runs at exactly its
-cap. A larger burst trades that guarantee for latency.
+Catch-up: a request sent late for its slot (a worker's event loop woke late, a Redis round
+trip, a busy CPU) keeps the schedule instead of pushing every later slot back by its lateness.
+Plain GCRA (``tat = max(tat, now) + T``) loses every such delay for good; in the fleet bench
+(issue 14: 4 Airflow workers sharing three channels through Redis, 2 busy cores) that was 6-9 %
+of the cap. With catch-up two requests can be closer than ``T``, so the window log is what
+bounds a window: no window of ``60 + guard_s`` seconds of send times ever holds more than
+``n`` units (the configured rate with the default ``b = 1``), and a saturated channel runs at
+its cap. A larger burst trades some of that for latency.
 
 Transit jitter: the provider counts a request when it *arrives*, we space them when we *send*.
 If one request is delayed by ``d`` in transit and the one ``rate`` places later is not, both
@@ -19,7 +26,7 @@ land in one provider minute and the later one gets a 429 we caused ourselves (FA
 the limiter spaces requests over a window of ``60 + guard_s`` seconds:
 ``T = (60 + guard_s) / per_minute``. The router's default guard is 0.5 s (0.8 % of the cap):
 a channel configured AT the provider's cap (``rpm = ipm = cap``) then never draws a 429 from
-its own rate, and users need not configure it "a bit under" the cap.
+its own rate as long as no request takes half a second longer in transit than another.
 
 Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
@@ -30,7 +37,8 @@ maps one-to-one onto a Redis Lua script later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from airflow_banana.exceptions import ConfigurationError
 
@@ -67,13 +75,20 @@ class LimitConfig:
 
 @dataclass
 class GcraRecord:
-    """Theoretical arrival time; ``tat <= now`` means the cell is idle (full burst available)."""
+    """Theoretical arrival time (``tat <= now``: idle, full burst available) and the send times
+    of the last window, one entry per unit, oldest first (at most ``window_units`` of them)."""
 
     tat: float = 0.0
+    sent: list[float] = field(default_factory=list)
 
 
 def interval(per_minute: float, window_s: float = 60.0) -> float:
     return window_s / per_minute
+
+
+def window_units(per_minute: float, burst: int) -> int:
+    """The most units any window may hold: the rate (rounded up) plus what the burst adds."""
+    return math.ceil(per_minute - 1e-9) + burst - 1
 
 
 def gcra_earliest(
@@ -82,11 +97,19 @@ def gcra_earliest(
     """Earliest time a request of ``cost`` units conforms (``<= now`` means: now)."""
     if cost > burst:
         raise ConfigurationError(f"a request of {cost} units can never fit a burst of {burst}")
-    return max(now, record.tat + (cost - burst) * interval(per_minute, window_s))
+    earliest = max(now, record.tat + (cost - burst) * interval(per_minute, window_s))
+    live = [t for t in record.sent if t > now - window_s]
+    over = len(live) + cost - window_units(per_minute, burst)
+    if over > 0:  # the window is full: the oldest units that must leave it first
+        earliest = max(earliest, live[over - 1] + window_s)
+    return earliest
 
 
 def gcra_commit(
     record: GcraRecord, per_minute: float, now: float, cost: int = 1, window_s: float = 60.0
 ) -> None:
     """Account an accepted request (the caller checked ``gcra_earliest(...) <= now``)."""
-    record.tat = max(record.tat, now) + cost * interval(per_minute, window_s)
+    step = interval(per_minute, window_s)
+    base = record.tat if record.tat >= now - step else now  # less than a slot late: keep the schedule
+    record.tat = base + cost * step
+    record.sent = [t for t in record.sent if t > now - window_s] + [now] * cost

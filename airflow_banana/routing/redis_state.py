@@ -130,6 +130,8 @@ def record_to_dict(record: ChannelRecord) -> dict[str, Any]:
         },
         "rpm_tat": record.rpm.tat,
         "ipm_tat": record.ipm.tat,
+        "rpm_sent": list(record.rpm.sent),
+        "ipm_sent": list(record.ipm.sent),
         "throttle": _window_out(record.throttle.window),
         "in_flight": dict(record.in_flight),
         "retry_hint_until": record.retry_hint_until,
@@ -167,8 +169,8 @@ def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
             probe_lease_until=b["probe_lease_until"],
             openings=int(b["openings"]),
         ),
-        rpm=GcraRecord(float(data["rpm_tat"])),
-        ipm=GcraRecord(float(data["ipm_tat"])),
+        rpm=GcraRecord(float(data["rpm_tat"]), [float(t) for t in data.get("rpm_sent", [])]),
+        ipm=GcraRecord(float(data["ipm_tat"]), [float(t) for t in data.get("ipm_sent", [])]),
         throttle=ThrottleRecord(window=_window_in(data["throttle"])),
         in_flight={str(k): float(v) for k, v in data["in_flight"].items()},
         retry_hint_until=float(data["retry_hint_until"]),
@@ -434,8 +436,10 @@ def rejoin(shared: ChannelRecord, local: ChannelRecord) -> None:
         for name, value in vars(copy.deepcopy(local)).items():
             setattr(shared, name, value)
         return
-    shared.rpm.tat = max(shared.rpm.tat, local.rpm.tat)
-    shared.ipm.tat = max(shared.ipm.tat, local.ipm.tat)
+    for mine, theirs in ((shared.rpm, local.rpm), (shared.ipm, local.ipm)):
+        mine.tat = max(mine.tat, theirs.tat)
+        seen = set(mine.sent)  # both sides' sends count in the window (the ones before the split once)
+        mine.sent = sorted([*mine.sent, *(t for t in theirs.sent if t not in seen)])
     shared.retry_hint_until = max(shared.retry_hint_until, local.retry_hint_until)
     shared.benched_until = max(shared.benched_until, local.benched_until)
     for permit_id, expiry in local.in_flight.items():
