@@ -112,6 +112,7 @@ def upload_shards(parts: Sequence[Sequence[Mapping[str, str]]], prefix: str) -> 
 class FleetResult:
     """What one fleet run measured, from the ledger, storage and the API."""
 
+    run_id: str
     state: str
     items: int
     succeeded: int
@@ -192,6 +193,7 @@ def measure(
         int(ti["try_number"]) for ti in d.task_instances(DAG_ID, run_id) if ti["task_id"] == "generate_shard"
     )
     return FleetResult(
+        run_id=run_id,
         state=state,
         items=len(ids),
         succeeded=succeeded,
