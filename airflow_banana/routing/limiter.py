@@ -28,6 +28,14 @@ the limiter spaces requests over a window of ``60 + guard_s`` seconds:
 a channel configured AT the provider's cap (``rpm = ipm = cap``) then never draws a 429 from
 its own rate as long as no request takes half a second longer in transit than another.
 
+Cold start: in the first window of a channel's use (its log empty: a fresh channel, or one idle
+for a window) every send is logged ``cold_start_s`` later than it was sent, so it stays in the
+window that much longer. Cold task processes start together then (imports, first connections,
+a busy CPU), and their first requests can arrive a second or more after their permit: measured
+in the fleet bench (issue 14), 4 quota 429s of our own at 60 s, in the first window only, with
+a 0.5 s guard and no cold start; none with ``cold_start_s = 2`` (the router's default), which
+costs at most 2 s of one minute's sends.
+
 Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
 ``threading.Timer``, so no clock can be injected (tests would sleep and race) and it cannot say
@@ -52,6 +60,7 @@ class LimitConfig:
     burst: int = 1
     max_concurrency: int = 4
     guard_s: float = 0.0  # added to the 60 s window: absorbs transit jitter (see the docstring)
+    cold_start_s: float = 0.0  # first window: sends count this much later (see the docstring)
 
     def __post_init__(self) -> None:
         for name in ("rpm", "ipm"):
@@ -62,6 +71,8 @@ class LimitConfig:
             raise ConfigurationError(f"burst and max_concurrency must be >= 1: {self}")
         if not 0.0 <= self.guard_s < 60.0:
             raise ConfigurationError(f"rate guard_s must be in [0, 60), got {self.guard_s}")
+        if not 0.0 <= self.cold_start_s < 60.0:
+            raise ConfigurationError(f"rate cold_start_s must be in [0, 60), got {self.cold_start_s}")
 
     @property
     def window_s(self) -> float:
@@ -75,11 +86,13 @@ class LimitConfig:
 
 @dataclass
 class GcraRecord:
-    """Theoretical arrival time (``tat <= now``: idle, full burst available) and the send times
-    of the last window, one entry per unit, oldest first (at most ``window_units`` of them)."""
+    """Theoretical arrival time (``tat <= now``: idle, full burst available), the send times of
+    the last window (one entry per unit, sorted; a cold start's shifted) and when the cold start
+    that began with the first send into an empty window ends."""
 
     tat: float = 0.0
     sent: list[float] = field(default_factory=list)
+    cold_until: float = 0.0
 
 
 def interval(per_minute: float, window_s: float = 60.0) -> float:
@@ -106,10 +119,19 @@ def gcra_earliest(
 
 
 def gcra_commit(
-    record: GcraRecord, per_minute: float, now: float, cost: int = 1, window_s: float = 60.0
+    record: GcraRecord,
+    per_minute: float,
+    now: float,
+    cost: int = 1,
+    window_s: float = 60.0,
+    cold_start_s: float = 0.0,
 ) -> None:
     """Account an accepted request (the caller checked ``gcra_earliest(...) <= now``)."""
     step = interval(per_minute, window_s)
     base = record.tat if record.tat >= now - step else now  # less than a slot late: keep the schedule
     record.tat = base + cost * step
-    record.sent = [t for t in record.sent if t > now - window_s] + [now] * cost
+    live = [t for t in record.sent if t > now - window_s]
+    if not live:
+        record.cold_until = now + window_s  # the first send into an empty window: a cold start
+    stamp = now + cold_start_s if now < record.cold_until else now
+    record.sent = sorted([*live, *([stamp] * cost)])

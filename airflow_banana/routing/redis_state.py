@@ -132,6 +132,8 @@ def record_to_dict(record: ChannelRecord) -> dict[str, Any]:
         "ipm_tat": record.ipm.tat,
         "rpm_sent": list(record.rpm.sent),
         "ipm_sent": list(record.ipm.sent),
+        "rpm_cold_until": record.rpm.cold_until,
+        "ipm_cold_until": record.ipm.cold_until,
         "throttle": _window_out(record.throttle.window),
         "in_flight": dict(record.in_flight),
         "retry_hint_until": record.retry_hint_until,
@@ -153,6 +155,15 @@ def record_to_dict(record: ChannelRecord) -> dict[str, Any]:
     }
 
 
+def _cell(data: dict[str, Any], name: str) -> GcraRecord:
+    # records written before the window log (no *_sent) read as an empty log
+    return GcraRecord(
+        float(data[f"{name}_tat"]),
+        [float(t) for t in data.get(f"{name}_sent", [])],
+        float(data.get(f"{name}_cold_until", 0.0)),
+    )
+
+
 def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
     """The inverse of ``record_to_dict``."""
     b, s = data["breaker"], data["stats"]
@@ -169,8 +180,8 @@ def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
             probe_lease_until=b["probe_lease_until"],
             openings=int(b["openings"]),
         ),
-        rpm=GcraRecord(float(data["rpm_tat"]), [float(t) for t in data.get("rpm_sent", [])]),
-        ipm=GcraRecord(float(data["ipm_tat"]), [float(t) for t in data.get("ipm_sent", [])]),
+        rpm=_cell(data, "rpm"),
+        ipm=_cell(data, "ipm"),
         throttle=ThrottleRecord(window=_window_in(data["throttle"])),
         in_flight={str(k): float(v) for k, v in data["in_flight"].items()},
         retry_hint_until=float(data["retry_hint_until"]),
@@ -438,6 +449,7 @@ def rejoin(shared: ChannelRecord, local: ChannelRecord) -> None:
         return
     for mine, theirs in ((shared.rpm, local.rpm), (shared.ipm, local.ipm)):
         mine.tat = max(mine.tat, theirs.tat)
+        mine.cold_until = max(mine.cold_until, theirs.cold_until)
         seen = set(mine.sent)  # both sides' sends count in the window (the ones before the split once)
         mine.sent = sorted([*mine.sent, *(t for t in theirs.sent if t not in seen)])
     shared.retry_hint_until = max(shared.retry_hint_until, local.retry_hint_until)

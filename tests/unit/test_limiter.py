@@ -113,3 +113,25 @@ def test_late_wakeups_cost_nothing_and_no_window_exceeds_the_cap(per_minute: int
         assert sum(1 for u in sent[i:] if u < t + window - 1e-6) <= per_minute
     # plain GCRA (tat = max(tat, now) + T) would lose ~11 % of the cap to this lateness
     assert len(sent) >= 0.97 * per_minute * 600.0 / window
+
+
+def test_the_first_window_counts_its_sends_cold_start_s_later() -> None:
+    """Cold start (issue 14): requests of the first window may arrive late; they stay longer."""
+    record, window = GcraRecord(), 60.5
+    sends = [i * window / 10 for i in range(10)]
+    for t in sends:
+        assert gcra_earliest(record, 10, 1, t, window_s=window) == pytest.approx(t)
+        gcra_commit(record, 10, t, window_s=window, cold_start_s=2.0)
+    # GCRA's slot is 60.5; the first send is logged at 2.0, so it leaves the window at 62.5
+    assert gcra_earliest(record, 10, 1, 60.5, window_s=window) == pytest.approx(62.5)
+    gcra_commit(record, 10, 62.5, window_s=window, cold_start_s=2.0)  # after the cold window: as sent
+    assert record.sent[-1] == pytest.approx(62.5)
+    # a window without sends: the next send starts a cold window again
+    gcra_commit(record, 10, 300.0, window_s=window, cold_start_s=2.0)
+    assert record.sent == [pytest.approx(302.0)] and record.cold_until == pytest.approx(360.5)
+
+
+def test_limit_config_refuses_a_cold_start_outside_a_minute() -> None:
+    for bad in (-1.0, 60.0):
+        with pytest.raises(ConfigurationError):
+            LimitConfig(cold_start_s=bad)
