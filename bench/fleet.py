@@ -5,8 +5,10 @@ workers, all sharing one project quota through Redis. This starts the deployment
 ``bench/deployment.py`` (LocalExecutor, parallelism 4), uploads the shards to fake-gcs-server,
 triggers ``banana_catalog_sharded`` through the REST API and reads the simulator's ledger:
 
-* throughput as a fraction of the sum of the channels' caps (images over the ledger's span,
-  first request to last image), and end to end (DAG run start to end, Airflow's overheads in);
+* throughput as a fraction of the sum of the channels' caps, three ways: calls the provider
+  admitted per minute from the first call to the last (what a quota measures; the pass mark),
+  images from the first call to the last image (the last call's latency in), and end to end
+  (DAG run start to end: task start-up and Airflow's scheduling in);
 * quota 429s we caused ourselves (simulator ``fault == "quota"``), the most requests any channel
   received in any 60 s window (must never exceed its cap), images paid twice, items lost.
 
@@ -120,6 +122,7 @@ class FleetResult:
     paid_twice: int
     requests: int
     self_429: int
+    calls_span_s: float
     span_s: float
     end_to_end_s: float
     sum_caps_per_min: int
@@ -127,6 +130,14 @@ class FleetResult:
     caps: dict[str, int]
     tries: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def call_rate_of_caps(self) -> float:
+        """Admitted calls per minute between the first and the last call, over the sum of caps."""
+        admitted = self.requests - self.self_429
+        if self.calls_span_s <= 0 or admitted < 2:
+            return 0.0
+        return (admitted - 1) / self.calls_span_s * 60.0 / self.sum_caps_per_min
 
     @property
     def of_caps(self) -> float:
@@ -145,7 +156,7 @@ class FleetResult:
     def ok(self, *, throughput: bool) -> bool:
         good = self.state == "success" and self.lost == 0 and self.paid_twice == 0
         if throughput:
-            good = good and self.self_429 == 0 and self.within_caps and self.of_caps >= 0.95
+            good = good and self.self_429 == 0 and self.within_caps and self.call_rate_of_caps >= 0.95
         return good
 
 
@@ -186,6 +197,7 @@ def measure(
     for e in requests:
         arrivals[key_ids[e["key_id"]]].append(e["ts"] - e["latency_ms"] / 1000.0)
     first = min((t for ts in arrivals.values() for t in ts), default=0.0)
+    last_call = max((t for ts in arrivals.values() for t in ts), default=first)
     last = max((b["ts"] for b in billable), default=first)
     run = d.client.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()
     started, ended = _epoch(run.get("start_date")), _epoch(run.get("end_date"))
@@ -201,6 +213,7 @@ def measure(
         paid_twice=sum(n - 1 for n in fingerprints.values() if n > 1),
         requests=len(requests),
         self_429=sum(1 for e in requests if e["status"] == 429 and e["fault"] == "quota"),
+        calls_span_s=last_call - first,
         span_s=last - first,
         end_to_end_s=(ended - started) if started and ended else 0.0,
         sum_caps_per_min=sum(CAPS.values()),
@@ -331,7 +344,9 @@ def print_result(r: FleetResult, shards: int, fault: str) -> None:
         f"{r.requests} calls, {r.self_429} self-inflicted 429s"
     )
     print(
-        f"  throughput {r.of_caps:.1%} of caps over the ledger span ({r.span_s:.1f} s), "
+        f"  throughput: calls {r.call_rate_of_caps:.1%} of caps (first to last call, {r.calls_span_s:.1f} s);"
+        " "
+        f"images {r.of_caps:.1%} (to the last image, {r.span_s:.1f} s); "
         f"{r.of_caps_end_to_end:.1%} end to end ({r.end_to_end_s:.1f} s DAG run)"
     )
     print(f"  most requests in any 60 s window: {r.max_in_60s} (caps {r.caps}); task tries {r.tries}")
