@@ -119,7 +119,7 @@ class FleetResult:
     items: int
     succeeded: int
     lost: int
-    paid_twice: int
+    paid_twice: int  # images bought again, other than the calls in flight at a kill
     requests: int
     self_429: int
     calls_span_s: float
@@ -129,6 +129,7 @@ class FleetResult:
     max_in_60s: dict[str, int]
     caps: dict[str, int]
     tries: dict[int, int] = field(default_factory=dict)
+    in_flight_at_kill: int = 0  # billed by the provider, never received by the killed process
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -177,7 +178,12 @@ def _generation(entry: Mapping[str, Any]) -> bool:
 
 
 def measure(
-    d: Deployment, run_id: str, state: str, parts: Sequence[Sequence[Mapping[str, str]]], output: str
+    d: Deployment,
+    run_id: str,
+    state: str,
+    parts: Sequence[Sequence[Mapping[str, str]]],
+    output: str,
+    killed_at: float | None = None,
 ) -> FleetResult:
     from airflow_banana.storage import open_storage
 
@@ -186,6 +192,7 @@ def measure(
     requests = [e for e in d.sim.requests() if e["key_id"] in key_ids and _generation(e)]
     billable = [b for b in d.sim.billable() if b["key_id"] in key_ids]
     fingerprints = Counter(b["fingerprint"] for b in billable)
+    lost_in_kill = _in_flight_at(killed_at, billable, requests) if killed_at is not None else set()
     storage = open_storage(output)
     ids = [item["id"] for items in parts for item in items]
     succeeded = 0
@@ -210,7 +217,8 @@ def measure(
         items=len(ids),
         succeeded=succeeded,
         lost=len(ids) - succeeded,
-        paid_twice=sum(n - 1 for n in fingerprints.values() if n > 1),
+        paid_twice=sum(n - 1 for n in fingerprints.values() if n > 1) - len(lost_in_kill),
+        in_flight_at_kill=len(lost_in_kill),
         requests=len(requests),
         self_429=sum(1 for e in requests if e["status"] == 429 and e["fault"] == "quota"),
         calls_span_s=last_call - first,
@@ -221,6 +229,27 @@ def measure(
         caps=dict(CAPS),
         tries=dict(tries),
     )
+
+
+def _in_flight_at(
+    killed_at: float, billable: Sequence[Mapping[str, Any]], requests: Sequence[Mapping[str, Any]]
+) -> set[str]:
+    """Fingerprints whose first paid call was under way when the task process was killed: the
+    provider finished and billed it, the process never got the image (no client can avoid it;
+    Gemini has no idempotency key). Each bill is matched to its request by key and end time."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for b in sorted(billable, key=lambda b: b["ts"]):
+        first.setdefault(b["fingerprint"], b)
+    paid = Counter(b["fingerprint"] for b in billable)
+    lost = set()
+    for fingerprint, bill in first.items():
+        if paid[fingerprint] < 2:
+            continue
+        ends = [r for r in requests if r["key_id"] == bill["key_id"] and r["status"] == 200]
+        request = min(ends, key=lambda r: abs(r["ts"] - bill["ts"]))
+        if request["ts"] - request["latency_ms"] / 1000.0 < killed_at <= bill["ts"] + 0.05:
+            lost.add(fingerprint)
+    return lost
 
 
 def _epoch(iso: str | None) -> float:
@@ -244,8 +273,8 @@ def _wait_progress(d: Deployment, images: int, timeout_s: float = 600.0) -> None
         time.sleep(0.5)
 
 
-def kill_one_task(d: Deployment, run_id: str, notes: list[str], map_index: int = 0) -> None:
-    """SIGKILL the task process of one running shard (found by its task instance id)."""
+def kill_one_task(d: Deployment, run_id: str, notes: list[str], map_index: int = 0) -> float:
+    """SIGKILL the task process of one running shard (found by its task instance id); when."""
     for _ in range(60):
         for ti in d.task_instances(DAG_ID, run_id):
             if (
@@ -256,10 +285,11 @@ def kill_one_task(d: Deployment, run_id: str, notes: list[str], map_index: int =
                 pid = d.task_pid(ti["id"])
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
+                    killed_at = time.time()
                     notes.append(
                         f"SIGKILLed shard {map_index}'s task process (pid {pid}, try {ti['try_number']})"
                     )
-                    return
+                    return killed_at
         time.sleep(0.5)
     raise RuntimeError(f"fleet: no running task process for shard {map_index} to kill")
 
@@ -277,16 +307,17 @@ def run_shards(
         DAG_ID, {"shards_prefix": prefix, "output_prefix": output, "budget_usd_per_shard": budget}
     )
     notes: list[str] = []
+    killed_at = None
     if fault == "kill-worker":
         _wait_progress(d, items // 4)
-        kill_one_task(d, run_id, notes)
+        killed_at = kill_one_task(d, run_id, notes)
     elif fault == "redis-restart":
         _wait_progress(d, items // 4)
         assert d.redis is not None
         d.redis.restart(down_s=5.0)
         notes.append(f"redis-server killed at {_succeeded_so_far(d)} images, back (empty) 5 s later")
     state = d.wait(DAG_ID, run_id)
-    result = measure(d, run_id, state, parts, output)
+    result = measure(d, run_id, state, parts, output, killed_at)
     result.notes = notes
     return result
 
@@ -340,7 +371,8 @@ def print_result(r: FleetResult, shards: int, fault: str) -> None:
         f"(sum {r.sum_caps_per_min}/min), LocalExecutor parallelism 4, shared Redis state"
     )
     print(
-        f"  run {r.state}: {r.succeeded} ok, {r.lost} lost, {r.paid_twice} paid twice; "
+        f"  run {r.state}: {r.succeeded} ok, {r.lost} lost, {r.paid_twice} paid twice "
+        f"(+{r.in_flight_at_kill} in flight at the kill: billed, never received); "
         f"{r.requests} calls, {r.self_429} self-inflicted 429s"
     )
     print(

@@ -31,10 +31,11 @@ its own rate as long as no request takes half a second longer in transit than an
 Cold start: in the first window of a channel's use (its log empty: a fresh channel, or one idle
 for a window) every send is logged ``cold_start_s`` later than it was sent, so it stays in the
 window that much longer. Cold task processes start together then (imports, first connections,
-a busy CPU), and their first requests can arrive a second or more after their permit: measured
-in the fleet bench (issue 14), 4 quota 429s of our own at 60 s, in the first window only, with
-a 0.5 s guard and no cold start; none with ``cold_start_s = 2`` (the router's default), which
-costs at most 2 s of one minute's sends.
+a busy CPU), and their first requests can arrive seconds after their permit. Measured in the
+fleet bench (issue 14, 4 task processes starting at once on 2 cores shared with other work):
+4 quota 429s of our own at 60 s with no cold start, 0 and then 2 (load average 6-11) with 2 s;
+the router's default is 5 s, which costs at most 5 s of the first minute's sends (a channel
+running for 4 minutes: 2 % of them, an hour: 0.1 %).
 
 Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
