@@ -252,6 +252,17 @@ def _in_flight_at(
     return lost
 
 
+def _shard_report(output: str, map_index: int) -> dict[str, Any]:
+    """The item counts of one shard's run report (the last try writes it)."""
+    from airflow_banana.storage import open_storage
+
+    storage = open_storage(output)
+    for uri in storage.list(f"{output}/runs/"):
+        if uri.endswith(f"__m{map_index}/report.json"):
+            return dict(storage.read_json(uri)["items"])
+    return {}
+
+
 def _epoch(iso: str | None) -> float:
     if not iso:
         return 0.0
@@ -318,6 +329,8 @@ def run_shards(
         notes.append(f"redis-server killed at {_succeeded_so_far(d)} images, back (empty) 5 s later")
     state = d.wait(DAG_ID, run_id)
     result = measure(d, run_id, state, parts, output, killed_at)
+    if fault == "kill-worker":
+        notes.append(f"shard 0's report after its retry: {_shard_report(output, 0)}")
     result.notes = notes
     return result
 
