@@ -168,7 +168,8 @@ class Deployment:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # only the DAG a run triggers is unpaused: the scheduled example DAGs stay out
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -297,6 +298,9 @@ class Deployment:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
         self.wait_dag(dag_id)
+        unpaused = self.client.patch(f"/dags/{dag_id}", json={"is_paused": False})
+        if unpaused.status_code >= 300:
+            raise DeploymentError(f"unpausing {dag_id} failed: HTTP {unpaused.status_code} {unpaused.text}")
         answer = self.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)})
         if answer.status_code >= 300:
             raise DeploymentError(f"triggering {dag_id} failed: HTTP {answer.status_code} {answer.text}")
