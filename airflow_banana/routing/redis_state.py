@@ -245,8 +245,7 @@ class RedisStateBackend:
             )
         if record_ttl_s <= 0 or shared_disable_s <= 0 or max_retries < 1 or rejoin_after_s <= 0:
             raise ConfigurationError(
-                "redis routing state: record_ttl_s, shared_disable_s, max_retries, rejoin_after_s "
-                "must be > 0"
+                "redis routing state: record_ttl_s, shared_disable_s, max_retries, rejoin_after_s must be > 0"
             )
         self._client = client
         self.namespace = namespace
