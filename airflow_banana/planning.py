@@ -35,6 +35,7 @@ from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError, PreconditionFailedError, StorageError
 from airflow_banana.manifests import ManifestItem, parse_duration
 from airflow_banana.pricing import LIST_PRICES
+from airflow_banana.routing.eligibility import refusal, restricted
 from airflow_banana.routing.planner import (
     DEFAULT_CONFIDENCE,
     DEFAULT_REALTIME_LATENCY,
@@ -129,18 +130,24 @@ def plan_items(
     *,
     logical_date: datetime,
     default_deadline: str | timedelta | None = None,
+    lanes: Mapping[str, ChannelConfig | None] | None = None,
 ) -> list[PlanItem]:
-    """Manifest items as the planner sees them (id, size, absolute deadline), in input order."""
-    return [
-        PlanItem(
-            item_id=item.id,
-            image_size=item.image_size,
-            deadline=resolve_item_deadline(
-                item, logical_date=logical_date, default_deadline=default_deadline
-            ),
-        )
-        for item in items
-    ]
+    """Manifest items as the planner sees them (id, size, absolute deadline), in input order.
+
+    ``lanes`` maps planner lane names to their connection (``None``: a batch backend without one,
+    which is Google's own); an item that narrows its channels (``routing.eligibility``) may use
+    only the lanes allowed for it.
+    """
+    out = []
+    for item in items:
+        allowed = None
+        if lanes is not None and restricted(item):
+            allowed = frozenset(
+                name for name, config in lanes.items() if config is None or refusal(config, item) is None
+            )
+        deadline = resolve_item_deadline(item, logical_date=logical_date, default_deadline=default_deadline)
+        out.append(PlanItem(item_id=item.id, image_size=item.image_size, deadline=deadline, lanes=allowed))
+    return out
 
 
 def with_absolute_deadline(item: ManifestItem, deadline: datetime | None) -> ManifestItem:

@@ -55,6 +55,7 @@ from airflow_banana.operators._common import (
 )
 from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
 from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
+from airflow_banana.routing.eligibility import refusal, require_servable, restricted
 from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 
     from airflow_banana.batch.jobs import BatchBackend, JobSnapshot
     from airflow_banana.batch.state import BatchJobRecord, JobStateStore
+    from airflow_banana.models import ImageRequest
     from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import PreparedManifest
     from airflow_banana.realtime import WorkItem
@@ -277,6 +279,7 @@ class BatchImageOperator(BaseOperator):
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
+        self._check_channels(prepared)
         backend = self._backend(storage)
         state = JobStateStore(storage, self.output_prefix, identity.run_key)
         try:
@@ -449,15 +452,54 @@ class BatchImageOperator(BaseOperator):
         if deadline is None:
             return end.timestamp()
         point = self._rescue_point(deadline, len(in_job)) if self.rescue_channels else None
+        # Official-only / grounded items can be rescued only on the channels allowed for them:
+        # their own (earlier) point when those are fewer than all rescue channels.
+        narrow = [w for w in prepared.work if w.request.item_id in in_job and restricted(w.request)]
+        narrow_deadline = earliest_deadline(w.deadline for w in narrow)
+        if self.rescue_channels and narrow and narrow_deadline is not None:
+            narrow_point = self._rescue_point(narrow_deadline, len(narrow), [w.request for w in narrow])
+            if narrow_point is not None:
+                point = narrow_point if point is None else min(point, narrow_point)
         # No rescue possible: past the deadline the job is late anyway, so harvest what it has.
         return min(end, point if point is not None else deadline).timestamp()
 
-    def _rescue_point(self, deadline: datetime, items: int) -> datetime | None:
-        """``planning.rescue_point`` for the rescue channels; None when they have no capacity."""
+    def _check_channels(self, prepared: PreparedManifest) -> None:
+        """Before anything is submitted: may the batch channel carry every item, and which items
+        could no rescue channel carry (said now: if the job misses them, they are not rescued)?
+
+        Developer Batch and Vertex are Google's own; a Gemini-native relay as the batch channel is
+        not, and may not carry the Search tool: such items fail the task here, unsubmitted.
+        """
+        config = load_channel_configs([self.channel], task_id=self.task_id)[0]
+        needs = ((w.request.item_id, w.request) for w in prepared.work)
+        require_servable(needs, [config], who=self.task_id, lane="batch")
+        if not self.rescue_channels:
+            return
+        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
+        stuck = [
+            w.request.item_id
+            for w in prepared.work
+            if restricted(w.request) and all(refusal(c, w.request) is not None for c in configs)
+        ]
+        if stuck:
+            self.log.warning(
+                "%d item(s) (official-only or grounded, e.g. %s) may go to none of the rescue channels "
+                "%s: if the batch job does not deliver them, they are not rescued (never sent to a relay)",
+                len(stuck),
+                ", ".join(stuck[:5]),
+                self.rescue_channels,
+            )
+
+    def _rescue_point(
+        self, deadline: datetime, items: int, needs: Sequence[ImageRequest] = ()
+    ) -> datetime | None:
+        """``planning.rescue_point`` for the rescue channels (those allowed for every one of
+        ``needs`` when given); None when they have no capacity."""
         from airflow_banana.planning import realtime_capacities, rescue_point
 
         margin = self._margin()
         configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
+        configs = [c for c in configs if all(refusal(c, n) is None for n in needs)]
         latency = self.rescue_latency if isinstance(self.rescue_latency, timedelta) else None
         rates = {**self._measured_rates([c.name for c in configs]), **self.rescue_success_rates}
         capacity = realtime_capacities(configs, success_rates=rates, latency=latency)
@@ -776,6 +818,10 @@ class BatchImageOperator(BaseOperator):
                         reason="not part of the batch job and not done",
                     )
                 )
+        for request_item, outcome in zip(prepared.work, items, strict=True):
+            # the report says which policy applied to every item
+            outcome.data_policy = request_item.request.data_policy
+            outcome.grounding = request_item.request.grounding
         job_info: dict[str, Any] = {}
         if record is not None:
             job_info = {

@@ -33,7 +33,9 @@ from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import ManifestItem, write_manifest
 from airflow_banana.operators._common import load_channel_configs
 from airflow_banana.planning import (
+    BATCH_LANE_PREFIX,
     batch_lane,
+    batch_lane_name,
     duration_of,
     earliest_deadline,
     plan_items,
@@ -71,6 +73,7 @@ class ComputedPlan:
     skipped_done: tuple[str, ...] = ()
     realtime: tuple[LaneCapacity, ...] = ()
     batch: BatchLane | None = None
+    planned: tuple[PlanItem, ...] = ()  # as planned: with the lanes each item may use
 
 
 def parse_now(value: datetime | str | None) -> datetime:
@@ -114,7 +117,15 @@ def compute_plan(
     """
     skipped = set(skip)
     todo = [item for item in items if item.id not in skipped]
-    planned = plan_items(todo, logical_date=logical_date, default_deadline=default_deadline)
+    # official-only and grounded items are priced on the lanes that may carry them only
+    lane_configs: dict[str, ChannelConfig | None] = {c.name: c for c in configs}
+    if isinstance(batch, ChannelConfig):
+        lane_configs[batch_lane_name(batch)] = batch
+    elif batch is not None:
+        lane_configs[BATCH_LANE_PREFIX + batch] = None  # a Google batch backend: official, grounds
+    planned = plan_items(
+        todo, logical_date=logical_date, default_deadline=default_deadline, lanes=lane_configs
+    )
     rates = dict(success_rates or {})
     if storage is not None and output_prefix:
         measured = recent_success_rates(storage, output_prefix, [c.name for c in configs])
@@ -140,6 +151,7 @@ def compute_plan(
         skipped_done=tuple(item.id for item in items if item.id in skipped),
         realtime=tuple(realtime),
         batch=lanes[0] if lanes else None,
+        planned=tuple(planned),
     )
 
 
@@ -463,7 +475,7 @@ def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
     """
     plan = computed.plan
     now = plan.now
-    planned = [
+    planned = list(computed.planned) or [
         PlanItem(item_id, computed.items[item_id].image_size, computed.deadlines[item_id])
         for item_id in computed.items
     ]
@@ -511,6 +523,8 @@ def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
         "items": len(planned),
         "skipped_done": len(computed.skipped_done),
         "sizes": sizes,
+        # items priced only on the lanes that may carry them (routing.eligibility)
+        "restricted": sum(1 for p in planned if p.lanes is not None),
         "scenarios": scenarios,
         "plan_savings_vs_all_realtime_usd": round(plan.savings_usd, 6),
         "lanes": plan.summary()["lanes"],
@@ -535,6 +549,11 @@ def render_estimate(estimate: Mapping[str, Any]) -> str:
         f"The deadline plan saves ${estimate['plan_savings_vs_all_realtime_usd']:.3f} against all realtime "
         "at Google's direct list price (for the items it can plan).",
     ]
+    if estimate.get("restricted"):
+        lines.append(
+            f"{estimate['restricted']} item(s) are official-only or grounded: priced and timed only on the "
+            "lanes that may carry them."
+        )
     lanes = estimate.get("lanes") or {}
     if lanes:
         lines += ["", "Per lane in the plan:"]
