@@ -40,8 +40,9 @@ running for 4 minutes: 2 % of them, an hour: 0.1 %).
 Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
 ``threading.Timer``, so no clock can be injected (tests would sleep and race) and it cannot say
-*when* the next slot frees, only whether one is free now. GCRA is a few lines, O(1) state, and
-maps one-to-one onto a Redis Lua script later.
+*when* the next slot frees, only whether one is free now. GCRA plus the log is a few lines; its
+state is one number and at most a window's worth of send times (``rpm`` floats), small enough
+for the one Redis hash per channel of ``routing/redis_state.py``.
 """
 
 from __future__ import annotations
