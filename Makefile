@@ -7,7 +7,7 @@ VENVB ?= .venv-bench
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv bench-venv test test-genai2 demo bench lint clean
+.PHONY: venv bench-venv test test-genai2 demo bench fleet lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ demo: venv
 
 bench: bench-venv
 	$(VENVB)/bin/python -m bench
+
+# A real Airflow deployment on loopback (LocalExecutor, parallelism 4; Redis, fake-gcs-server,
+# simulator) running the sharded example DAG: 400 items over 4 shards at the channels' caps.
+# FLEET_ARGS="--fault kill-worker" (or redis-restart, triggerer-restart) injects a fault.
+FLEET_ARGS ?=
+fleet: bench-venv
+	nice -n 10 $(VENVB)/bin/python -m bench fleet $(FLEET_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check airflow_banana dags tests bench scripts

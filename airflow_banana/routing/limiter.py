@@ -2,16 +2,23 @@
 
 Our own traffic must never be the cause of a 429 (FAULTS.md R5), and the engine must know
 exactly how long to sleep for the next slot. Each limit (requests per minute, images per
-minute) is a Generic Cell Rate Algorithm cell holding one number, the theoretical arrival time
-``tat``. With emission interval ``T = 60 / per_minute`` and ``burst`` ``b``:
+minute) is a Generic Cell Rate Algorithm cell: the theoretical arrival time ``tat`` plus the
+send times of the last window. With emission interval ``T = 60 / per_minute`` and ``burst`` ``b``:
 
 * a request costing ``c`` units (``c <= b``) conforms at ``t`` iff ``t >= tat + (c - b) * T``
-  (so the next free slot is exactly that time);
-* on acceptance ``tat = max(tat, t) + c * T``.
+  and the last window holds at most ``n - c`` units (``n = ceil(per_minute) + b - 1``), so the
+  next free slot is exactly the later of the two times;
+* on acceptance ``tat = tat + c * T`` when the request is less than one interval late for its
+  slot, else ``now + c * T``.
 
-With the default ``b = 1`` requests are spaced ``T`` apart, so no 60 s window ever holds more
-than the configured rate (Google counts per minute) and a saturated channel runs at exactly its
-cap. A larger burst trades that guarantee for latency.
+Catch-up: a request sent late for its slot (a worker's event loop woke late, a Redis round
+trip, a busy CPU) keeps the schedule instead of pushing every later slot back by its lateness.
+Plain GCRA (``tat = max(tat, now) + T``) loses every such delay for good; in the fleet bench
+(issue 14: 4 Airflow workers sharing three channels through Redis, 2 busy cores) that was 6-9 %
+of the cap. With catch-up two requests can be closer than ``T``, so the window log is what
+bounds a window: no window of ``60 + guard_s`` seconds of send times ever holds more than
+``n`` units (the configured rate with the default ``b = 1``), and a saturated channel runs at
+its cap. A larger burst trades some of that for latency.
 
 Transit jitter: the provider counts a request when it *arrives*, we space them when we *send*.
 If one request is delayed by ``d`` in transit and the one ``rate`` places later is not, both
@@ -19,18 +26,29 @@ land in one provider minute and the later one gets a 429 we caused ourselves (FA
 the limiter spaces requests over a window of ``60 + guard_s`` seconds:
 ``T = (60 + guard_s) / per_minute``. The router's default guard is 0.5 s (0.8 % of the cap):
 a channel configured AT the provider's cap (``rpm = ipm = cap``) then never draws a 429 from
-its own rate, and users need not configure it "a bit under" the cap.
+its own rate as long as no request takes half a second longer in transit than another.
+
+Cold start: in the first window of a channel's use (its log empty: a fresh channel, or one idle
+for a window) every send is logged ``cold_start_s`` later than it was sent, so it stays in the
+window that much longer. Cold task processes start together then (imports, first connections,
+a busy CPU), and their first requests can arrive seconds after their permit. Measured in the
+fleet bench (issue 14, 4 task processes starting at once on 2 cores shared with other work):
+4 quota 429s of our own at 60 s with no cold start, 0 and then 2 (load average 6-11) with 2 s;
+the router's default is 5 s, which costs at most 5 s of the first minute's sends (a channel
+running for 4 minutes: 2 % of them, an hour: 0.1 %).
 
 Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
 ``threading.Timer``, so no clock can be injected (tests would sleep and race) and it cannot say
-*when* the next slot frees, only whether one is free now. GCRA is a few lines, O(1) state, and
-maps one-to-one onto a Redis Lua script later.
+*when* the next slot frees, only whether one is free now. GCRA plus the log is a few lines; its
+state is one number and at most a window's worth of send times (``rpm`` floats), small enough
+for the one Redis hash per channel of ``routing/redis_state.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from airflow_banana.exceptions import ConfigurationError
 
@@ -44,6 +62,7 @@ class LimitConfig:
     burst: int = 1
     max_concurrency: int = 4
     guard_s: float = 0.0  # added to the 60 s window: absorbs transit jitter (see the docstring)
+    cold_start_s: float = 0.0  # first window: sends count this much later (see the docstring)
 
     def __post_init__(self) -> None:
         for name in ("rpm", "ipm"):
@@ -54,6 +73,8 @@ class LimitConfig:
             raise ConfigurationError(f"burst and max_concurrency must be >= 1: {self}")
         if not 0.0 <= self.guard_s < 60.0:
             raise ConfigurationError(f"rate guard_s must be in [0, 60), got {self.guard_s}")
+        if not 0.0 <= self.cold_start_s < 60.0:
+            raise ConfigurationError(f"rate cold_start_s must be in [0, 60), got {self.cold_start_s}")
 
     @property
     def window_s(self) -> float:
@@ -67,13 +88,22 @@ class LimitConfig:
 
 @dataclass
 class GcraRecord:
-    """Theoretical arrival time; ``tat <= now`` means the cell is idle (full burst available)."""
+    """Theoretical arrival time (``tat <= now``: idle, full burst available), the send times of
+    the last window (one entry per unit, sorted; a cold start's shifted) and when the cold start
+    that began with the first send into an empty window ends."""
 
     tat: float = 0.0
+    sent: list[float] = field(default_factory=list)
+    cold_until: float = 0.0
 
 
 def interval(per_minute: float, window_s: float = 60.0) -> float:
     return window_s / per_minute
+
+
+def window_units(per_minute: float, burst: int) -> int:
+    """The most units any window may hold: the rate (rounded up) plus what the burst adds."""
+    return math.ceil(per_minute - 1e-9) + burst - 1
 
 
 def gcra_earliest(
@@ -82,11 +112,28 @@ def gcra_earliest(
     """Earliest time a request of ``cost`` units conforms (``<= now`` means: now)."""
     if cost > burst:
         raise ConfigurationError(f"a request of {cost} units can never fit a burst of {burst}")
-    return max(now, record.tat + (cost - burst) * interval(per_minute, window_s))
+    earliest = max(now, record.tat + (cost - burst) * interval(per_minute, window_s))
+    live = [t for t in record.sent if t > now - window_s]
+    over = len(live) + cost - window_units(per_minute, burst)
+    if over > 0:  # the window is full: the oldest units that must leave it first
+        earliest = max(earliest, live[over - 1] + window_s)
+    return earliest
 
 
 def gcra_commit(
-    record: GcraRecord, per_minute: float, now: float, cost: int = 1, window_s: float = 60.0
+    record: GcraRecord,
+    per_minute: float,
+    now: float,
+    cost: int = 1,
+    window_s: float = 60.0,
+    cold_start_s: float = 0.0,
 ) -> None:
     """Account an accepted request (the caller checked ``gcra_earliest(...) <= now``)."""
-    record.tat = max(record.tat, now) + cost * interval(per_minute, window_s)
+    step = interval(per_minute, window_s)
+    base = record.tat if record.tat >= now - step else now  # less than a slot late: keep the schedule
+    record.tat = base + cost * step
+    live = [t for t in record.sent if t > now - window_s]
+    if not live:
+        record.cold_until = now + window_s  # the first send into an empty window: a cold start
+    stamp = now + cold_start_s if now < record.cold_until else now
+    record.sent = sorted([*live, *([stamp] * cost)])

@@ -39,7 +39,11 @@ disabled fleet-wide for days.
 
 Redis unreachable: the backend falls back to per-process state seeded from the last record it
 saw of each channel (so an open breaker or a bench carries over, and permits issued through Redis
-can still be recorded), logs ONE warning, and keeps working for the rest of its life.
+can still be recorded) and logs ONE warning. Every ``rejoin_after_s`` (5 s) it tries Redis again;
+once Redis answers, each channel's local record is folded into the shared one (``rejoin``: the
+later rate slots, retry hints and benches, the permits still in flight, the worse breaker; all of
+it when Redis came back empty) and the task shares again (one INFO line). A worker that rejoins
+must not undo what it learned apart, nor let the fleet reuse rate slots it spent apart.
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ def record_to_dict(record: ChannelRecord) -> dict[str, Any]:
         },
         "rpm_tat": record.rpm.tat,
         "ipm_tat": record.ipm.tat,
+        "rpm_sent": list(record.rpm.sent),
+        "ipm_sent": list(record.ipm.sent),
+        "rpm_cold_until": record.rpm.cold_until,
+        "ipm_cold_until": record.ipm.cold_until,
         "throttle": _window_out(record.throttle.window),
         "in_flight": dict(record.in_flight),
         "retry_hint_until": record.retry_hint_until,
@@ -147,6 +155,15 @@ def record_to_dict(record: ChannelRecord) -> dict[str, Any]:
     }
 
 
+def _cell(data: dict[str, Any], name: str) -> GcraRecord:
+    # records written before the window log (no *_sent) read as an empty log
+    return GcraRecord(
+        float(data[f"{name}_tat"]),
+        [float(t) for t in data.get(f"{name}_sent", [])],
+        float(data.get(f"{name}_cold_until", 0.0)),
+    )
+
+
 def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
     """The inverse of ``record_to_dict``."""
     b, s = data["breaker"], data["stats"]
@@ -163,8 +180,8 @@ def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
             probe_lease_until=b["probe_lease_until"],
             openings=int(b["openings"]),
         ),
-        rpm=GcraRecord(float(data["rpm_tat"])),
-        ipm=GcraRecord(float(data["ipm_tat"])),
+        rpm=_cell(data, "rpm"),
+        ipm=_cell(data, "ipm"),
         throttle=ThrottleRecord(window=_window_in(data["throttle"])),
         in_flight={str(k): float(v) for k, v in data["in_flight"].items()},
         retry_hint_until=float(data["retry_hint_until"]),
@@ -191,6 +208,7 @@ class _Stored:
     version: str  # "" when the key does not exist yet
     record: ChannelRecord
     disabled_at: float | None
+    reseeded: bool = False  # Redis lost the record (restart): ours was folded in, must be written
 
 
 # ---------------------------------------------------------------- the backend
@@ -207,6 +225,7 @@ class RedisStateBackend:
     :param record_ttl_s: a channel's key expires this long after its last write.
     :param shared_disable_s: how long a CHANNEL_FATAL disable holds for other workers.
     :param max_retries: compare-and-set attempts per transition before giving up the race.
+    :param rejoin_after_s: after a Redis failure, seconds between attempts to share again.
     """
 
     def __init__(
@@ -218,14 +237,15 @@ class RedisStateBackend:
         record_ttl_s: float = 3 * 86400.0,
         shared_disable_s: float = 900.0,
         max_retries: int = 200,
+        rejoin_after_s: float = 5.0,
     ) -> None:
         if not namespace or any(c.isspace() for c in namespace):
             raise ConfigurationError(
                 f"redis routing state: namespace must be a non-blank word, got {namespace!r}"
             )
-        if record_ttl_s <= 0 or shared_disable_s <= 0 or max_retries < 1:
+        if record_ttl_s <= 0 or shared_disable_s <= 0 or max_retries < 1 or rejoin_after_s <= 0:
             raise ConfigurationError(
-                "redis routing state: record_ttl_s, shared_disable_s, max_retries must be > 0"
+                "redis routing state: record_ttl_s, shared_disable_s, max_retries, rejoin_after_s must be > 0"
             )
         self._client = client
         self.namespace = namespace
@@ -233,12 +253,16 @@ class RedisStateBackend:
         self._ttl_ms = int(record_ttl_s * 1000)
         self._shared_disable_s = shared_disable_s
         self._max_retries = max_retries
+        self._rejoin_after_s = rejoin_after_s
+        self._rejoin_at = 0.0  # when to try Redis again while on local state
         self._cas: Script = client.register_script(CAS_SCRIPT)
         self._policies: dict[str, ChannelPolicy] = {}
         self._disabled_here: dict[str, str] = {}  # channel -> reason: disabled for this run
         self._last_seen: dict[str, ChannelRecord] = {}
+        self._versions: dict[str, int] = {}  # channel -> last version read or written
         self._local: dict[str, ChannelRecord] | None = None  # set once Redis failed: fallback state
         self.fallback_reason: str | None = None
+        self.rejoins = 0
 
     # ------------------------------------------------------------ protocol
 
@@ -277,11 +301,12 @@ class RedisStateBackend:
 
     def snapshot(self, channel: str, now: float) -> ChannelSnapshot:
         policy = self._policy(channel)
+        self._maybe_rejoin(now)
         if self._local is None:
             try:
                 stored = self._read(channel, now)
             except redis.RedisError as err:
-                self._fall_back(err)
+                self._fall_back(err, now)
             else:
                 return make_snapshot(channel, stored.record, policy, now)
         assert self._local is not None
@@ -314,16 +339,48 @@ class RedisStateBackend:
             record.disabled_reason = self._disabled_here[channel]
             disabled_at = now
         stamp = version.decode() if isinstance(version, bytes) else (version or "")
+        # Versions only grow, so a lower one (or none) means Redis lost the key: restarted empty
+        # under a connection that reconnected at once. Re-seed from what this worker last saw.
+        reseeded = channel in self._last_seen and int(stamp or 0) < self._versions.get(channel, 0)
+        if reseeded:
+            rejoin(record, self._last_seen[channel])
         self._last_seen[channel] = record
-        return _Stored(stamp, record, disabled_at)
+        return _Stored(stamp, record, disabled_at, reseeded)
 
     def _transact(self, channel: str, now: float, step: Any) -> Any:
+        self._maybe_rejoin(now)
         if self._local is None:
             try:
                 return self._transact_shared(channel, now, step)
             except redis.RedisError as err:
-                self._fall_back(err)
+                self._fall_back(err, now)
         return step(self._local_record(channel))
+
+    def _maybe_rejoin(self, now: float) -> None:
+        if self._local is None or now < self._rejoin_at:
+            return
+        local = self._local
+        try:
+            for channel, record in local.items():
+
+                def fold(shared: ChannelRecord, record: ChannelRecord = record) -> None:
+                    rejoin(shared, record)
+
+                self._transact_shared(channel, now, fold)
+        except (redis.RedisError, RoutingStateConflictError) as err:
+            self._rejoin_at = now + self._rejoin_after_s
+            log.debug(
+                "routing state: Redis still unavailable (%s); next try in %.0f s", err, self._rejoin_after_s
+            )
+            return
+        self._local = None
+        self.rejoins += 1
+        log.info(
+            "routing state: Redis (namespace %r) answers again; this task shares its %d channel(s) "
+            "with the fleet again (local state folded in)",
+            self.namespace,
+            len(local),
+        )
 
     def _transact_shared(self, channel: str, now: float, step: Any) -> Any:
         for attempt in range(self._max_retries):
@@ -331,7 +388,8 @@ class RedisStateBackend:
             before = record_to_dict(stored.record)
             result = step(stored.record)
             after = record_to_dict(stored.record)
-            if after == before:
+            if after == before and not stored.reseeded:
+                self._versions[channel] = int(stored.version or 0)
                 return result  # nothing changed (e.g. a rate-limit denial): nothing to write
             if stored.record.disabled_reason is not None:
                 after["disabled_at"] = stored.disabled_at if stored.disabled_at is not None else now
@@ -342,6 +400,7 @@ class RedisStateBackend:
             )
             if int(written) == 1:
                 self._last_seen[channel] = stored.record
+                self._versions[channel] = int(new_version)
                 return result
             # another worker wrote first: recompute on its state (never apply a stale decision)
             time.sleep(self._rng.uniform(0.0, 0.0005 * min(attempt + 1, 20)))
@@ -358,16 +417,47 @@ class RedisStateBackend:
                 self._local[channel].disabled_reason = self._disabled_here[channel]
         return self._local[channel]
 
-    def _fall_back(self, err: redis.RedisError) -> None:
+    def _fall_back(self, err: redis.RedisError, now: float) -> None:
         self._local = {}
+        self._rejoin_at = now + self._rejoin_after_s
         self.fallback_reason = f"{type(err).__name__}: {err}"
         log.warning(
-            "routing state: Redis (namespace %r) failed (%s); falling back to per-process state for "
-            "the rest of this run, starting from the last state seen. Breakers, rate limits and "
-            "quotas are no longer shared with other workers.",
+            "routing state: Redis (namespace %r) failed (%s); falling back to per-process state, "
+            "starting from the last state seen, and trying Redis again every %.0f s. Until then "
+            "breakers, rate limits and quotas are not shared with other workers.",
             self.namespace,
             self.fallback_reason,
+            self._rejoin_after_s,
         )
+
+
+_BREAKER_SEVERITY = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def rejoin(shared: ChannelRecord, local: ChannelRecord) -> None:
+    """Fold a worker's record from its time apart into the shared one (in place).
+
+    Redis came back empty (a restart without persistence): the local record becomes the shared
+    one. Otherwise the stricter of each gate wins, so no worker reuses a rate slot another spent
+    apart, no retry hint or daily bench is forgotten, the permits still in flight stay counted,
+    and a breaker one side opened stays open.
+    """
+    if shared == ChannelRecord():
+        for name, value in vars(copy.deepcopy(local)).items():
+            setattr(shared, name, value)
+        return
+    for mine, theirs in ((shared.rpm, local.rpm), (shared.ipm, local.ipm)):
+        mine.tat = max(mine.tat, theirs.tat)
+        mine.cold_until = max(mine.cold_until, theirs.cold_until)
+        seen = set(mine.sent)  # both sides' sends count in the window (the ones before the split once)
+        mine.sent = sorted([*mine.sent, *(t for t in theirs.sent if t not in seen)])
+    shared.retry_hint_until = max(shared.retry_hint_until, local.retry_hint_until)
+    shared.benched_until = max(shared.benched_until, local.benched_until)
+    for permit_id, expiry in local.in_flight.items():
+        shared.in_flight[permit_id] = max(shared.in_flight.get(permit_id, expiry), expiry)
+    shared.permits_issued = max(shared.permits_issued, local.permits_issued)
+    if _BREAKER_SEVERITY[local.breaker.state] > _BREAKER_SEVERITY[shared.breaker.state]:
+        shared.breaker = copy.deepcopy(local.breaker)
 
 
 def redis_backend(

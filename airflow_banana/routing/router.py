@@ -214,6 +214,7 @@ class RouterConfig:
     reliable_success_rate: float = 0.9
     default_deadline_s: float = DEFAULT_DEADLINE_S  # soft horizon for items without a deadline
     rate_guard_s: float = 0.5  # limiter window 60 s + this: no 429 from transit jitter at the cap
+    rate_cold_start_s: float = 5.0  # first window of a channel: sends count 5 s late (routing/limiter.py)
 
     def __post_init__(self) -> None:
         if self.prior_successes <= 0 or self.prior_failures <= 0:
@@ -393,6 +394,7 @@ def policy_for(
             ipm=channel.ipm,
             max_concurrency=channel.max_concurrency,
             guard_s=config.rate_guard_s,
+            cold_start_s=config.rate_cold_start_s,
         ),
         throttle=throttle or ThrottleConfig(),
         permit_ttl_s=ttl,

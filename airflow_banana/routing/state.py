@@ -318,9 +318,11 @@ def acquire(
         return Denial(channel, DenialReason.THROTTLED, now + policy.throttle.recheck_s, "adaptive throttling")
     probe_id = brk.take_probe(record.breaker, policy.breaker, now) if verdict.probe else None
     if policy.limits.rpm is not None:
-        gcra_commit(record.rpm, policy.limits.rpm, now, 1, policy.limits.window_s)
+        gcra_commit(record.rpm, policy.limits.rpm, now, 1, policy.limits.window_s, policy.limits.cold_start_s)
     if policy.limits.ipm is not None:
-        gcra_commit(record.ipm, policy.limits.ipm, now, images, policy.limits.window_s)
+        gcra_commit(
+            record.ipm, policy.limits.ipm, now, images, policy.limits.window_s, policy.limits.cold_start_s
+        )
     record.permits_issued += 1
     permit = Permit(
         channel=channel,

@@ -53,8 +53,9 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         import redis
 
-        for _ in range(5):  # the free port can be taken between probing and binding
-            self.port = _free_port()
+        fixed = self.port  # a restart comes back on the port the clients know
+        for _ in range(1 if fixed else 5):  # a free port can be taken between probing and binding
+            self.port = fixed or _free_port()
             log_path = self.directory / f"redis-{self.port}.log"
             self.process = subprocess.Popen(
                 [
@@ -96,6 +97,12 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+    def restart(self, down_s: float = 0.0) -> RedisServer:
+        """Kill the server, stay down ``down_s``, start an empty one on the same port."""
+        self.stop()
+        time.sleep(down_s)
+        return self.start()
 
     def close(self) -> None:
         self.stop()

@@ -26,6 +26,7 @@ from airflow_banana.routing.redis_state import (
     record_from_dict,
     record_to_dict,
     redis_backend,
+    rejoin,
 )
 from airflow_banana.routing.state import (
     ChannelEvent,
@@ -222,3 +223,68 @@ def test_unreachable_from_the_start_still_works(caplog: pytest.LogCaptureFixture
         assert isinstance(backend.try_acquire("a", T0), Permit)
         assert backend.snapshot("a", T0).in_flight == 1
     assert "s3cret-pw" not in caplog.text and "s3cret-pw" not in repr(backend.fallback_reason)
+
+
+def _rated() -> ChannelPolicy:
+    return suite.pol(limits=LimitConfig(rpm=6, max_concurrency=4))  # one slot per 10 s
+
+
+def test_redis_restarted_empty_is_reseeded_from_what_the_workers_saw(
+    redis_server_factory: Callable[[], RedisServer],
+) -> None:
+    """A restart the client reconnects through at once: the record is gone, the rate slot is not."""
+    server = redis_server_factory()
+    one, two = _pair(server.url, _rated(), namespace="reseed")
+    assert isinstance(one.try_acquire("a", T0), Permit)
+    assert isinstance(two.try_acquire("a", T0 + 1), Denial)  # two has seen the slot taken
+    server.stop()
+    server.start()  # empty, on the same port
+    denied = two.try_acquire("a", T0 + 2)
+    assert isinstance(denied, Denial) and denied.reason is DenialReason.RATE_LIMIT
+    assert two.shared
+    # two wrote its re-seeded record back: one (which never noticed) is held to the same slot
+    again = one.try_acquire("a", T0 + 3)
+    assert isinstance(again, Denial) and again.reason is DenialReason.RATE_LIMIT
+    assert isinstance(one.try_acquire("a", T0 + 10), Permit)
+
+
+def test_redis_down_then_back_the_task_rejoins_with_what_it_did_apart(
+    redis_server_factory: Callable[[], RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_server_factory()
+    one = redis_backend(server.url, namespace="rejoin", rng=random.Random(1), rejoin_after_s=5.0)
+    one.register("a", _rated())
+    assert isinstance(one.try_acquire("a", T0), Permit)
+    server.stop()
+    with caplog.at_level(logging.INFO, logger="airflow_banana.routing.redis_state"):
+        apart = one.try_acquire("a", T0 + 10)  # local state: the next slot, spent while apart
+        assert isinstance(apart, Permit) and not one.shared
+        server.start()
+        assert isinstance(one.try_acquire("a", T0 + 12), Denial) and not one.shared  # not yet due
+        assert isinstance(one.try_acquire("a", T0 + 16), Denial) and one.shared  # rejoined
+    assert one.rejoins == 1
+    assert [r.levelno for r in caplog.records].count(logging.WARNING) == 1
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    # another worker sees the slot spent apart and the permit still in flight
+    two = redis_backend(server.url, namespace="rejoin", rng=random.Random(2))
+    two.register("a", _rated())
+    denied = two.try_acquire("a", T0 + 17)
+    assert isinstance(denied, Denial) and denied.reason is DenialReason.RATE_LIMIT
+    assert two.snapshot("a", T0 + 17).in_flight == 2
+    one.record(apart, OK, T0 + 18)  # the permit taken apart is released in the shared record
+    assert two.snapshot("a", T0 + 18).in_flight == 1
+
+
+def test_rejoin_keeps_the_stricter_gates() -> None:
+    shared, local = ChannelRecord(), ChannelRecord()
+    shared.rpm.tat, local.rpm.tat = 50.0, 70.0
+    shared.retry_hint_until, local.retry_hint_until = 90.0, 10.0
+    shared.in_flight, local.in_flight = {"a#1": 60.0}, {"a#7": 80.0}
+    shared.permits_issued, local.permits_issued = 2, 8
+    local.breaker.state = BreakerState.OPEN
+    rejoin(shared, local)
+    assert (shared.rpm.tat, shared.retry_hint_until, shared.permits_issued) == (70.0, 90.0, 8)
+    assert shared.in_flight == {"a#1": 60.0, "a#7": 80.0} and shared.breaker.state is BreakerState.OPEN
+    fresh = ChannelRecord()
+    rejoin(fresh, local)  # Redis came back empty: the local record is taken whole
+    assert record_to_dict(fresh) == record_to_dict(local)

@@ -67,3 +67,71 @@ def test_limit_config_validation() -> None:
     for bad in ({"rpm": 0}, {"ipm": -1}, {"burst": 0}, {"max_concurrency": 0}):
         with pytest.raises(ConfigurationError):
             LimitConfig(**bad)
+
+
+def test_a_request_late_for_its_slot_keeps_the_schedule() -> None:
+    """Catch-up (issue 14): lateness under one interval is not lost for every later slot."""
+    record = GcraRecord()
+    gcra_commit(record, 10, 100.0)  # slots every 6 s: 106, 112, ...
+    gcra_commit(record, 10, 109.0)  # 3 s late for 106
+    assert gcra_earliest(record, 10, 1, 109.0) == pytest.approx(112.0)  # not 115
+    gcra_commit(record, 10, 119.0)  # 7 s late for 112: more than an interval, the schedule restarts
+    assert gcra_earliest(record, 10, 1, 119.0) == pytest.approx(125.0)
+
+
+def test_the_window_log_bounds_a_window_when_catching_up() -> None:
+    record = GcraRecord()
+    for t in (0.0, 6.0, 12.0, 18.0, 24.0, 30.0, 36.0, 42.0, 48.0, 59.0):  # the last one 5 s late
+        assert gcra_earliest(record, 10, 1, t) <= t
+        gcra_commit(record, 10, t)
+    # the schedule says 60, but ten units are in the window until the first leaves it at 0 + 60
+    assert gcra_earliest(record, 10, 1, 59.5) == pytest.approx(60.0)
+    gcra_commit(record, 10, 60.0)
+    assert gcra_earliest(record, 10, 1, 60.0) == pytest.approx(66.0)
+
+
+@pytest.mark.parametrize("per_minute", [10, 40, 100])
+def test_late_wakeups_cost_nothing_and_no_window_exceeds_the_cap(per_minute: int) -> None:
+    """A saturated caller that wakes late (up to 0.9 intervals) one time in four: a busy worker.
+
+    A late send that the window log then waits on is lost (no limiter can send earlier than
+    ``window`` after the send ``per_minute`` places before); one the schedule absorbs is not."""
+    import random
+
+    rng = random.Random(per_minute)
+    window = 60.5
+    step = window / per_minute
+    record, now, sent = GcraRecord(), 1_000.0, []
+    while now < 1_000.0 + 600.0:
+        slot = gcra_earliest(record, per_minute, 1, now, window_s=window)
+        if slot > now:
+            now = slot + (rng.uniform(0.0, 0.9 * step) if rng.random() < 0.25 else 0.0)
+            continue
+        gcra_commit(record, per_minute, now, window_s=window)
+        sent.append(now)
+    for i, t in enumerate(sent):
+        assert sum(1 for u in sent[i:] if u < t + window - 1e-6) <= per_minute
+    # plain GCRA (tat = max(tat, now) + T) would lose ~11 % of the cap to this lateness
+    assert len(sent) >= 0.97 * per_minute * 600.0 / window
+
+
+def test_the_first_window_counts_its_sends_cold_start_s_later() -> None:
+    """Cold start (issue 14): requests of the first window may arrive late; they stay longer."""
+    record, window = GcraRecord(), 60.5
+    sends = [i * window / 10 for i in range(10)]
+    for t in sends:
+        assert gcra_earliest(record, 10, 1, t, window_s=window) == pytest.approx(t)
+        gcra_commit(record, 10, t, window_s=window, cold_start_s=2.0)
+    # GCRA's slot is 60.5; the first send is logged at 2.0, so it leaves the window at 62.5
+    assert gcra_earliest(record, 10, 1, 60.5, window_s=window) == pytest.approx(62.5)
+    gcra_commit(record, 10, 62.5, window_s=window, cold_start_s=2.0)  # after the cold window: as sent
+    assert record.sent[-1] == pytest.approx(62.5)
+    # a window without sends: the next send starts a cold window again
+    gcra_commit(record, 10, 300.0, window_s=window, cold_start_s=2.0)
+    assert record.sent == [pytest.approx(302.0)] and record.cold_until == pytest.approx(360.5)
+
+
+def test_limit_config_refuses_a_cold_start_outside_a_minute() -> None:
+    for bad in (-1.0, 60.0):
+        with pytest.raises(ConfigurationError):
+            LimitConfig(cold_start_s=bad)
