@@ -21,7 +21,7 @@ the limiter spaces requests over a window of ``60 + guard_s`` seconds:
 a channel configured AT the provider's cap (``rpm = ipm = cap``) then never draws a 429 from
 its own rate, and users need not configure it "a bit under" the cap.
 
-Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
+Why not the ``limits`` package (not a dependency; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
 ``threading.Timer``, so no clock can be injected (tests would sleep and race) and it cannot say
 *when* the next slot frees, only whether one is free now. GCRA is a few lines, O(1) state, and
