@@ -1,9 +1,10 @@
 """``BatchImageOperator``: a manifest's images through the Gemini Batch API or Vertex batch prediction.
 
 Half the realtime price, asynchronous. Orchestration only: the retry-safe job record is
-``batch.state``, the poll decision ``batch.poll``, the backends ``batch.developer`` /
-``batch.vertex``, the streaming harvest ``batch.results``, the optional realtime rescue the
-realtime lane's ``RealtimeEngine``, the rescue point and turnaround history ``planning``.
+``batch.state``, the poll decision ``batch.poll``, job control ``batch.developer`` /
+``batch.vertex``, the streaming harvest ``batch.harvest`` and ``batch.results``, the optional
+realtime rescue the realtime lane's ``RealtimeEngine``, the rescue point and turnaround history
+``planning``.
 
 Flow: prepare the manifest (every check before spend) → skip items already done in storage →
 record the intent → submit → record "submitted" → defer to ``BatchJobTrigger`` (or poll here in
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-    from airflow_banana.batch.jobs import BatchBackend, JobSnapshot
+    from airflow_banana.batch.jobs import JobControl, JobSnapshot
     from airflow_banana.batch.state import BatchJobRecord, JobStateStore
     from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import PreparedManifest
@@ -256,8 +257,8 @@ class BatchImageOperator(BaseOperator):
         fingerprint = fingerprint_of(w.request.fingerprint() for w in prepared.work)
         return identity, storage, store, prepared, fingerprint
 
-    def _backend(self, storage: Any) -> BatchBackend:
-        from airflow_banana.batch import backend_for
+    def _backend(self) -> JobControl:
+        from airflow_banana.batch import job_control_for
 
         config = load_channel_configs([self.channel], task_id=self.task_id)[0]
         if config.protocol == "vertex" and not (self.gcs_staging_prefix or "").startswith("gs://"):
@@ -266,7 +267,7 @@ class BatchImageOperator(BaseOperator):
                 "prefix"
                 " for the batch input and output — nothing was submitted"
             )
-        return backend_for(config, storage)
+        return job_control_for(config)
 
     # ------------------------------------------------------------------ first half
     def execute(self, context: Context) -> dict[str, Any]:
@@ -277,7 +278,7 @@ class BatchImageOperator(BaseOperator):
         identity, storage, store, prepared, fingerprint = self._setup(context)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
-        backend = self._backend(storage)
+        backend = self._backend()
         state = JobStateStore(storage, self.output_prefix, identity.run_key)
         try:
             record = self._reattach_or_submit(backend, state, store, identity, prepared, fingerprint)
@@ -311,7 +312,7 @@ class BatchImageOperator(BaseOperator):
 
     def _reattach_or_submit(
         self,
-        backend: BatchBackend,
+        backend: JobControl,
         state: JobStateStore,
         store: OutputStore,
         identity: RunIdentity,
@@ -391,7 +392,7 @@ class BatchImageOperator(BaseOperator):
 
     def _new_round(
         self,
-        backend: BatchBackend,
+        backend: JobControl,
         state: JobStateStore,
         identity: RunIdentity,
         fingerprint: str,
@@ -416,7 +417,7 @@ class BatchImageOperator(BaseOperator):
 
     def _submit(
         self,
-        backend: BatchBackend,
+        backend: JobControl,
         state: JobStateStore,
         record: BatchJobRecord,
         todo: Sequence[WorkItem],
@@ -433,6 +434,7 @@ class BatchImageOperator(BaseOperator):
             display_name=record.display_name,
             staging_uri=staging,
             inline=self.inline,
+            storage=state.storage,
         )
         return state.mark_submitted(
             record, submitted.snapshot.name, input_uri=submitted.input_uri, dest_uri=submitted.dest_uri
@@ -503,15 +505,9 @@ class BatchImageOperator(BaseOperator):
             raise ConfigurationError(f"{self.task_id}: poll_interval_s must be positive, got {interval}")
         return interval
 
-    def _poll_here(self, backend: BatchBackend, job_name: str, end_time: float) -> dict[str, Any]:
+    def _poll_here(self, backend: JobControl, job_name: str, end_time: float) -> dict[str, Any]:
         """Synchronous mode: the same decisions as the trigger, sleeping in the worker."""
-        from airflow_banana.batch.poll import (
-            EndTimeReached,
-            JobEnded,
-            PollAgain,
-            PollPolicy,
-            PollTracker,
-        )
+        from airflow_banana.batch.poll import PollAgain, PollPolicy, PollTracker, poll_event
 
         tracker = PollTracker(PollPolicy(self._interval(), self.max_poll_failures, end_time=end_time))
         decision = tracker.start(time.time())
@@ -524,15 +520,7 @@ class BatchImageOperator(BaseOperator):
                 decision = tracker.failed(str(err), time.time())
                 continue
             decision = tracker.observed(snapshot.state, time.time())
-        if isinstance(decision, JobEnded):
-            return {"status": "ended", "job_name": job_name, "state": decision.state.value}
-        if isinstance(decision, EndTimeReached):
-            return {"status": "end_time", "job_name": job_name, "state": decision.state.value}
-        return {
-            "status": "error",
-            "job_name": job_name,
-            "message": f"{decision.failures} consecutive polls failed; last: {decision.last_error}",
-        }
+        return poll_event(job_name, decision)
 
     # ------------------------------------------------------------------ second half
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -558,7 +546,7 @@ class BatchImageOperator(BaseOperator):
             )
         final_state = str(event.get("state") or "")
         try:
-            backend = self._backend(storage)
+            backend = self._backend()
             try:
                 self.console_url = backend.console_url(record.job_name or "")
                 story: dict[str, Any] = {}
@@ -633,7 +621,7 @@ class BatchImageOperator(BaseOperator):
 
     def _harvest(
         self,
-        backend: BatchBackend,
+        backend: JobControl,
         snapshot: JobSnapshot,
         record: BatchJobRecord,
         store: OutputStore,
@@ -642,6 +630,7 @@ class BatchImageOperator(BaseOperator):
         story: dict[str, Any],
     ) -> dict[str, ItemOutcome]:
         """Commit what the job delivered, rescue the rest; ``story`` gets the counts for the report."""
+        from airflow_banana.batch.harvest import harvest_job
         from airflow_banana.batch.results import Harvester
 
         by_id = {w.request.item_id: w for w in prepared.work}
@@ -655,7 +644,7 @@ class BatchImageOperator(BaseOperator):
             on_progress=lambda n: self.log.info("harvested %d result line(s) of job %s", n, snapshot.name),
             submitted_at=record.submitted_at or "",
         )
-        result = backend.harvest(snapshot, harvester, record.dest_uri)
+        result = harvest_job(backend, snapshot, harvester, storage=store.storage, dest_uri=record.dest_uri)
         self.log.info(
             "job %s (%s): %d line(s), %d image(s) stored, %d failed, %d unreadable, %d unknown key(s)",
             snapshot.name,
@@ -836,7 +825,7 @@ class BatchImageOperator(BaseOperator):
         except Exception:  # a link is a convenience; it never fails the task
             self.log.debug("could not push the batch job link", exc_info=True)
 
-    def _settle_after_cancel(self, backend: BatchBackend, job_name: str) -> JobSnapshot:
+    def _settle_after_cancel(self, backend: JobControl, job_name: str) -> JobSnapshot:
         """Wait (bounded) until a cancelled job has really ended before harvesting it.
 
         A CANCELLING job may still finish lines; harvesting and rescuing before it ends could
@@ -864,7 +853,7 @@ class BatchImageOperator(BaseOperator):
             )
         return snapshot
 
-    def _cancel_quietly(self, backend: BatchBackend, job_name: str) -> None:
+    def _cancel_quietly(self, backend: JobControl, job_name: str) -> None:
         try:
             backend.cancel(job_name)
             self.log.info("batch job %s cancelled", job_name)
@@ -877,13 +866,12 @@ class BatchImageOperator(BaseOperator):
         """The task is being stopped while it polls in the worker: cancel the remote job."""
         if self._running_job is None:
             return
-        from airflow_banana.batch import backend_for
+        from airflow_banana.batch import job_control_for
         from airflow_banana.hooks.channel import BananaChannelHook
-        from airflow_banana.storage import open_storage
 
         conn_id, job_name = self._running_job
         try:
-            backend = backend_for(BananaChannelHook(conn_id).get_config(), open_storage())
+            backend = job_control_for(BananaChannelHook(conn_id).get_config())
         except BananaError as err:
             self.log.warning("on_kill: cannot build the batch client to cancel %s: %s", job_name, err)
             return

@@ -308,8 +308,8 @@ def test_lines_finished_while_cancelling_are_harvested_not_paid_twice(
     wrappers: list[_SlowCancel] = []
     real_backend = BatchImageOperator._backend
 
-    def slow_cancel_backend(self: BatchImageOperator, storage: Any) -> Any:
-        wrappers.append(_SlowCancel(real_backend(self, storage), gemini, delay_s=1.2))
+    def slow_cancel_backend(self: BatchImageOperator) -> Any:
+        wrappers.append(_SlowCancel(real_backend(self), gemini, delay_s=1.2))
         return wrappers[-1]
 
     monkeypatch.setattr(BatchImageOperator, "_backend", slow_cancel_backend)
@@ -410,10 +410,10 @@ def test_on_kill_cancels_the_running_job_and_force_regenerates(gemini: Any, tmp_
         },
     )
     op = _operator(tmp_path)
-    from airflow_banana.batch import backend_for
+    from airflow_banana.batch import job_control_for
     from airflow_banana.hooks.channel import BananaChannelHook
 
-    backend = backend_for(BananaChannelHook("b_gem").get_config(), open_storage())
+    backend = job_control_for(BananaChannelHook("b_gem").get_config())
     submitted = backend.submit(
         [ImageRequest("x", "p")], display_name="banana-kill-r1 k", staging_uri=None, inline=True
     )
@@ -432,11 +432,11 @@ def test_on_kill_cancels_the_running_job_and_force_regenerates(gemini: Any, tmp_
 def test_b2_two_triggers_over_http_poll_only(gemini: Any) -> None:
     import asyncio
 
-    from airflow_banana.batch import backend_for
+    from airflow_banana.batch import job_control_for
     from airflow_banana.hooks.channel import BananaChannelHook
     from airflow_banana.triggers.batch import BatchJobTrigger
 
-    backend = backend_for(BananaChannelHook("b_gem").get_config(), open_storage())
+    backend = job_control_for(BananaChannelHook("b_gem").get_config())
     job = backend.submit(
         [ImageRequest("x", "p")], display_name="banana-b2-r1 k", staging_uri=None, inline=True
     )

@@ -20,7 +20,7 @@ from airflow_banana.exceptions import BatchJobError
 from airflow_banana.operators.batch import MAX_CANCEL_SETTLE_S, BatchImageOperator
 
 if TYPE_CHECKING:
-    from airflow_banana.batch.jobs import BatchBackend
+    from airflow_banana.batch.jobs import JobControl
 
 
 class FakeBackend:
@@ -50,7 +50,7 @@ def _operator(margin: Any = timedelta(seconds=2)) -> BatchImageOperator:
 
 
 def _settle(op: BatchImageOperator, backend: FakeBackend) -> JobSnapshot:
-    return op._settle_after_cancel(cast("BatchBackend", backend), "batches/1")
+    return op._settle_after_cancel(cast("JobControl", backend), "batches/1")
 
 
 def test_a_cancelling_job_is_waited_for_until_it_has_ended() -> None:
