@@ -19,33 +19,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def channel_ids(value: Sequence[str] | str | None) -> list[str]:
-    """Connection ids from a list or from a comma-separated string (what a template renders to)."""
-    if value is None:
-        return []
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    return [str(p).strip() for p in parts if str(p).strip()]
-
-
-def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list[ChannelConfig]:
-    """Parse every channel connection up front: a bad one fails the task before any spend."""
-    from airflow_banana.hooks.channel import BananaChannelHook
-
-    ids = channel_ids(conn_ids)
-    if not ids:
-        raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
-    if len(set(ids)) != len(ids):
-        raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
-    except AirflowNotFoundException as err:
-        raise ConfigurationError(
-            f"{task_id}: {err}; define the banana connection first (nothing was spent)"
-        ) from err
-
-
 def shared_state_for(
     configs: Sequence[ChannelConfig], redis_conn_id: str | None, *, task_id: str, rng: random.Random
 ) -> ChannelStateBackend | None:

@@ -17,7 +17,7 @@ The end time, with ``rescue_channels``, is the issue's rescue point
 
     earliest deadline - time the rescue channels need for the job's items - rescue_margin
 
-(``planning.rescue_point``: the channels' caps and success rates at a confidence), so a big job
+(``planning.inputs.rescue_point``: the channels' caps and success rates at a confidence), so a big job
 is given up early enough for realtime to finish it and a small one may wait longer. The trigger
 reports only a job *state*, not how many lines are done, so the point assumes every item is
 still unfinished: rescue a little early rather than late. At the end time the job is cancelled
@@ -26,7 +26,7 @@ lines while a job is CANCELLING, and an item harvested after the rescue regenera
 paid twice. Items the batch delivered are committed by the harvest and never regenerated.
 
 Each harvested job's turnaround (submit → end) is appended to the backend's history under the
-output prefix (``planning.record_turnaround``) so later plans learn the real turnaround; a job
+output prefix (``planning.history.record_turnaround``) so later plans learn the real turnaround; a job
 cancelled at its end time is recorded as censored (at least that long). A failure to record is
 logged, never raised: history only refines later plans.
 
@@ -45,18 +45,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
+from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity, fingerprint_of
 from airflow_banana.operators._common import (
     checked_max_rejected,
     enforce_item_limits,
-    load_channel_configs,
     logical_date_of,
     run_realtime_lane,
     skip_without_manifest,
 )
 from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
-from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
-from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
+from airflow_banana.planning.inputs import DEFAULT_RESCUE_MARGIN, duration_of
+from airflow_banana.planning.planner import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -442,7 +442,7 @@ class BatchImageOperator(BaseOperator):
 
     def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest) -> float:
         """When to stop waiting: the job timeout, cut to the rescue point or the earliest deadline."""
-        from airflow_banana.planning import earliest_deadline
+        from airflow_banana.planning.inputs import earliest_deadline
 
         submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
         end = submitted + self.job_timeout
@@ -455,8 +455,8 @@ class BatchImageOperator(BaseOperator):
         return min(end, point if point is not None else deadline).timestamp()
 
     def _rescue_point(self, deadline: datetime, items: int) -> datetime | None:
-        """``planning.rescue_point`` for the rescue channels; None when they have no capacity."""
-        from airflow_banana.planning import realtime_capacities, rescue_point
+        """``planning.inputs.rescue_point`` for the rescue channels; None when they have no capacity."""
+        from airflow_banana.planning.inputs import realtime_capacities, rescue_point
 
         margin = self._margin()
         configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
@@ -484,7 +484,7 @@ class BatchImageOperator(BaseOperator):
     def _measured_rates(self, channels: Sequence[str]) -> dict[str, float]:
         """Recent success rates from run reports under the output prefix; {} if unreadable."""
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.planning import recent_success_rates
+        from airflow_banana.planning.inputs import recent_success_rates
 
         try:
             storage = storage_for(self.output_prefix, self.gcp_conn_id)
@@ -595,7 +595,11 @@ class BatchImageOperator(BaseOperator):
         cancelled: bool,
     ) -> None:
         """Append the job's turnaround to the backend's history; log, never raise, on failure."""
-        from airflow_banana.planning import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
+        from airflow_banana.planning.history import (
+            TurnaroundRecord,
+            batch_backend_for_protocol,
+            record_turnaround,
+        )
 
         if not record.job_name or not record.submitted_at:
             return

@@ -17,12 +17,12 @@ from airflow.sdk import BaseOperator
 
 from airflow_banana.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
     budget_from,
     checked_max_rejected,
     enforce_item_limits,
-    load_channel_configs,
     logical_date_of,
     run_deadline,
     run_realtime_lane,

@@ -1,15 +1,18 @@
-"""The plan step: split a manifest into a realtime and a batch sub-manifest by deadline and price.
+"""Plan a manifest: split it into a realtime and a batch sub-manifest by deadline and price.
 
-Users otherwise pick one lane by hand. This step runs the pure planner
-(``routing.planner.make_plan``) on the manifest's items, writes one sub-manifest per lane under
-the run folder and returns a small dict downstream tasks branch or map on. Everything happens
-before the first paid call: a manifest that is invalid, or items no lane can finish by their
-deadline, are reported here — with ``on_infeasible="fail"`` the task fails and nothing is spent.
+Users otherwise pick one lane by hand. ``compute_plan`` runs the pure planner
+(``planning.planner.make_plan``) on the manifest's items; ``write_plan`` writes one sub-manifest
+per lane under the run folder and returns a small dict downstream tasks branch or map on.
+Everything happens before the first paid call: a manifest that is invalid, or items no lane can
+finish by their deadline, are reported here — with ``on_infeasible="fail"`` the plan fails and
+nothing is spent.
 
-Two ways in, one code path:
+Ways in, one code path:
 
-* ``PlanImagesOperator`` (classic operator, templated fields), and
-* ``plan_manifest(...)``, a plain function to call from ``@task`` (TaskFlow) or a script.
+* ``PlanImagesOperator`` (``operators.plan``, classic operator, templated fields),
+* ``plan_manifest(...)``, a plain function to call from ``@task`` (TaskFlow) or a script, and
+* ``dry_run_plan(...)``, which writes nothing (the CLI's ``plan`` and ``estimate``;
+  ``planning.estimate`` compares the plan with all-realtime and all-batch).
 
 Files written under ``{output_prefix}/runs/{run_key}/plan/``: ``realtime.jsonl`` and
 ``batch.jsonl`` (or ``…-NNNN.jsonl`` shards with ``shard_size``), ``plan.json`` (one row per
@@ -24,16 +27,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
-
-from airflow.sdk import BaseOperator
+from typing import Any, Literal
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import ManifestItem, write_manifest
-from airflow_banana.operators._common import load_channel_configs
-from airflow_banana.planning import (
-    batch_lane,
+from airflow_banana.planning.history import batch_lane
+from airflow_banana.planning.inputs import (
     duration_of,
     earliest_deadline,
     plan_items,
@@ -41,19 +41,14 @@ from airflow_banana.planning import (
     recent_success_rates,
     with_absolute_deadline,
 )
-from airflow_banana.pricing import GOOGLE_DIRECT
-from airflow_banana.routing.planner import (
+from airflow_banana.planning.planner import (
     DEFAULT_CONFIDENCE,
     BatchLane,
     LaneCapacity,
     Plan,
-    PlanItem,
     make_plan,
 )
 from airflow_banana.storage import Storage, join_uri
-
-if TYPE_CHECKING:
-    from airflow.sdk import Context
 
 OnInfeasible = Literal["fail", "skip", "realtime", "batch"]
 ON_INFEASIBLE: tuple[str, ...] = ("fail", "skip", "realtime", "batch")
@@ -151,7 +146,8 @@ def _shards(items: Sequence[ManifestItem], shard_size: int | None) -> list[list[
     return [list(items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso_seconds(moment: datetime | None) -> str | None:
+    """An ISO time to the second (plan files, estimates), or None."""
     return None if moment is None else moment.isoformat(timespec="seconds")
 
 
@@ -208,8 +204,8 @@ def write_plan(
             "lane": a.lane,
             "kind": a.kind,
             "expected_cost_usd": round(a.expected_cost_usd, 6),
-            "expected_finish": _iso(a.expected_finish),
-            "deadline": _iso(a.deadline),
+            "expected_finish": iso_seconds(a.expected_finish),
+            "deadline": iso_seconds(a.deadline),
             "reason": a.reason,
         }
         for a in plan.assignments
@@ -218,10 +214,10 @@ def write_plan(
         {
             "item_id": bad.item_id,
             "image_size": bad.image_size,
-            "deadline": _iso(bad.deadline),
+            "deadline": iso_seconds(bad.deadline),
             "code": bad.code,
             "reason": bad.reason,
-            "earliest_achievable": _iso(bad.earliest_achievable),
+            "earliest_achievable": iso_seconds(bad.earliest_achievable),
         }
         for bad in plan.infeasible
     ]
@@ -256,14 +252,14 @@ def write_plan(
         "batch_manifests": uris["batch"],
         "realtime_items": len(lanes["realtime"]),
         "batch_items": len(lanes["batch"]),
-        "batch_deadline": _iso(earliest_deadline(batch_deadlines)),
+        "batch_deadline": iso_seconds(earliest_deadline(batch_deadlines)),
         "skipped_done": len(computed.skipped_done),
         "on_infeasible": on_infeasible,
         "infeasible_items": infeasible[:MAX_INFEASIBLE_IN_XCOM],
     }
     if plan.infeasible and on_infeasible == "fail":
         shown = "; ".join(
-            f"{bad.item_id}: {bad.code} (earliest {_iso(bad.earliest_achievable) or 'never'})"
+            f"{bad.item_id}: {bad.code} (earliest {iso_seconds(bad.earliest_achievable) or 'never'})"
             for bad in plan.infeasible[:5]
         )
         more = f" and {len(plan.infeasible) - 5} more" if len(plan.infeasible) > 5 else ""
@@ -282,7 +278,7 @@ def plan_markdown(plan: Plan, *, run_key: str, skipped_done: int = 0) -> str:
     lines = [
         f"# Plan `{run_key}`",
         "",
-        f"As of {_iso(plan.now)}, confidence {plan.confidence:.0%}: "
+        f"As of {iso_seconds(plan.now)}, confidence {plan.confidence:.0%}: "
         f"**{len(plan.assignments) + len(plan.infeasible)} items** — {n_batch} batch, {n_rt} realtime, "
         f"{len(plan.infeasible)} infeasible.",
         "",
@@ -290,7 +286,8 @@ def plan_markdown(plan: Plan, *, run_key: str, skipped_done: int = 0) -> str:
         "|---|---|---:|---:|---|",
     ]
     lines += [
-        f"| {s.lane} | {s.kind} | {s.items} | ${s.expected_cost_usd:.3f} | {_iso(s.last_finish) or '–'} |"
+        f"| {s.lane} | {s.kind} | {s.items} | ${s.expected_cost_usd:.3f} | "
+        f"{iso_seconds(s.last_finish) or '–'} |"
         for s in plan.lanes
     ]
     baseline = plan.baseline_cost_usd
@@ -309,8 +306,8 @@ def plan_markdown(plan: Plan, *, run_key: str, skipped_done: int = 0) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| `{bad.item_id}` | {bad.image_size} | {_iso(bad.deadline) or 'none'} | {bad.code}: "
-            f"{bad.reason} | {_iso(bad.earliest_achievable) or 'never (no lane)'} |"
+            f"| `{bad.item_id}` | {bad.image_size} | {iso_seconds(bad.deadline) or 'none'} | {bad.code}: "
+            f"{bad.reason} | {iso_seconds(bad.earliest_achievable) or 'never (no lane)'} |"
             for bad in plan.infeasible
         ]
         lines.append("")
@@ -350,6 +347,7 @@ def plan_manifest(
     request fingerprint are left out when ``skip_done`` (a backfill pays only for what is
     missing). Returns the summary of ``write_plan``.
     """
+    from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
     from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import prepare_manifest
@@ -419,6 +417,7 @@ def dry_run_plan(
     Reads the manifest and its reference images (so bad input shows up now), the batch history
     and recent reports under ``output_prefix`` when given, and leaves out items already done there.
     """
+    from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
     from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import prepare_manifest
@@ -455,96 +454,6 @@ def dry_run_plan(
     )
 
 
-def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
-    """All-realtime vs all-batch vs the deadline plan: cost, last finish, deadline misses.
-
-    All realtime is priced at Google's direct list price and timed on the given channels (no
-    channels: finish unknown); all batch at the batch list price, finishing at now + turnaround.
-    """
-    plan = computed.plan
-    now = plan.now
-    planned = [
-        PlanItem(item_id, computed.items[item_id].image_size, computed.deadlines[item_id])
-        for item_id in computed.items
-    ]
-    sizes: dict[str, int] = {}
-    for p in planned:
-        sizes[p.image_size] = sizes.get(p.image_size, 0) + 1
-    scenarios: list[dict[str, Any]] = []
-
-    rt_cost = sum(GOOGLE_DIRECT[p.image_size] for p in planned)
-    rt: dict[str, Any] = {
-        "name": "all realtime",
-        "cost_usd": round(rt_cost, 6),
-        "finish": None,
-        "misses": None,
-    }
-    if computed.realtime and planned:
-        only_rt = make_plan(planned, now=now, realtime=computed.realtime, confidence=plan.confidence)
-        rt["finish"] = _iso(max((a.expected_finish for a in only_rt.assignments), default=None))
-        rt["misses"] = len(only_rt.infeasible)
-    scenarios.append(rt)
-
-    if computed.batch is not None:
-        lane = computed.batch
-        done_at = now + lane.turnaround
-        scenarios.append(
-            {
-                "name": f"all batch ({lane.name}, turnaround {lane.turnaround.total_seconds() / 3600:g} h)",
-                "cost_usd": round(sum(lane.price_by_size[p.image_size] for p in planned), 6),
-                "finish": _iso(done_at) if planned else None,
-                "misses": sum(1 for p in planned if p.deadline is not None and p.deadline < done_at),
-            }
-        )
-    scenarios.append(
-        {
-            "name": "deadline plan",
-            "cost_usd": round(plan.expected_cost_usd, 6),
-            "finish": _iso(max((a.expected_finish for a in plan.assignments), default=None)),
-            "misses": len(plan.infeasible),
-            "realtime": len(plan.item_ids("realtime")),
-            "batch": len(plan.item_ids("batch")),
-        }
-    )
-    return {
-        "now": now.isoformat(),
-        "items": len(planned),
-        "skipped_done": len(computed.skipped_done),
-        "sizes": sizes,
-        "scenarios": scenarios,
-        "plan_savings_vs_all_realtime_usd": round(plan.savings_usd, 6),
-        "lanes": plan.summary()["lanes"],
-    }
-
-
-def render_estimate(estimate: Mapping[str, Any]) -> str:
-    """``estimate_scenarios`` as a table for a terminal."""
-    sizes = ", ".join(f"{n} x {size}" for size, n in sorted(estimate["sizes"].items())) or "none"
-    lines = [
-        f"Estimate at {estimate['now']}: {estimate['items']} item(s) to generate ({sizes})"
-        + (f"; {estimate['skipped_done']} already done" if estimate["skipped_done"] else ""),
-        "",
-        f"{'scenario':<52} {'cost USD':>10}  {'last expected finish':<26} {'deadline misses':>15}",
-    ]
-    for row in estimate["scenarios"]:
-        finish = row["finish"] or "unknown (no channels)"
-        misses = "-" if row["misses"] is None else str(row["misses"])
-        lines.append(f"{row['name']:<52} {row['cost_usd']:>10.3f}  {finish:<26} {misses:>15}")
-    lines += [
-        "",
-        f"The deadline plan saves ${estimate['plan_savings_vs_all_realtime_usd']:.3f} against all realtime "
-        "at Google's direct list price (for the items it can plan).",
-    ]
-    lanes = estimate.get("lanes") or {}
-    if lanes:
-        lines += ["", "Per lane in the plan:"]
-        for name, lane in lanes.items():
-            lines.append(
-                f"  {name:<30} {lane['kind']:<9} {lane['items']:>6} items  ${lane['expected_cost_usd']:.3f}"
-            )
-    return "\n".join(lines)
-
-
 def lanes_to_run(
     summary: Mapping[str, Any], *, realtime_task_id: str | None = None, batch_task_id: str | None = None
 ) -> list[str]:
@@ -555,132 +464,3 @@ def lanes_to_run(
     if batch_task_id and summary.get("batch_manifests"):
         out.append(batch_task_id)
     return out
-
-
-class PlanImagesOperator(BaseOperator):
-    """Split a manifest into realtime and batch sub-manifests by deadline, capacity and price.
-
-    :param manifest: URI of the prompt manifest (``gs://…`` or a local path).
-    :param output_prefix: output prefix of the lanes; the plan goes to ``runs/{run_key}/plan/``.
-    :param channels: realtime channel connection ids (type ``banana``).
-    :param batch_channel: connection id the batch lane submits through (gemini or vertex);
-        ``None`` plans realtime only.
-    :param default_deadline: deadline for items without one: a duration from the logical date
-        (``"+6h"``, ``"PT6H"``) or an ISO time with timezone.
-    :param batch_turnaround: fixed batch turnaround (``"24h"``); default: the recorded history's
-        percentile at ``confidence`` (24 h until enough jobs are recorded).
-    :param confidence: probability with which planned deadlines are met (0..1).
-    :param on_infeasible: ``fail`` (default: the task fails before any spend), ``skip``, or
-        ``realtime`` / ``batch`` (that lane, best effort, without a deadline).
-    :param shard_size: split each sub-manifest into shards of this many items (for mapping).
-    :param skip_done: leave out items already done with the same request fingerprint.
-    :param success_rates: channel id -> success rate to plan with (else recent reports, else 0.9).
-    :param realtime_latency: the channels' dispatch-to-image time to plan with (``"60s"``).
-    :param now: planning time (ISO string or datetime); default the wall clock. For tests.
-
-    No outlet by default: a plan writes sub-manifests, not images, so it must not tell the
-    output prefix's consumers that new images landed. Outlets given (``outlets=[Asset(...)]``)
-    get the plan's figures (items per lane, expected cost, plan.md URI) as the event's extra.
-    """
-
-    template_fields: Sequence[str] = (
-        "manifest",
-        "output_prefix",
-        "channels",
-        "batch_channel",
-        "default_deadline",
-        "batch_turnaround",
-        "now",
-        "defaults",
-        "realtime_latency",
-    )
-    template_fields_renderers = {"defaults": "json"}
-    ui_color = "#fff3a0"
-
-    def __init__(
-        self,
-        *,
-        manifest: str,
-        output_prefix: str,
-        channels: Sequence[str],
-        batch_channel: str | None = None,
-        default_deadline: str | None = None,
-        batch_turnaround: str | None = None,
-        confidence: float = DEFAULT_CONFIDENCE,
-        on_infeasible: OnInfeasible = "fail",
-        shard_size: int | None = None,
-        skip_done: bool = True,
-        success_rates: Mapping[str, float] | None = None,
-        defaults: Mapping[str, Any] | None = None,
-        on_invalid: Literal["reject", "quarantine"] = "reject",
-        gcp_conn_id: str | None = None,
-        now: str | datetime | None = None,
-        realtime_latency: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if on_infeasible not in ON_INFEASIBLE:
-            raise ConfigurationError(
-                f"{self.task_id}: on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}"
-            )
-        self.manifest = manifest
-        self.output_prefix = output_prefix
-        self.channels = channels
-        self.batch_channel = batch_channel
-        self.default_deadline = default_deadline
-        self.batch_turnaround = batch_turnaround
-        self.confidence = confidence
-        self.on_infeasible: OnInfeasible = on_infeasible
-        self.shard_size = shard_size
-        self.skip_done = skip_done
-        self.success_rates = dict(success_rates or {})
-        self.defaults = dict(defaults or {})
-        self.on_invalid: Literal["reject", "quarantine"] = on_invalid
-        self.gcp_conn_id = gcp_conn_id
-        self.now = now
-        self.realtime_latency = realtime_latency
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_banana.identity import RunIdentity
-        from airflow_banana.operators._common import logical_date_of
-
-        identity = RunIdentity.from_context(context)
-        summary = plan_manifest(
-            self.manifest,
-            self.output_prefix,
-            self.channels,
-            run_key=identity.run_key,
-            logical_date=logical_date_of(context),
-            batch_channel=self.batch_channel or None,
-            now=self.now,
-            default_deadline=self.default_deadline or None,
-            batch_turnaround=self.batch_turnaround or None,
-            confidence=self.confidence,
-            on_infeasible=self.on_infeasible,
-            shard_size=self.shard_size,
-            skip_done=self.skip_done,
-            success_rates=self.success_rates,
-            defaults=self.defaults,
-            on_invalid=self.on_invalid,
-            gcp_conn_id=self.gcp_conn_id,
-            realtime_latency=self.realtime_latency or None,
-        )
-        self.log.info(
-            "plan: %d realtime, %d batch, %d infeasible, %d already done; expected $%.3f (savings $%.3f); %s",
-            summary["realtime_items"],
-            summary["batch_items"],
-            summary["infeasible"],
-            summary["skipped_done"],
-            summary["expected_cost_usd"],
-            summary["savings_usd"],
-            summary["plan_md_uri"],
-        )
-        from airflow_banana.assets import record_run_event, scalar_fields
-
-        record_run_event(
-            context,
-            self.outlets,
-            output_prefix=self.output_prefix,
-            extra={**scalar_fields(summary), "lane": "plan", "output_prefix": self.output_prefix},
-        )
-        return summary

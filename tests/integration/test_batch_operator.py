@@ -30,9 +30,9 @@ from airflow_banana.exceptions import BananaError
 from airflow_banana.hooks.channel import BananaChannelHook
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
-from airflow_banana.planning import realtime_capacities
+from airflow_banana.planning.inputs import realtime_capacities
+from airflow_banana.planning.planner import realtime_time_needed
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.routing.planner import realtime_time_needed
 from airflow_banana.storage import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
