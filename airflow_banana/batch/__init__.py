@@ -32,3 +32,10 @@ def job_control_for(config: ChannelConfig) -> JobControl:
         f"channel '{config.name}': protocol {config.protocol!r} has no batch API; use a gemini or vertex "
         "connection for the batch lane (an openai relay can be a rescue channel)"
     )
+
+
+def job_control_for_connection(conn_id: str) -> JobControl:
+    """The job control of ``banana`` connection ``conn_id`` (blocking: reads the connection)."""
+    from airflow_banana.hooks.channel import BananaChannelHook
+
+    return job_control_for(BananaChannelHook(conn_id).get_config())

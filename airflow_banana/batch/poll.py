@@ -75,6 +75,26 @@ class PollPolicy:
     end_time: float | None = None
 
 
+def poll_policy(
+    interval_s: float | str, max_poll_failures: int, *, what: str, end_time: float | None = None
+) -> PollPolicy:
+    """A checked ``PollPolicy`` from operator arguments (templating may render the interval as a
+    string); every error names ``what`` (the task)."""
+    from airflow_banana.exceptions import ConfigurationError
+
+    try:
+        interval = float(interval_s)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(
+            f"{what}: poll_interval_s must be a number of seconds, got {interval_s!r}"
+        ) from err
+    if interval <= 0:
+        raise ConfigurationError(f"{what}: poll_interval_s must be positive, got {interval}")
+    if max_poll_failures < 1:
+        raise ConfigurationError(f"{what}: max_poll_failures must be at least 1")
+    return PollPolicy(interval, max_poll_failures, end_time=end_time)
+
+
 @dataclass(frozen=True)
 class PollAgain:
     wait_s: float

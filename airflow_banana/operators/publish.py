@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_banana.assets import default_outlets, record_run_event
 from airflow_banana.gallery import browser_url, write_gallery
-from airflow_banana.operators._common import summary_for_xcom
+from airflow_banana.operators._common import enforce_item_limits, summary_for_xcom
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,6 +33,42 @@ class GalleryLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         uri = getattr(operator, "gallery_uri", None)
         return browser_url(uri) if uri else ""
+
+
+def finish_run(
+    operator: BaseOperator,
+    context: Context,
+    store: OutputStore,
+    report: Mapping[str, Any],
+    *,
+    outcomes: Iterable[ItemOutcome],
+    prepared: PreparedManifest,
+    output_prefix: str,
+    max_failed_items: int,
+    max_rejected_items: int | None,
+) -> dict[str, Any]:
+    """Write the report, publish the run (``publish_run``), then apply the task's failure limits
+    (``enforce_item_limits`` raises past them); returns the XCom summary."""
+    report_uri = store.write_report(report["run_key"], report)
+    operator.log.info("%s report: %s", report["summary"], report_uri)
+    summary = publish_run(
+        operator,
+        context,
+        store,
+        report=report,
+        report_uri=report_uri,
+        outcomes=outcomes,
+        prepared=prepared,
+        output_prefix=output_prefix,
+    )
+    enforce_item_limits(
+        report,
+        report_uri,
+        task_id=operator.task_id,
+        max_failed_items=max_failed_items,
+        max_rejected_items=max_rejected_items,
+    )
+    return summary
 
 
 def add_output_outlet(operator: BaseOperator, output_prefix: str) -> None:

@@ -7,8 +7,9 @@ turnarounds are ``planning.history``). It also answers the batch lane's one dead
 
 * **Rescue points**: ``rescue_point`` is the wall-clock time at which a batch job that is still
   running must be cancelled so that realtime can finish its unfinished items by the deadline.
-  ``BatchImageOperator`` uses it as its poll end time when it has rescue channels;
-  ``rescue_check`` repeats the pure decision with the then-current unfinished count.
+  ``batch_end_time`` puts it together with the job timeout and the earliest deadline into the
+  one end time ``BatchImageOperator`` waits until; ``rescue_check`` repeats the pure decision
+  with the then-current unfinished count.
 
 Only storage reads happen here (never a billable call); time is always an argument.
 """
@@ -19,7 +20,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -260,3 +261,36 @@ def earliest_deadline(deadlines: Iterable[datetime | None]) -> datetime | None:
     """The deadline a batch job must respect: the earliest of its items' (None if none has one)."""
     present = [d for d in deadlines if d is not None]
     return min(present) if present else None
+
+
+@dataclass(frozen=True)
+class BatchEndTime:
+    """When to stop waiting for a batch job, and the two times that could have set it."""
+
+    at: datetime
+    deadline: datetime | None  # the earliest deadline of the job's items
+    rescue_point: datetime | None  # None: no rescue channels, or no capacity to rescue with
+
+
+def batch_end_time(
+    submitted_at: datetime,
+    *,
+    job_timeout: timedelta,
+    deadlines: Iterable[datetime | None],
+    items: int,
+    rescue: Sequence[LaneCapacity] | None,
+    margin: timedelta = DEFAULT_RESCUE_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> BatchEndTime:
+    """The job timeout, cut to the rescue point (``rescue``: the rescue channels' capacities) or,
+    without a possible rescue, to the earliest deadline: past it the job is late anyway, so what
+    it has is harvested. The point assumes all ``items`` are still unfinished (the trigger sees
+    only the job's state): rescue a little early rather than late."""
+    end = submitted_at + job_timeout
+    deadline = earliest_deadline(deadlines)
+    if deadline is None:
+        return BatchEndTime(end, None, None)
+    point = None
+    if rescue is not None:
+        point = rescue_point(deadline, items, rescue, margin=margin, confidence=confidence)
+    return BatchEndTime(min(end, point if point is not None else deadline), deadline, point)

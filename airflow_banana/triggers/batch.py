@@ -33,10 +33,9 @@ ON_KILL_TIMEOUT_S = 30.0
 
 def _job_control(conn_id: str) -> JobControl:
     """The job's control from the connection (blocking: call it in a thread); no storage needed."""
-    from airflow_banana.batch import job_control_for
-    from airflow_banana.hooks.channel import BananaChannelHook
+    from airflow_banana.batch import job_control_for_connection
 
-    return job_control_for(BananaChannelHook(conn_id).get_config())
+    return job_control_for_connection(conn_id)
 
 
 class BatchJobTrigger(BaseTrigger):
@@ -64,6 +63,17 @@ class BatchJobTrigger(BaseTrigger):
         self.poll_interval_s = float(poll_interval_s)
         self.max_poll_failures = int(max_poll_failures)
         self.end_time = None if end_time is None else float(end_time)
+
+    @classmethod
+    def for_policy(cls, conn_id: str, job_name: str, policy: PollPolicy) -> BatchJobTrigger:
+        """The trigger that polls as ``policy`` says (the operator's synchronous mode uses it too)."""
+        return cls(
+            conn_id=conn_id,
+            job_name=job_name,
+            poll_interval_s=policy.interval_s,
+            max_poll_failures=policy.max_poll_failures,
+            end_time=policy.end_time,
+        )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (

@@ -306,13 +306,13 @@ def test_lines_finished_while_cancelling_are_harvested_not_paid_twice(
     assert needed is not None
     deadline = datetime.now(UTC) + timedelta(seconds=1.2) + needed + margin
     wrappers: list[_SlowCancel] = []
-    real_backend = BatchImageOperator._backend
+    real_jobs = BatchImageOperator._jobs
 
-    def slow_cancel_backend(self: BatchImageOperator) -> Any:
-        wrappers.append(_SlowCancel(real_backend(self), gemini, delay_s=1.2))
+    def slow_cancel_jobs(self: BatchImageOperator) -> Any:
+        wrappers.append(_SlowCancel(real_jobs(self), gemini, delay_s=1.2))
         return wrappers[-1]
 
-    monkeypatch.setattr(BatchImageOperator, "_backend", slow_cancel_backend)
+    monkeypatch.setattr(BatchImageOperator, "_jobs", slow_cancel_jobs)
     summary = _operator(
         tmp_path,
         manifest=_manifest(tmp_path, deadline=deadline.isoformat()),
