@@ -195,11 +195,14 @@ class BatchImageOperator(BaseOperator):
         from airflow_banana.hooks.storage import storage_for
         from airflow_banana.identity import RunIdentity
 
-        storage = storage_for(self.output_prefix, self.gcp_conn_id)
-        identity, logical_date = RunIdentity.from_context(context), logical_date_of(context)
         return open_run(
-            storage, self.output_prefix, self.manifest, identity=identity, logical_date=logical_date,
-            on_invalid=self.on_invalid, defaults=self.defaults,
+            storage_for(self.output_prefix, self.gcp_conn_id),
+            self.output_prefix,
+            self.manifest,
+            identity=RunIdentity.from_context(context),
+            logical_date=logical_date_of(context),
+            on_invalid=self.on_invalid,
+            defaults=self.defaults,
         )
 
     def _jobs(self) -> JobControl:
@@ -211,13 +214,20 @@ class BatchImageOperator(BaseOperator):
         if not self.rescue_channels:
             return None
         return realtime_rescue(
-            self.rescue_channels, self._policies()[0], task_id=self.task_id, force=self.force,
+            self.rescue_channels,
+            self._policies()[0],
+            task_id=self.task_id,
+            force=self.force,
             redis_conn_id=self.redis_conn_id,
         )
 
     def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest, storage: Storage) -> float:
         return job_end_time(
-            record, prepared, job_timeout=self.job_timeout, rescue=self._rescue(), storage=storage,
+            record,
+            prepared,
+            job_timeout=self.job_timeout,
+            rescue=self._rescue(),
+            storage=storage,
             output_prefix=self.output_prefix,
         )
 
@@ -256,9 +266,9 @@ class BatchImageOperator(BaseOperator):
     # ------------------------------------------------------------------ second half: harvest and report
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
-        from airflow_banana.batch.harvest import harvest_and_rescue
+        from airflow_banana.batch.harvest import end_and_harvest
         from airflow_banana.batch.report import record_job_turnaround
-        from airflow_banana.batch.wait import ended_event, final_snapshot, settle_limits
+        from airflow_banana.batch.wait import ended_event, settle_limits
 
         policy, poll = self._policies()
         ended_at = datetime.now(UTC)
@@ -271,16 +281,19 @@ class BatchImageOperator(BaseOperator):
             jobs = self._jobs()
             try:
                 self.console_url = jobs.console_url(job_name)
-                point = "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
-                settle = settle_limits(policy.margin.total_seconds(), poll.interval_s)
-                at = ended_at.isoformat(timespec="seconds")
-                snapshot, ending = final_snapshot(
-                    jobs, job_name, event, end_time_means=point, ended_at=at, settle=settle
+                snapshot, outcomes, story = end_and_harvest(
+                    jobs,
+                    run,
+                    record,
+                    event,
+                    rescue=self._rescue(),
+                    settle=settle_limits(policy.margin.total_seconds(), poll.interval_s),
+                    end_time_means="its rescue point"
+                    if self.rescue_channels
+                    else "the earliest deadline or job_timeout",
+                    ended_at=ended_at.isoformat(timespec="seconds"),
                 )
-                final_state, story = snapshot.state.value, {"ending": ending}
-                rescue = self._rescue()
-                rescue_step = rescue.for_run(run) if rescue is not None else None
-                outcomes = harvest_and_rescue(jobs, snapshot, record, run, story, rescue=rescue_step)
+                final_state = snapshot.state.value
             finally:
                 jobs.close()
             run.state.mark_harvested(record, final_state)
@@ -305,12 +318,24 @@ class BatchImageOperator(BaseOperator):
         from airflow_banana.batch.report import batch_report
 
         report, items = batch_report(
-            run, record, snapshot, outcomes, story=story, console_url=self.console_url,
-            manifest=self.manifest, output_prefix=self.output_prefix,
+            run,
+            record,
+            snapshot,
+            outcomes,
+            story=story,
+            console_url=self.console_url,
+            manifest=self.manifest,
+            output_prefix=self.output_prefix,
         )
         summary = finish_run(
-            self, context, run.store, report, outcomes=items, prepared=run.prepared,
-            output_prefix=self.output_prefix, max_failed_items=self.max_failed_items,
+            self,
+            context,
+            run.store,
+            report,
+            outcomes=items,
+            prepared=run.prepared,
+            output_prefix=self.output_prefix,
+            max_failed_items=self.max_failed_items,
             max_rejected_items=self.max_rejected_items,
         )
         if report["batch_job"]:
