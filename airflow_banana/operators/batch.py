@@ -22,25 +22,19 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+from airflow.sdk import conf
 
 from airflow_banana.batch.poll import PollPolicy, poll_policy
 from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy, job_end_time
-from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.hooks.channel import load_channel_configs
-from airflow_banana.operators._common import (
-    checked_max_rejected,
-    logical_date_of,
-    realtime_rescue,
-    skip_without_manifest,
-)
-from airflow_banana.operators.publish import GalleryLink, add_output_outlet, finish_run
+from airflow_banana.operators._common import logical_date_of, realtime_rescue, skip_without_manifest
+from airflow_banana.operators.lane import ManifestLaneOperator
+from airflow_banana.operators.publish import BatchJobLink, GalleryLink, push_link
 from airflow_banana.planning.inputs import DEFAULT_RESCUE_MARGIN
 from airflow_banana.planning.planner import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
     from airflow_banana.batch.jobs import JobControl, JobSnapshot
     from airflow_banana.batch.lifecycle import BatchRun
@@ -56,29 +50,16 @@ def _is_template(value: object) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
-class BatchJobLink(BaseOperatorLink):
-    """The batch job in the Google console (Vertex) or AI Studio's batch list (Developer API)."""
-
-    name = "Batch job"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return str(getattr(operator, "console_url", "") or "")
-
-
-class BatchImageOperator(BaseOperator):
+class BatchImageOperator(ManifestLaneOperator):
     """Generate every image of a manifest as one batch job on a ``banana`` connection.
 
-    :param manifest: URI of the prompt manifest (``gs://…`` or a local path), JSONL or JSON.
-    :param output_prefix: URI under which ``images/``, ``metadata/`` and ``runs/`` are written
-        (the job record lives at ``runs/{run_key}/batch_job.json``).
+    Takes the lane arguments of ``ManifestLaneOperator`` (manifest, output_prefix, gcp_conn_id,
+    defaults, on_invalid, force, max_failed_items, max_rejected_items, emit_output_asset); the
+    job record lives at ``{output_prefix}/runs/{run_key}/batch_job.json``. Its own:
+
     :param channel: connection id of type ``banana`` with protocol ``gemini`` (Developer Batch
         API) or ``vertex`` (Vertex batch prediction).
-    :param gcp_conn_id: connection with GCS credentials; default: Application Default Credentials.
     :param gcs_staging_prefix: ``gs://`` prefix for Vertex input/output JSONL (required for vertex).
-    :param defaults: item field defaults (below the manifest's own defaults).
-    :param on_invalid: ``reject`` or ``quarantine`` bad manifest lines.
-    :param force: regenerate items already done, and replace another request's image under the
-        same id (see the module docstring for retries).
     :param inline: Developer API only: True = inline requests, False = JSONL file, None = by size.
     :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``,
         Airflow's convention, which is False unless configured) or poll in the worker.
@@ -88,7 +69,7 @@ class BatchImageOperator(BaseOperator):
     :param job_timeout: give up waiting this long after submit (the job is cancelled).
     :param rescue_channels: connection ids for the realtime lane; items the job did not deliver
         are generated there while their deadline allows, and the job is given up at its rescue
-        point (module docstring). Without them the job is waited for until the earliest deadline.
+        point (``batch.rescue``). Without them the job is waited for until the earliest deadline.
     :param redis_conn_id: a ``redis`` connection through which the rescue shares breakers,
         limits and quotas with every other worker (also read from a rescue channel's extra).
     :param rescue_margin: safety margin of the rescue point *after* the time realtime needs
@@ -100,15 +81,8 @@ class BatchImageOperator(BaseOperator):
         the output prefix, else 0.9).
     :param record_turnaround: append each harvested job's turnaround to the backend's history
         under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
-    :param max_failed_items: the task fails when more items end without an image.
-    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
-        prefix is templated; ``airflow_banana.assets``); every outlet's event
-        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
-        when the task succeeds). Other ``outlets`` may be given too.
 
-    Extra links: the batch job in the console, and the run's ``gallery.html`` (docs/gallery.md).
-    :param max_rejected_items: the task fails when more manifest lines were rejected (quarantine);
-        default ``None``: any number while something valid is left, none when all were rejected.
+    Extra links: the batch job in the console, and the run's ``gallery.html``.
     """
 
     template_fields: Sequence[str] = (
@@ -122,14 +96,8 @@ class BatchImageOperator(BaseOperator):
     def __init__(
         self,
         *,
-        manifest: str,
-        output_prefix: str,
         channel: str,
-        gcp_conn_id: str | None = None,
         gcs_staging_prefix: str | None = None,
-        defaults: Mapping[str, Any] | None = None,
-        on_invalid: str = "reject",
-        force: bool = False,
         inline: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval_s: float | str = 60.0,
@@ -142,23 +110,11 @@ class BatchImageOperator(BaseOperator):
         rescue_confidence: float = DEFAULT_CONFIDENCE,
         rescue_success_rates: Mapping[str, float] | None = None,
         record_turnaround: bool = True,
-        max_failed_items: int = 0,
-        emit_output_asset: bool = True,
-        max_rejected_items: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if emit_output_asset:
-            add_output_outlet(self, output_prefix)
-        self.gallery_uri: str | None = None
-        self.manifest = manifest
-        self.output_prefix = output_prefix
         self.channel = channel
-        self.gcp_conn_id = gcp_conn_id
         self.gcs_staging_prefix = gcs_staging_prefix
-        self.defaults = dict(defaults or {})
-        self.on_invalid = on_invalid
-        self.force = force
         self.inline = inline
         self.deferrable = deferrable
         self.poll_interval_s = poll_interval_s
@@ -172,14 +128,8 @@ class BatchImageOperator(BaseOperator):
         self.rescue_confidence = rescue_confidence
         self.rescue_success_rates = dict(rescue_success_rates or {})
         self.record_turnaround = record_turnaround
-        self.max_failed_items = max_failed_items
-        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.console_url = ""
         self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
-        if on_invalid not in ("reject", "quarantine"):
-            raise ConfigurationError(
-                f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
-            )
         if not any(_is_template(v) for v in (rescue_margin, rescue_latency, poll_interval_s)):
             self._policies()  # a bad literal fails when the DAG is parsed, not hours later
 
@@ -250,7 +200,7 @@ class BatchImageOperator(BaseOperator):
                 return self._finish(context, run, None, None, {})
             assert record.job_name is not None
             self.console_url = jobs.console_url(record.job_name)
-            self._push_link(context)
+            push_link(context, BatchJobLink(), self.console_url, log=self.log)
             _rescue, poll = self._policies(self._end_time(record, run.prepared, run.state.storage))
             self._running_job = (self.channel, record.job_name)
             if self.deferrable:
@@ -327,27 +277,10 @@ class BatchImageOperator(BaseOperator):
             manifest=self.manifest,
             output_prefix=self.output_prefix,
         )
-        summary = finish_run(
-            self,
-            context,
-            run.store,
-            report,
-            outcomes=items,
-            prepared=run.prepared,
-            output_prefix=self.output_prefix,
-            max_failed_items=self.max_failed_items,
-            max_rejected_items=self.max_rejected_items,
-        )
+        summary = self.finish_run(context, run.store, report, outcomes=items, prepared=run.prepared)
         if report["batch_job"]:
             summary["batch_job"] = {k: report["batch_job"].get(k) for k in ("name", "state")}
         return summary
-
-    def _push_link(self, context: Context) -> None:
-        """Show the link while the task is deferred (Airflow pushes it again when the task ends)."""
-        try:
-            context["ti"].xcom_push(key=BatchJobLink().xcom_key, value=self.console_url)
-        except Exception:  # a link is a convenience; it never fails the task
-            self.log.debug("could not push the batch job link", exc_info=True)
 
     def on_kill(self) -> None:
         """The task is being stopped while it polls in the worker: cancel the remote job."""

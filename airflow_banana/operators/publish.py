@@ -1,7 +1,8 @@
 """What a finished realtime or batch run leaves for people and DAGs besides its images.
 
 After the report is written: the gallery page next to it, the small XCom summary, and the
-run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page.
+run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page,
+``BatchJobLink`` the batch job in Google's console.
 One function for both lanes, so the two stay alike.
 """
 
@@ -69,6 +70,23 @@ def finish_run(
         max_rejected_items=max_rejected_items,
     )
     return summary
+
+
+class BatchJobLink(BaseOperatorLink):
+    """The batch job in the Google console (Vertex) or AI Studio's batch list (Developer API)."""
+
+    name = "Batch job"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return str(getattr(operator, "console_url", "") or "")
+
+
+def push_link(context: Context, link: BaseOperatorLink, url: str, *, log: Any) -> None:
+    """Show ``link`` while the task is deferred (Airflow pushes it again when the task ends)."""
+    try:
+        context["ti"].xcom_push(key=link.xcom_key, value=url)
+    except Exception:  # a link is a convenience; it never fails the task
+        log.debug("could not push the %s link", link.name, exc_info=True)
 
 
 def add_output_outlet(operator: BaseOperator, output_prefix: str) -> None:
