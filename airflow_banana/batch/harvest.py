@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING, Any, cast
 from airflow_banana.batch.developer import DeveloperJobControl
 from airflow_banana.batch.jobs import JobControl, JobSnapshot
 from airflow_banana.batch.results import Harvester, HarvestResult, http_lines
-from airflow_banana.batch.wait import final_snapshot
 from airflow_banana.storage import Storage
 
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
-    from airflow_banana.batch.rescue import RealtimeRescue
     from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.realtime import WorkItem
     from airflow_banana.report import ItemOutcome
@@ -33,31 +31,6 @@ log = logging.getLogger(__name__)
 
 # Items the job did not deliver (with why) in, their realtime outcomes out (``batch.rescue``).
 Rescue = Callable[[Sequence["WorkItem"], Mapping[str, str]], Mapping[str, "ItemOutcome"]]
-
-
-def end_and_harvest(
-    jobs: JobControl,
-    run: BatchRun,
-    record: BatchJobRecord,
-    event: Mapping[str, Any],
-    *,
-    rescue: RealtimeRescue | None,
-    settle: tuple[float, float],
-    end_time_means: str,
-    ended_at: str,
-) -> tuple[JobSnapshot, dict[str, ItemOutcome], dict[str, Any]]:
-    """Steps after the wait: cancel and settle a job that outlived its end time
-    (``batch.wait.final_snapshot``), harvest, rescue; returns the job as it ended, an outcome for
-    each of its items and the story (how it ended, the counts) for the report."""
-    assert record.job_name is not None
-    snapshot, ending = final_snapshot(
-        jobs, record.job_name, event, end_time_means=end_time_means, ended_at=ended_at, settle=settle
-    )
-    if snapshot.error:
-        log.warning("batch job %s %s: %s", snapshot.name, snapshot.state.value, snapshot.error)
-    story: dict[str, Any] = {"ending": ending}
-    step = rescue.for_run(run) if rescue is not None else None
-    return snapshot, harvest_and_rescue(jobs, snapshot, record, run, story, rescue=step), story
 
 
 def harvest_and_rescue(

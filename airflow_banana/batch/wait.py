@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_banana.batch.poll import PollAgain, PollPolicy, PollTracker, poll_event
+from airflow_banana.batch.poll import JobState, PollAgain, PollPolicy, PollTracker, poll_event
 from airflow_banana.exceptions import BananaError, BatchJobError
 
 if TYPE_CHECKING:
@@ -126,15 +126,19 @@ def final_snapshot(
     """
     if event["status"] != "end_time":
         snapshot = jobs.get(job_name)
-        return snapshot, f"ended {snapshot.state.value}"
-    log.warning(
-        "batch job %s still %s at its end time; cancelling it and harvesting what is done",
-        job_name,
-        event.get("state"),
-    )
-    cancel_quietly(jobs, job_name)
-    snapshot = settle_after_cancel(jobs, job_name, limit_s=settle[0], step_s=settle[1])
-    return snapshot, (
-        f"still {event.get('state')} at its end time {ended_at} ({end_time_means}): cancelled, what it "
-        "had finished was harvested"
-    )
+        ending = f"ended {snapshot.state.value}"
+    else:
+        log.warning(
+            "batch job %s still %s at its end time; cancelling it and harvesting what is done",
+            job_name,
+            event.get("state"),
+        )
+        cancel_quietly(jobs, job_name)
+        snapshot = settle_after_cancel(jobs, job_name, limit_s=settle[0], step_s=settle[1])
+        ending = (
+            f"still {event.get('state')} at its end time {ended_at} ({end_time_means}): cancelled, what "
+            "it had finished was harvested"
+        )
+    if snapshot.state == JobState.FAILED and snapshot.error:
+        log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
+    return snapshot, ending

@@ -216,9 +216,9 @@ class BatchImageOperator(ManifestLaneOperator):
     # ------------------------------------------------------------------ second half: harvest and report
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
-        from airflow_banana.batch.harvest import end_and_harvest
+        from airflow_banana.batch.harvest import harvest_and_rescue
         from airflow_banana.batch.report import record_job_turnaround
-        from airflow_banana.batch.wait import ended_event, settle_limits
+        from airflow_banana.batch.wait import ended_event, final_snapshot, settle_limits
 
         policy, poll = self._policies()
         ended_at = datetime.now(UTC)
@@ -227,23 +227,23 @@ class BatchImageOperator(ManifestLaneOperator):
         run = self._open_run(context)
         record = run.state.require(job_name, what=self.task_id)
         final_state, cancelled = str(event.get("state") or ""), event["status"] == "end_time"
+        point = "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
         try:
             jobs = self._jobs()
             try:
                 self.console_url = jobs.console_url(job_name)
-                snapshot, outcomes, story = end_and_harvest(
+                snapshot, ending = final_snapshot(
                     jobs,
-                    run,
-                    record,
+                    job_name,
                     event,
-                    rescue=self._rescue(),
-                    settle=settle_limits(policy.margin.total_seconds(), poll.interval_s),
-                    end_time_means="its rescue point"
-                    if self.rescue_channels
-                    else "the earliest deadline or job_timeout",
+                    end_time_means=point,
                     ended_at=ended_at.isoformat(timespec="seconds"),
+                    settle=settle_limits(policy.margin.total_seconds(), poll.interval_s),
                 )
-                final_state = snapshot.state.value
+                final_state, story = snapshot.state.value, {"ending": ending}
+                rescue = self._rescue()
+                step = rescue.for_run(run) if rescue is not None else None
+                outcomes = harvest_and_rescue(jobs, snapshot, record, run, story, rescue=step)
             finally:
                 jobs.close()
             run.state.mark_harvested(record, final_state)
