@@ -5,7 +5,8 @@ the narrowest class they can act on; the router decides failover purely from ``E
 
     BananaError
     ├── ConfigurationError            bad operator argument or connection; nothing was spent
-    │   └── InsecureBaseUrlError      plain http to a non-loopback host
+    │   ├── InsecureBaseUrlError      plain http to a non-loopback host
+    │   └── NoEligibleChannelError    an item's data policy / grounding fits no configured channel
     ├── ManifestError                 a manifest line or field is invalid (manifest, line, field)
     ├── ReferenceImageError           a reference image is missing / not an image / too large
     ├── StorageError                  reading or writing an object failed
@@ -33,6 +34,17 @@ class ConfigurationError(BananaError):
 
 class InsecureBaseUrlError(ConfigurationError):
     """A channel's base URL is plain http to a host that is not loopback."""
+
+
+class NoEligibleChannelError(ConfigurationError):
+    """Items whose ``data_policy`` or ``grounding`` no configured channel can serve; names them.
+
+    Raised before any call, so nothing was spent on any item of the run.
+    """
+
+    def __init__(self, message: str, *, item_ids: tuple[str, ...]):
+        super().__init__(message)
+        self.item_ids = item_ids
 
 
 class ManifestError(BananaError):

@@ -58,6 +58,7 @@ class GalleryItem:
     channel: str | None = None
     model: str | None = None
     attempts: tuple[tuple[str, str], ...] = ()  # (channel, outcome) in call order
+    policy: str = ""  # "official_only", "google_search", both, or "" (no channel restriction)
     cost_usd: float = 0.0
     reason: str = ""
     image_uri: str | None = None
@@ -89,6 +90,7 @@ def gallery_items(
                 channel=o.channel or (o.attempts[-1].channel if o.attempts else None),
                 model=request.model if request else None,
                 attempts=tuple((a.channel, a.outcome) for a in o.attempts),
+                policy=_policy_of(request),
                 cost_usd=o.cost_usd,
                 reason=o.reason,
                 image_uri=o.image_uri,
@@ -108,6 +110,15 @@ def gallery_items(
             )
         )
     return items
+
+
+def _policy_of(request: ImageRequest | None) -> str:
+    """The card's policy line: what narrowed the item's channels (official only, grounding)."""
+    if request is None:
+        return ""
+    parts = ["official_only"] if request.official_only else []
+    parts += [request.grounding] if request.grounding else []
+    return ", ".join(parts)
 
 
 def _prompt_of(raw: str) -> str:
@@ -330,6 +341,7 @@ def _card(order: int, item: GalleryItem) -> str:
         f'<dt>channel</dt><dd title="{_e(item.channel)}">{_e(item.channel or "–")}</dd>'
         f'<dt>model</dt><dd title="{_e(item.model)}">{_e(item.model or "–")}</dd>'
         f'<dt>attempts</dt><dd title="{_e(trail)}">{len(item.attempts)}</dd>'
+        f"<dt>policy</dt><dd>{_e(item.policy or 'any channel')}</dd>"
         f"<dt>cost</dt><dd>{_e(_money(item.cost_usd))}</dd></dl>{reason}</article>\n"
     )
 

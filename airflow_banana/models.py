@@ -14,6 +14,13 @@ from typing import Any
 DEFAULT_MODEL = "gemini-3-pro-image-preview"
 IMAGE_SIZES: tuple[str, ...] = ("1K", "2K", "4K")
 MAX_REFERENCE_IMAGES = 14
+# Who may see an item's prompt and images: "any" channel, or only Google's own ("official_only":
+# Google direct and Vertex AI, for healthcare/finance/government catalogs). See routing.eligibility.
+DATA_POLICIES: tuple[str, ...] = ("any", "official_only")
+DEFAULT_DATA_POLICY = "any"
+OFFICIAL_ONLY = "official_only"
+# Grounding tools an item may ask for; "google_search" sends types.Tool(google_search=GoogleSearch()).
+GROUNDINGS: tuple[str, ...] = ("google_search",)
 
 # Output pixel sizes of gemini-3-pro-image-preview (GEMINI_WIRE.md): ratio -> size -> (w, h).
 PIXEL_SIZES: dict[str, dict[str, tuple[int, int]]] = {
@@ -73,20 +80,30 @@ class ImageRequest:
     model: str = DEFAULT_MODEL
     reference_images: tuple[ReferenceImage, ...] = ()
     include_thoughts: bool = False
+    # Not part of what is drawn but of who may draw it: never sent, it narrows the channels.
+    data_policy: str = DEFAULT_DATA_POLICY
+    grounding: str | None = None  # "google_search": the request carries the Search tool
+
+    @property
+    def official_only(self) -> bool:
+        return self.data_policy == OFFICIAL_ONLY
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the image (not the channel, not the item id).
 
         Two requests with one fingerprint are the same purchase: storage skips it, the ledger
-        proves it was paid once.
+        proves it was paid once. Grounding changes the image (it is drawn from search results),
+        so it is part of the hash when set; the data policy changes only the channels, not it.
         """
-        body = {
+        body: dict[str, Any] = {
             "prompt": self.prompt,
             "image_size": self.image_size,
             "aspect_ratio": self.aspect_ratio,
             "model": self.model,
             "reference_images": [r.sha256 for r in self.reference_images],
         }
+        if self.grounding:
+            body["grounding"] = self.grounding
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -134,6 +151,8 @@ class GenerationResult:
     # True when ``cost_usd`` is what the channel says it billed (a relay's ``usage.cost``);
     # False when it is the connection's configured price.
     cost_reported: bool = False
+    # What a grounded request was grounded in (``grounding_summary``): search queries, sources.
+    grounding: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def sha256(self) -> str:

@@ -182,6 +182,9 @@ class OutputStore:
                 "bytes": len(result.image),
             },
         )
+        if request.grounding:
+            # what the image was grounded in: search queries, sources (uri + title), entry point
+            record["grounding_metadata"] = result.grounding
         return record
 
     def _describe_stored_image(
@@ -258,6 +261,9 @@ class OutputStore:
             "aspect_ratio": request.aspect_ratio,
             "model": request.model,
             "reference_images": [r.uri for r in request.reference_images],
+            # which policy applied: official_only items went to official Google channels only
+            "data_policy": request.data_policy,
+            "grounding": request.grounding,
             "lane": lane,
             "run_key": run_key,
             # billed (the truth); the estimate is what the router ranked by (configured prices)

@@ -186,6 +186,9 @@ class RealtimeEngine:
             await asyncio.gather(progress, return_exceptions=True)
         for i, outcome in zip(todo, results, strict=True):
             outcomes[i] = outcome
+        for w, done in zip(work, outcomes, strict=True):
+            if done is not None:  # the report says which policy applied to every item
+                done.data_policy, done.grounding = w.request.data_policy, w.request.grounding
         self._log_progress(final=True)
         return RunResult(
             outcomes=[o for o in outcomes if o is not None],

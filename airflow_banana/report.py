@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_banana.models import DEFAULT_DATA_POLICY, OFFICIAL_ONLY
 from airflow_banana.pricing import GOOGLE_DIRECT
 
 SUCCEEDED = "succeeded"
@@ -58,6 +59,8 @@ class ItemOutcome:
     size_matches: bool | None = None
     latency_s: float | None = None  # first attempt start to success
     cost_source: str | None = None  # "reported by the channel" or "configured price"
+    data_policy: str = DEFAULT_DATA_POLICY  # "official_only": only official Google channels were used
+    grounding: str | None = None  # "google_search": the request carried the Search tool
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -183,10 +186,34 @@ def build_report(
         # where each item's image is (made now or found done): what downstream tasks read
         "images": {o.item_id: o.image_uri for o in items if o.image_uri and o.status in (SUCCEEDED, SKIPPED)},
     }
+    report["policies"] = policy_summary(items)
     report["summary"] = summary_line(report)
     if extra:
         report.update(extra)
     return report
+
+
+def policy_summary(items: Sequence[ItemOutcome]) -> dict[str, Any]:
+    """Which data policy and grounding applied, and the channels that served each restricted group.
+
+    The channels are those of every attempt (not only the successful one), so the report shows
+    that no official-only item was ever sent to a relay, not even for a failed call.
+    """
+
+    def channels(group: Sequence[ItemOutcome]) -> list[str]:
+        return sorted({a.channel for o in group for a in o.attempts})
+
+    official = [o for o in items if o.data_policy == OFFICIAL_ONLY]
+    grounded = [o for o in items if o.grounding]
+    return {
+        "data_policy": {
+            DEFAULT_DATA_POLICY: len(items) - len(official),
+            OFFICIAL_ONLY: len(official),
+        },
+        "official_only_channels": channels(official),
+        "grounded": len(grounded),
+        "grounded_channels": channels(grounded),
+    }
 
 
 def summary_line(report: Mapping[str, Any]) -> str:
@@ -257,6 +284,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{ch['breaker_openings']} | {errors} |"
             )
         lines.append("")
+    lines += _policy_lines(report.get("policies") or {})
     if report.get("batch_job"):
         lines += _batch_lines(report["batch_job"])
     if report.get("channels_left_out"):
@@ -276,6 +304,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"- … and {more} more"] if more > 0 else []
         lines += ["", "All of them are in `rejects.jsonl` next to this report.", ""]
     return "\n".join(lines)
+
+
+def _policy_lines(policies: Mapping[str, Any]) -> list[str]:
+    """The data-policy section: shown when any item was official-only or grounded."""
+    official = (policies.get("data_policy") or {}).get(OFFICIAL_ONLY, 0)
+    grounded = policies.get("grounded", 0)
+    if not official and not grounded:
+        return []
+    lines = ["## Data policy and grounding", ""]
+    if official:
+        used = ", ".join(f"`{c}`" for c in policies.get("official_only_channels") or []) or "none"
+        lines.append(
+            f"- {official} item(s) `official_only`: sent only to official Google channels "
+            f"(channels called for them: {used})"
+        )
+    if grounded:
+        used = ", ".join(f"`{c}`" for c in policies.get("grounded_channels") or []) or "none"
+        lines.append(f"- {grounded} item(s) grounded with Google Search (channels called: {used})")
+    return [*lines, ""]
 
 
 def _batch_lines(job: Mapping[str, Any]) -> list[str]:

@@ -29,8 +29,9 @@ DAG_ID = "banana_catalog_realtime"
 # Fake keys for the simulator only; real keys belong in Airflow connections, never in code.
 CHANNELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "banana_relay": ("openai", "demo-relay-key", {"prices": {"1K": 0.05, "2K": 0.05, "4K": 0.05}, "rpm": 60}),
-    "banana_gemini": ("gemini", "demo-gemini-key", {"rpm": 30}),
-    "banana_vertex": ("vertex", "demo-vertex-token", {"rpm": 30}),
+    # the simulated Google direct and Vertex channels stand in for Google's own: official
+    "banana_gemini": ("gemini", "demo-gemini-key", {"rpm": 30, "official": True}),
+    "banana_vertex": ("vertex", "demo-vertex-token", {"rpm": 30, "official": True}),
 }
 
 

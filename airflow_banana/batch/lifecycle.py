@@ -36,6 +36,7 @@ from airflow_banana.batch.wait import cancel_quietly
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity, fingerprint_of
 from airflow_banana.outputs import OutputStore
+from airflow_banana.routing.eligibility import require_servable
 from airflow_banana.storage import Storage, join_uri
 
 if TYPE_CHECKING:
@@ -99,10 +100,18 @@ class SubmitOptions:
     force: bool = False
     inline: bool | None = None  # Developer API: None = by size
     staging_prefix: str | None = None  # Vertex: gs:// prefix for input and output JSONL
+    who: str = "batch"  # the task, as errors name it
 
 
 def reattach_or_submit(jobs: JobControl, run: BatchRun, options: SubmitOptions) -> BatchJobRecord | None:
-    """The job this try waits for (module docstring); None when every item is already done."""
+    """The job this try waits for (module docstring); None when every item is already done.
+
+    Before anything is submitted the batch channel must be allowed to carry every item
+    (``routing.eligibility``): Developer Batch and Vertex are Google's own, a Gemini-native relay
+    is not and may not carry the Search tool — such items fail the task here, unsubmitted.
+    """
+    needs = ((w.request.item_id, w.request) for w in run.prepared.work)
+    require_servable(needs, [jobs.config], who=options.who, lane="batch")
     if jobs.config.protocol == "vertex" and not (options.staging_prefix or "").startswith("gs://"):
         raise ConfigurationError(
             f"channel '{options.channel}' is vertex; set gcs_staging_prefix to a gs:// prefix for the "

@@ -61,6 +61,10 @@ def every_item(run: BatchRun, outcomes: Mapping[str, ItemOutcome]) -> list[ItemO
                     reason="not part of the batch job and not done",
                 )
             )
+    for w, outcome in zip(run.prepared.work, items, strict=True):
+        # the report says which policy applied to every item
+        outcome.data_policy = w.request.data_policy
+        outcome.grounding = w.request.grounding
     return items
 
 

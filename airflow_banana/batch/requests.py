@@ -2,7 +2,8 @@
 
 Same request shape as the realtime channel (``channels.gemini.build_contents``): one user turn,
 the prompt text first, then the reference images inline, in order; ``responseModalities``
-TEXT+IMAGE and ``imageConfig`` {aspectRatio, imageSize}. The item id travels as the request key
+TEXT+IMAGE and ``imageConfig`` {aspectRatio, imageSize}; a grounded item carries the Google Search
+tool (``tools: [{googleSearch: {}}]``) as realtime does. The item id travels as the request key
 (``metadata.key`` inline, ``key`` in a JSONL line), which is how results find their item.
 
 Two encodings: wire JSON (camelCase, standard base64) for JSONL files (Files API and GCS), and the
@@ -47,7 +48,13 @@ def wire_request(request: ImageRequest) -> dict[str, Any]:
         parts.append(
             {"inlineData": {"mimeType": ref.mime_type, "data": base64.b64encode(ref.data).decode("ascii")}}
         )
-    return {"contents": [{"role": "user", "parts": parts}], "generationConfig": generation_config(request)}
+    body: dict[str, Any] = {
+        "contents": [{"role": "user", "parts": parts}],
+        "generationConfig": generation_config(request),
+    }
+    if request.grounding:
+        body["tools"] = [{"googleSearch": {}}]  # top level, as realtime sends it
+    return body
 
 
 def jsonl_line(request: ImageRequest) -> str:
@@ -70,6 +77,8 @@ def inline_request(request: ImageRequest) -> dict[str, Any]:
     }
     if request.include_thoughts:
         config["thinking_config"] = {"include_thoughts": True}
+    if request.grounding:
+        config["tools"] = [{"google_search": {}}]
     return {"contents": build_contents(request), "config": config, "metadata": {"key": request.item_id}}
 
 

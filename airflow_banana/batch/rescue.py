@@ -25,16 +25,19 @@ from airflow_banana.planning.inputs import (
     DEFAULT_RESCUE_MARGIN,
     batch_end_time,
     duration_of,
+    earliest_deadline,
     realtime_capacities,
     recent_success_rates,
 )
 from airflow_banana.planning.planner import DEFAULT_CONFIDENCE
+from airflow_banana.routing.eligibility import refusal, restricted
 
 if TYPE_CHECKING:
     from airflow_banana.batch.harvest import Rescue
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.channels.config import ChannelConfig
+    from airflow_banana.models import ImageRequest
     from airflow_banana.planning.planner import LaneCapacity
     from airflow_banana.prepare import PreparedManifest
     from airflow_banana.realtime import RunResult, WorkItem
@@ -80,9 +83,16 @@ class RescuePolicy:
 
 
 def rescue_capacity(
-    configs: Sequence[ChannelConfig], policy: RescuePolicy, *, storage: Storage, output_prefix: str
+    configs: Sequence[ChannelConfig],
+    policy: RescuePolicy,
+    *,
+    storage: Storage,
+    output_prefix: str,
+    needs: Sequence[ImageRequest] = (),
 ) -> list[LaneCapacity]:
-    """The rescue channels as planner lanes, at measured (or given) success rates."""
+    """The rescue channels (those allowed for every one of ``needs``) as planner lanes, at
+    measured (or given) success rates."""
+    configs = [c for c in configs if all(refusal(c, n) is None for n in needs)]
     try:
         measured = recent_success_rates(storage, output_prefix, [c.name for c in configs])
     except BananaError as err:
@@ -101,8 +111,30 @@ class RealtimeRescue:
     policy: RescuePolicy
     run_lane: Callable[[Sequence[ChannelConfig], Sequence[WorkItem], BatchRun], RunResult]
 
-    def capacity(self, storage: Storage, output_prefix: str) -> list[LaneCapacity]:
-        return rescue_capacity(self.configs(), self.policy, storage=storage, output_prefix=output_prefix)
+    def capacity(
+        self, storage: Storage, output_prefix: str, needs: Sequence[ImageRequest] = ()
+    ) -> list[LaneCapacity]:
+        return rescue_capacity(
+            self.configs(), self.policy, storage=storage, output_prefix=output_prefix, needs=needs
+        )
+
+    def warn_unrescuable(self, prepared: PreparedManifest) -> None:
+        """Say before submitting which items no rescue channel may carry (official-only or
+        grounded): if the batch job does not deliver them, they are not rescued."""
+        configs = self.configs()
+        stuck = [
+            w.request.item_id
+            for w in prepared.work
+            if restricted(w.request) and all(refusal(c, w.request) is not None for c in configs)
+        ]
+        if stuck:
+            log.warning(
+                "%d item(s) (official-only or grounded, e.g. %s) may go to none of the rescue channels "
+                "%s: if the batch job does not deliver them, they are not rescued (never sent to a relay)",
+                len(stuck),
+                ", ".join(stuck[:5]),
+                [c.name for c in configs],
+            )
 
     def for_run(self, run: BatchRun) -> Rescue:
         """The harvest's ``rescue`` step (``batch.harvest.harvest_and_rescue``) for ``run``."""
@@ -127,9 +159,17 @@ def job_end_time(
     """
     submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
     in_job = set(record.item_ids)
-    deadlines = [w.deadline for w in prepared.work if w.request.item_id in in_job]
+    work = [w for w in prepared.work if w.request.item_id in in_job]
+    deadlines = [w.deadline for w in work]
     has_deadline = any(d is not None for d in deadlines)
     policy = rescue.policy if rescue is not None else RescuePolicy()
+    # Official-only / grounded items can be rescued only on the channels allowed for them.
+    narrow = [w for w in work if restricted(w.request)]
+    narrow_deadline = earliest_deadline(w.deadline for w in narrow)
+    restricted_rescue = None
+    if rescue is not None and narrow and narrow_deadline is not None:
+        capacity = rescue.capacity(storage, output_prefix, needs=[w.request for w in narrow])
+        restricted_rescue = (narrow_deadline, len(narrow), capacity)
     end = batch_end_time(
         submitted,
         job_timeout=job_timeout,
@@ -138,6 +178,7 @@ def job_end_time(
         rescue=rescue.capacity(storage, output_prefix) if rescue is not None and has_deadline else None,
         margin=policy.margin,
         confidence=policy.confidence,
+        restricted_rescue=restricted_rescue,
     )
     if end.deadline is not None and rescue is not None:
         if end.rescue_point is None:

@@ -30,6 +30,9 @@ DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
 TYPICAL_CALL_S = 30.0
 DEFAULT_MAX_CONCURRENCY = 4
 MAX_DERIVED_CONCURRENCY = 64
+# Hosts operated by Google itself: a channel whose base URL is one of these (or a Vertex channel
+# on the SDK's default endpoint) is "official" -- prompts and images stay with Google.
+GOOGLE_API_HOST_SUFFIX = ".googleapis.com"
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,6 +76,10 @@ class ChannelConfig:
     billed_on_failure: bool = False
     attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S
     signatures: bool = True  # False: the channel drops thought signatures (OpenAI-shape relays)
+    # Operated by Google (Developer API, Vertex AI): may carry ``data_policy: official_only`` items.
+    official: bool = False
+    # Can carry the Google Search tool (``grounding: google_search``); never an OpenAI-shape relay.
+    grounding: bool = False
 
     @property
     def lane(self) -> str:
@@ -111,6 +118,42 @@ def _flag(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _google_host(base_url: str) -> bool:
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host.endswith(GOOGLE_API_HOST_SUFFIX)
+
+
+def _official(protocol: str, base_url: str, extra: Mapping[str, Any]) -> bool:
+    """Who operates the channel: the connection's ``official`` when given, else from protocol and host.
+
+    Google direct (``gemini`` on ``*.googleapis.com``) and Vertex AI (its default endpoint, or a
+    ``*.googleapis.com`` one) are official; a relay -- any other host -- is not unless its
+    connection says so (a private endpoint of your own Google project, or a test simulator).
+    """
+    if extra.get("official") not in (None, ""):
+        return _flag(extra["official"])
+    if protocol == "vertex":
+        return not base_url or _google_host(base_url)
+    return protocol == "gemini" and _google_host(base_url)
+
+
+def _grounding(name: str, protocol: str, official: bool, extra: Mapping[str, Any]) -> bool:
+    """Whether the channel carries the Search tool: Google's own by default, Gemini-native relays
+    only when the connection says so, OpenAI-compatible relays never (their request shape has no
+    place for Gemini tools)."""
+    given = extra.get("supports_grounding")
+    if protocol == "openai":
+        if given not in (None, "") and _flag(given):
+            raise ConfigurationError(
+                f"channel '{name}': extra.supports_grounding is true but an OpenAI-compatible relay "
+                "cannot carry Gemini's Google Search tool; remove it (grounded items go to Google channels)"
+            )
+        return False
+    if given not in (None, ""):
+        return _flag(given)
+    return official
 
 
 def parse_channel(
@@ -162,6 +205,7 @@ def parse_channel(
 
     rpm, ipm = _number(extra, "rpm", name), _number(extra, "ipm", name)
     timeout = _number(extra, "timeout", name) or DEFAULT_ATTEMPT_TIMEOUT_S
+    official = _official(protocol, base_url, extra)
     return ChannelConfig(
         name=name,
         protocol=protocol,
@@ -179,4 +223,6 @@ def parse_channel(
         billed_on_failure=_flag(extra.get("billed_on_failure", False)),
         attempt_timeout_s=timeout,
         signatures=protocol in ("gemini", "vertex") and not _flag(extra.get("drops_signatures", False)),
+        official=official,
+        grounding=_grounding(name, protocol, official, extra),
     )

@@ -84,6 +84,7 @@ class ParsedResponse:
     block_message: str | None
     usage: Usage
     content: dict[str, Any] | None
+    grounding: dict[str, Any] | None = None
 
     def failure(self) -> Classification | None:
         """The classification of this answer when it is not a success (blocked, no image)."""
@@ -117,6 +118,31 @@ def parse_usage(usage: Mapping[str, Any] | None) -> Usage:
         thoughts_tokens=_int(_field(usage, "thoughtsTokenCount", "thoughts_token_count")),
         total_tokens=_int(_field(usage, "totalTokenCount", "total_token_count")),
     )
+
+
+def grounding_summary(candidate: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A candidate's ``groundingMetadata`` as stored in the item's metadata, or None without one.
+
+    ``web_search_queries`` (what the model searched), ``sources`` (``uri`` + ``title`` of each web
+    grounding chunk, in order) and ``search_entry_point`` (Google's rendered search-suggestion
+    HTML, which Google's terms ask apps to show next to grounded results). Either spelling.
+    """
+    meta = _field(candidate, "groundingMetadata", "grounding_metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    queries = _field(meta, "webSearchQueries", "web_search_queries") or []
+    sources = []
+    for chunk in _field(meta, "groundingChunks", "grounding_chunks") or []:
+        web = chunk.get("web") if isinstance(chunk, Mapping) else None
+        if isinstance(web, Mapping) and web.get("uri"):
+            sources.append({"uri": str(web["uri"]), "title": str(web.get("title") or "")})
+    entry = _field(meta, "searchEntryPoint", "search_entry_point")
+    rendered = _field(entry, "renderedContent", "rendered_content") if isinstance(entry, Mapping) else None
+    return {
+        "web_search_queries": [str(q) for q in queries if isinstance(q, str)],
+        "sources": sources,
+        "search_entry_point": str(rendered) if rendered else None,
+    }
 
 
 def parse_generate_response(body: Mapping[str, Any]) -> ParsedResponse:
@@ -194,6 +220,7 @@ def parse_generate_response(body: Mapping[str, Any]) -> ParsedResponse:
         block_message=str(block_message) if block_message else None,
         usage=usage,
         content=dict(content) if isinstance(content, Mapping) else None,
+        grounding=grounding_summary(candidate),
     )
 
 
@@ -257,6 +284,7 @@ def result_from_parsed(
         thought_signatures=parsed.thought_signatures,
         content=parsed.content,
         latency_s=latency_s,
+        grounding=parsed.grounding,
     )
 
 
@@ -377,12 +405,19 @@ class GeminiChannel:
     def _generate_config(self, request: ImageRequest) -> Any:
         from google.genai import types
 
+        if request.grounding and not self.config.grounding:
+            # the router never picks such a channel; this guards a direct caller
+            raise ConfigurationError(
+                f"channel '{self.name}', item '{request.item_id}': the channel does not carry "
+                f"{request.grounding} grounding (extra.supports_grounding); nothing was sent"
+            )
         return types.GenerateContentConfig(
-            # no tools are sent: without this the SDK logs "AFC is enabled ..." on every call
+            # no function tools: without this the SDK logs "AFC is enabled ..." on every call
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             response_modalities=["TEXT", "IMAGE"],
             image_config=types.ImageConfig(aspect_ratio=request.aspect_ratio, image_size=request.image_size),
             thinking_config=types.ThinkingConfig(include_thoughts=True) if request.include_thoughts else None,
+            tools=[types.Tool(google_search=types.GoogleSearch())] if request.grounding else None,
         )
 
     async def generate(self, request: ImageRequest) -> GenerationResult:

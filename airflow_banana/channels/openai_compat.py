@@ -286,6 +286,12 @@ class OpenAICompatChannel:
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """One attempt for ``request``; raises ``ChannelError`` classified for the router."""
+        if request.grounding:
+            # never a candidate for a grounded item (routing.eligibility); guards a direct caller
+            raise ConfigurationError(
+                f"channel '{self.name}', item '{request.item_id}': an OpenAI-compatible relay cannot "
+                f"carry {request.grounding} grounding; nothing was sent"
+            )
         body = build_body(request, resolve_model(request.model, self.config.model))
         started = self._clock()
         response = await self._send(

@@ -254,6 +254,7 @@ class EditEngine:
             model=session.model,
             reference_images=spec.images,
             include_thoughts=session.settings.include_thoughts,
+            data_policy=session.settings.data_policy,
         )
         attempts: list[TurnAttempt] = []
         while True:

@@ -43,7 +43,7 @@ from airflow_banana.exceptions import (
     StorageError,
 )
 from airflow_banana.imaging import EXTENSIONS, sniff_mime
-from airflow_banana.models import ASPECT_RATIOS, IMAGE_SIZES
+from airflow_banana.models import ASPECT_RATIOS, DATA_POLICIES, DEFAULT_DATA_POLICY, IMAGE_SIZES
 from airflow_banana.storage import Storage, join_uri, parent_uri
 
 SESSION_FORMAT = "airflow-banana/edit-session"
@@ -138,8 +138,13 @@ class GenerationSettings:
     image_size: str = "1K"
     aspect_ratio: str = "1:1"
     include_thoughts: bool = False
+    # "official_only": every turn of the session goes to official Google channels only, in every
+    # later run too (the policy is part of the session, so a continuation cannot loosen it).
+    data_policy: str = DEFAULT_DATA_POLICY
 
     def __post_init__(self) -> None:
+        if self.data_policy not in DATA_POLICIES:
+            raise ConfigurationError(f"data_policy must be one of {DATA_POLICIES}, got {self.data_policy!r}")
         if self.image_size not in IMAGE_SIZES:
             raise ConfigurationError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
         if self.aspect_ratio not in ASPECT_RATIOS:
@@ -148,11 +153,15 @@ class GenerationSettings:
             )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "image_size": self.image_size,
             "aspect_ratio": self.aspect_ratio,
             "include_thoughts": self.include_thoughts,
         }
+        if self.data_policy != DEFAULT_DATA_POLICY:
+            # only when set: sessions started before the field keep their start fingerprints
+            out["data_policy"] = self.data_policy
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationSettings:
@@ -160,6 +169,7 @@ class GenerationSettings:
             image_size=str(data.get("image_size", "1K")),
             aspect_ratio=str(data.get("aspect_ratio", "1:1")),
             include_thoughts=bool(data.get("include_thoughts", False)),
+            data_policy=str(data.get("data_policy", DEFAULT_DATA_POLICY)),
         )
 
 

@@ -84,11 +84,21 @@ class BananaChannelHook(BaseHook):
         try:
             config = self.get_config()
             secrets = config_secrets(config)
-            return True, _run(_probe(build_channel(config)))
+            return True, _run(_probe(build_channel(config))) + _capabilities(config)
         except BananaError as err:
             return False, scrub(str(err), secrets)
         except Exception as err:  # the UI shows this text: it must be useful and secret-free
             return False, scrub(f"{type(err).__name__}: {err}", secrets)
+
+
+def _capabilities(config: ChannelConfig) -> str:
+    """What the channel may carry (docs/policy.md): people set up compliance runs from this line."""
+    if config.official:
+        who = "an official Google channel (official_only items may use it)"
+    else:
+        who = "not an official Google channel (official_only items never use it)"
+    search = "carries" if config.grounding else "does not carry"
+    return f"; {who}, {search} Google Search grounding"
 
 
 async def _probe(channel: Channel) -> str:

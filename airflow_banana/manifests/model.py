@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow_banana.models import DEFAULT_MODEL, ImageRequest, ReferenceImage
+from airflow_banana.models import (
+    DEFAULT_DATA_POLICY,
+    DEFAULT_MODEL,
+    OFFICIAL_ONLY,
+    ImageRequest,
+    ReferenceImage,
+)
 
 MAX_ID_LENGTH = 128
 BUILTIN_DEFAULTS: dict[str, Any] = {"image_size": "1K", "aspect_ratio": "1:1", "model": DEFAULT_MODEL}
@@ -44,6 +50,15 @@ def id_problem(item_id: object) -> str | None:
         bad = sorted({ch for ch in item_id if not _ID_CHARS.match(ch)})
         return f"id contains {''.join(bad)!r}; only A-Z a-z 0-9 . _ - are allowed"
     return None
+
+
+def strictest_policy(*policies: object) -> str:
+    """The data policy that applies when several levels set one: ``official_only`` if any does.
+
+    Compliance only tightens: an item cannot opt out of an ``official_only`` the manifest's or
+    the operator's defaults require (a loosening override would be a silent leak).
+    """
+    return OFFICIAL_ONLY if OFFICIAL_ONLY in policies else DEFAULT_DATA_POLICY
 
 
 def parse_duration(value: str) -> timedelta | None:
@@ -117,6 +132,8 @@ class ManifestItem:
     deadline: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     line: int = 0
+    data_policy: str = DEFAULT_DATA_POLICY
+    grounding: str | None = None
 
     def to_request(self, reference_images: tuple[ReferenceImage, ...] = ()) -> ImageRequest:
         """The request to send; pass the loaded images (``load_reference_images``) if it has any."""
@@ -132,6 +149,8 @@ class ManifestItem:
             aspect_ratio=self.aspect_ratio,
             model=self.model,
             reference_images=reference_images,
+            data_policy=self.data_policy,
+            grounding=self.grounding,
         )
 
     def deadline_at(self, base: datetime) -> datetime | None:
@@ -151,6 +170,10 @@ class ManifestItem:
             out["reference_images"] = list(self.reference_images)
         if self.deadline is not None:
             out["deadline"] = self.deadline
+        if self.data_policy != DEFAULT_DATA_POLICY:
+            out["data_policy"] = self.data_policy
+        if self.grounding:
+            out["grounding"] = self.grounding
         if self.metadata:
             out["metadata"] = self.metadata
         return out

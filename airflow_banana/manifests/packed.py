@@ -14,10 +14,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 from airflow_banana.manifests.model import BUILTIN_DEFAULTS, ManifestItem
+from airflow_banana.models import DEFAULT_DATA_POLICY
 
 _DEFAULT_SIZE = BUILTIN_DEFAULTS["image_size"]
 _DEFAULT_RATIO = BUILTIN_DEFAULTS["aspect_ratio"]
 _DEFAULT_MODEL = BUILTIN_DEFAULTS["model"]
+_FIELDS = 11
 
 
 def _pack(item: ManifestItem) -> bytes:
@@ -32,6 +34,8 @@ def _pack(item: ManifestItem) -> bytes:
         list(item.reference_images) or None,
         item.deadline,
         item.metadata or None,
+        None if item.data_policy == DEFAULT_DATA_POLICY else item.data_policy,
+        item.grounding,
     ]
     while record[-1] is None:
         record.pop()
@@ -40,8 +44,8 @@ def _pack(item: ManifestItem) -> bytes:
 
 def _unpack(data: bytes) -> ManifestItem:
     record = json.loads(data)
-    record += [None] * (9 - len(record))
-    item_id, prompt, line, size, ratio, model, refs, deadline, metadata = record
+    record += [None] * (_FIELDS - len(record))
+    item_id, prompt, line, size, ratio, model, refs, deadline, metadata, policy, grounding = record
     return ManifestItem(
         id=item_id,
         prompt=prompt,
@@ -52,6 +56,8 @@ def _unpack(data: bytes) -> ManifestItem:
         deadline=deadline,
         metadata=metadata or {},
         line=line,
+        data_policy=policy or DEFAULT_DATA_POLICY,
+        grounding=grounding,
     )
 
 

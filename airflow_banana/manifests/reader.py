@@ -10,7 +10,9 @@ memory grows by about the manifest's own size, not by a Python object graph per 
 
 Precedence of item fields: item > manifest ``defaults`` > the caller's (operator's) defaults >
 built-ins (1K, 1:1, gemini-3-pro-image-preview). ``metadata`` is merged key by key in the same
-order. Relative reference-image paths resolve against the manifest's folder.
+order. ``data_policy`` is the exception: the strictest level wins (``official_only`` anywhere
+makes the item official-only), since compliance may only tighten. Relative reference-image
+paths resolve against the manifest's folder.
 
 Policy ``on_invalid``: ``"reject"`` raises one :class:`ManifestError` listing the problems (up to
 ``max_problems``) after reading the whole manifest; ``"quarantine"`` returns the good items plus
@@ -43,6 +45,7 @@ from airflow_banana.manifests.model import (
     ManifestItem,
     deadline_problem,
     id_problem,
+    strictest_policy,
 )
 from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.models import IMAGE_SIZES
@@ -279,9 +282,7 @@ class _Reader:
             return ref
         return join_uri(self.base, ref)
 
-    def size_problems(
-        self, merged: dict[str, Any], metadata: dict[str, Any]
-    ) -> list[tuple[str | None, str]]:
+    def size_problems(self, merged: dict[str, Any], metadata: dict[str, Any]) -> list[tuple[str | None, str]]:
         """The limits a schema-valid item can still break: prompt length and metadata size."""
         problems: list[tuple[str | None, str]] = []
         images = len(merged.get("reference_images", ()))
@@ -361,6 +362,12 @@ class _Reader:
             deadline=merged.get("deadline"),
             metadata=metadata,
             line=line,
+            data_policy=strictest_policy(
+                self.operator_defaults.get("data_policy"),
+                self.manifest_defaults.get("data_policy"),
+                obj.get("data_policy"),
+            ),
+            grounding=None if merged.get("grounding") in (None, "none") else merged["grounding"],
         )
         # ids differing only in case collide on case-insensitive disks (macOS, Windows)
         self.id_hashes.append(hash(item.id.lower()))

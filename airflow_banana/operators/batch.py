@@ -193,7 +193,10 @@ class BatchImageOperator(ManifestLaneOperator):
             run.store.write_rejects(run.key, run.prepared.rejects_jsonl)
         jobs = self._jobs()
         try:
-            options = SubmitOptions(self.channel, self.force, self.inline, self.gcs_staging_prefix)
+            if (rescue := self._rescue()) is not None:
+                rescue.warn_unrescuable(run.prepared)
+            staging = self.gcs_staging_prefix
+            options = SubmitOptions(self.channel, self.force, self.inline, staging, who=self.task_id)
             record = reattach_or_submit(jobs, run, options)
             if record is None:
                 self.log.info("run %s: every item is already done; nothing submitted, nothing paid", run.key)

@@ -22,7 +22,7 @@ from airflow_banana.editing.session import DEFAULT_INLINE_MAX_BYTES
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
-from airflow_banana.models import MAX_REFERENCE_IMAGES, ReferenceImage
+from airflow_banana.models import DATA_POLICIES, DEFAULT_DATA_POLICY, MAX_REFERENCE_IMAGES, ReferenceImage
 from airflow_banana.operators._common import budget_from
 from airflow_banana.operators.publish import add_output_outlet
 
@@ -99,6 +99,9 @@ class SignatureEditOperator(BaseOperator):
     :param budget_usd: stop before a turn would take this task's spending over it.
     :param max_attempts_per_turn: attempts (all channels together) before a turn fails.
     :param max_wait_s: the longest single wait for a rate-limited/overloaded channel.
+    :param data_policy: ``"official_only"``: every turn goes to official Google channels only
+        (Google direct, Vertex AI; ``routing.eligibility``), never to a relay. A session started
+        so keeps the policy in its document: later runs cannot loosen it. Default: the session's own.
     :param inline_max_bytes: history images above this size are stored as objects, not inline.
     :param redis_conn_id: a ``redis`` connection through which turns share breakers, rate limits
         and 429 closures with every other worker and lane (also read from a channel's extra).
@@ -144,10 +147,16 @@ class SignatureEditOperator(BaseOperator):
         max_attempts_per_turn: int = 6,
         max_wait_s: float = 120.0,
         inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        data_policy: str | None = None,
         emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if data_policy is not None and data_policy not in DATA_POLICIES:
+            raise ConfigurationError(
+                f"{self.task_id}: data_policy must be one of {DATA_POLICIES}, got {data_policy!r}"
+            )
+        self.data_policy = data_policy
         if emit_output_asset:
             add_output_outlet(self, output_prefix)
         self.channels = channels
@@ -175,7 +184,8 @@ class SignatureEditOperator(BaseOperator):
         from airflow_banana.editing.engine import channels_for_model, refuse_signature_droppers
         from airflow_banana.editing.session import SessionStore, session_uri_for
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.manifests.model import id_problem
+        from airflow_banana.manifests.model import id_problem, strictest_policy
+        from airflow_banana.routing.eligibility import ItemNeeds, allowed, require_servable
 
         task = self.task_id
         identity = RunIdentity.from_context(context)
@@ -202,6 +212,12 @@ class SignatureEditOperator(BaseOperator):
         session = store.load(uri)
         session, specs = self._plan(session, uri, configs, instructions, start_refs, storage, identity)
         serving = channels_for_model(configs, session.model, who=task)
+        policy = strictest_policy(session.settings.data_policy, self.data_policy)
+        if policy != DEFAULT_DATA_POLICY:
+            # one filter for every lane (routing.eligibility): the session's turns never reach a relay
+            needs = ItemNeeds(data_policy=policy)
+            require_servable([(session.session_id, needs)], serving, who=task, lane="edit")
+            serving = allowed(serving, needs)
         self.log.info(
             "edit session %s (%s): %d turn(s) stored, %d to apply, channels %s, model %s",
             session.session_id,
@@ -279,6 +295,7 @@ class SignatureEditOperator(BaseOperator):
                 image_size=self.image_size or "1K",
                 aspect_ratio=self.aspect_ratio or "1:1",
                 include_thoughts=bool(self.include_thoughts),
+                data_policy=self.data_policy or DEFAULT_DATA_POLICY,
             )
             model = self.model or configs[0].model
         else:

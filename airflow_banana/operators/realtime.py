@@ -123,6 +123,7 @@ class RealtimeImageOperator(ManifestLaneOperator):
         from airflow_banana.outputs import OutputStore
         from airflow_banana.prepare import prepare_manifest
         from airflow_banana.report import build_report
+        from airflow_banana.routing.eligibility import require_servable
 
         skip_without_manifest(self.manifest, task_id=self.task_id)
         identity = RunIdentity.from_context(context)
@@ -143,6 +144,9 @@ class RealtimeImageOperator(ManifestLaneOperator):
         )
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
+        # an official-only or grounded item that no channel may carry fails the task now, unpaid
+        needs = ((w.request.item_id, w.request) for w in prepared.work)
+        require_servable(needs, configs, who=self.task_id, lane="realtime")
         work = [
             w if w.deadline is not None or due is None else replace(w, deadline=due) for w in prepared.work
         ]

@@ -22,7 +22,7 @@ def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
     """
     plan = computed.plan
     now = plan.now
-    planned = [
+    planned = list(computed.planned) or [
         PlanItem(item_id, computed.items[item_id].image_size, computed.deadlines[item_id])
         for item_id in computed.items
     ]
@@ -70,6 +70,8 @@ def estimate_scenarios(computed: ComputedPlan) -> dict[str, Any]:
         "items": len(planned),
         "skipped_done": len(computed.skipped_done),
         "sizes": sizes,
+        # items priced only on the lanes that may carry them (routing.eligibility)
+        "restricted": sum(1 for p in planned if p.lanes is not None),
         "scenarios": scenarios,
         "plan_savings_vs_all_realtime_usd": round(plan.savings_usd, 6),
         "lanes": plan.summary()["lanes"],
@@ -94,6 +96,11 @@ def render_estimate(estimate: Mapping[str, Any]) -> str:
         f"The deadline plan saves ${estimate['plan_savings_vs_all_realtime_usd']:.3f} against all realtime "
         "at Google's direct list price (for the items it can plan).",
     ]
+    if estimate.get("restricted"):
+        lines.append(
+            f"{estimate['restricted']} item(s) are official-only or grounded: priced and timed only on the "
+            "lanes that may carry them."
+        )
     lanes = estimate.get("lanes") or {}
     if lanes:
         lines += ["", "Per lane in the plan:"]

@@ -35,6 +35,7 @@ from airflow_banana.planning.planner import (
     RescueDecision,
     rescue_decision,
 )
+from airflow_banana.routing.eligibility import refusal, restricted
 from airflow_banana.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
@@ -116,18 +117,24 @@ def plan_items(
     *,
     logical_date: datetime,
     default_deadline: str | timedelta | None = None,
+    lanes: Mapping[str, ChannelConfig | None] | None = None,
 ) -> list[PlanItem]:
-    """Manifest items as the planner sees them (id, size, absolute deadline), in input order."""
-    return [
-        PlanItem(
-            item_id=item.id,
-            image_size=item.image_size,
-            deadline=resolve_item_deadline(
-                item, logical_date=logical_date, default_deadline=default_deadline
-            ),
-        )
-        for item in items
-    ]
+    """Manifest items as the planner sees them (id, size, absolute deadline), in input order.
+
+    ``lanes`` maps planner lane names to their connection (``None``: a batch backend without one,
+    which is Google's own); an item that narrows its channels (``routing.eligibility``) may use
+    only the lanes allowed for it.
+    """
+    out = []
+    for item in items:
+        allowed = None
+        if lanes is not None and restricted(item):
+            allowed = frozenset(
+                name for name, config in lanes.items() if config is None or refusal(config, item) is None
+            )
+        deadline = resolve_item_deadline(item, logical_date=logical_date, default_deadline=default_deadline)
+        out.append(PlanItem(item_id=item.id, image_size=item.image_size, deadline=deadline, lanes=allowed))
+    return out
 
 
 def with_absolute_deadline(item: ManifestItem, deadline: datetime | None) -> ManifestItem:
@@ -281,11 +288,16 @@ def batch_end_time(
     rescue: Sequence[LaneCapacity] | None,
     margin: timedelta = DEFAULT_RESCUE_MARGIN,
     confidence: float = DEFAULT_CONFIDENCE,
+    restricted_rescue: tuple[datetime | None, int, Sequence[LaneCapacity]] | None = None,
 ) -> BatchEndTime:
     """The job timeout, cut to the rescue point (``rescue``: the rescue channels' capacities) or,
     without a possible rescue, to the earliest deadline: past it the job is late anyway, so what
     it has is harvested. The point assumes all ``items`` are still unfinished (the trigger sees
-    only the job's state): rescue a little early rather than late."""
+    only the job's state): rescue a little early rather than late.
+
+    ``restricted_rescue`` (official-only / grounded items: their earliest deadline, how many, and
+    the capacity of the rescue channels allowed for them) gives those items their own, earlier
+    point when fewer channels may rescue them."""
     end = submitted_at + job_timeout
     deadline = earliest_deadline(deadlines)
     if deadline is None:
@@ -293,4 +305,12 @@ def batch_end_time(
     point = None
     if rescue is not None:
         point = rescue_point(deadline, items, rescue, margin=margin, confidence=confidence)
+    if rescue is not None and restricted_rescue is not None:
+        narrow_deadline, narrow_items, narrow_capacity = restricted_rescue
+        if narrow_items and narrow_deadline is not None:
+            narrow = rescue_point(
+                narrow_deadline, narrow_items, narrow_capacity, margin=margin, confidence=confidence
+            )
+            if narrow is not None:
+                point = narrow if point is None else min(point, narrow)
     return BatchEndTime(min(end, point if point is not None else deadline), deadline, point)

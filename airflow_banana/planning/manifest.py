@@ -32,7 +32,7 @@ from typing import Any, Literal
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import ManifestItem, write_manifest
-from airflow_banana.planning.history import batch_lane
+from airflow_banana.planning.history import BATCH_LANE_PREFIX, batch_lane, batch_lane_name
 from airflow_banana.planning.inputs import (
     duration_of,
     earliest_deadline,
@@ -46,6 +46,7 @@ from airflow_banana.planning.planner import (
     BatchLane,
     LaneCapacity,
     Plan,
+    PlanItem,
     make_plan,
 )
 from airflow_banana.storage import Storage, join_uri
@@ -66,6 +67,7 @@ class ComputedPlan:
     skipped_done: tuple[str, ...] = ()
     realtime: tuple[LaneCapacity, ...] = ()
     batch: BatchLane | None = None
+    planned: tuple[PlanItem, ...] = ()  # as planned: with the lanes each item may use
 
 
 def parse_now(value: datetime | str | None) -> datetime:
@@ -109,7 +111,15 @@ def compute_plan(
     """
     skipped = set(skip)
     todo = [item for item in items if item.id not in skipped]
-    planned = plan_items(todo, logical_date=logical_date, default_deadline=default_deadline)
+    # official-only and grounded items are priced on the lanes that may carry them only
+    lane_configs: dict[str, ChannelConfig | None] = {c.name: c for c in configs}
+    if isinstance(batch, ChannelConfig):
+        lane_configs[batch_lane_name(batch)] = batch
+    elif batch is not None:
+        lane_configs[BATCH_LANE_PREFIX + batch] = None  # a Google batch backend: official, grounds
+    planned = plan_items(
+        todo, logical_date=logical_date, default_deadline=default_deadline, lanes=lane_configs
+    )
     rates = dict(success_rates or {})
     if storage is not None and output_prefix:
         measured = recent_success_rates(storage, output_prefix, [c.name for c in configs])
@@ -135,6 +145,7 @@ def compute_plan(
         skipped_done=tuple(item.id for item in items if item.id in skipped),
         realtime=tuple(realtime),
         batch=lanes[0] if lanes else None,
+        planned=tuple(planned),
     )
 
 

@@ -63,7 +63,8 @@ LaneKind = Literal["batch", "realtime"]
 # Why an item cannot be planned: its deadline is at or before now; realtime could make it when
 # idle but not under this load; even an idle realtime channel is too slow; there is no realtime
 # capacity at all and batch is too slow (or absent).
-InfeasibleCode = Literal["deadline_passed", "capacity", "too_soon", "no_realtime"]
+# No lane at all may carry the item (its data policy or grounding; ``routing.eligibility``).
+InfeasibleCode = Literal["deadline_passed", "capacity", "too_soon", "no_realtime", "no_eligible_lane"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -80,6 +81,12 @@ class PlanItem:
     item_id: str
     image_size: str = "1K"
     deadline: datetime | None = None
+    # The lanes (realtime channel or batch lane names) the item may use -- ``routing.eligibility``
+    # for official-only and grounded items; None: every lane.
+    lanes: frozenset[str] | None = None
+
+    def may_use(self, lane: str) -> bool:
+        return self.lanes is None or lane in self.lanes
 
 
 @dataclass(frozen=True)
@@ -466,7 +473,14 @@ def _schedule(
 
     for item in items:
         size, deadline = item.image_size, item.deadline
-        batch_lane = _cheapest_batch(batch, size, now, deadline)
+        item_batch = [lane for lane in batch if item.may_use(lane.name)]
+        restricted = item.lanes is not None and (batch or queues.lanes)
+        if restricted and not item_batch and not any(item.may_use(lane.channel) for lane in queues.lanes):
+            failed.append(
+                (item, "no_eligible_lane", "no planned lane may carry it (its data policy or grounding)")
+            )
+            continue
+        batch_lane = _cheapest_batch(item_batch, size, now, deadline)
         batch_cost = batch_lane.price_by_size[size] if batch_lane else math.inf
 
         candidates: list[tuple[float, datetime, int]] = []
@@ -474,6 +488,8 @@ def _schedule(
         # An item with no deadline has no use for finite realtime capacity: batch whenever there is one.
         realtime_lanes = queues.lanes if deadline is not None or batch_lane is None else []
         for index, lane in enumerate(realtime_lanes):
+            if not item.may_use(lane.channel):
+                continue  # a filter, not a price: the lane does not exist for this item
             cost = lane.expected_cost(size)
             if cost >= batch_cost:
                 continue  # batch is as cheap and uses no finite capacity
@@ -546,11 +562,15 @@ def _earliest_for_infeasible(
     # Each infeasible item is appended after the planned load, in order, on whichever lane
     # finishes it first: "if you relax the deadline to this, it fits without displacing others".
     queues = queues.copy()
-    fastest_batch = min((lane.turnaround for lane in batch), default=None)
     out = []
     for item, code, why in failed:
-        by_batch = now + fastest_batch if fastest_batch is not None else None
-        best_rt = min(range(len(queues.lanes)), key=queues.next_finish, default=None)
+        if code == "no_eligible_lane":
+            out.append(Infeasible(item.item_id, item.image_size, item.deadline, code, why, None))
+            continue
+        fastest = min((lane.turnaround for lane in batch if item.may_use(lane.name)), default=None)
+        by_batch = now + fastest if fastest is not None else None
+        usable = [i for i, lane in enumerate(queues.lanes) if item.may_use(lane.channel)]
+        best_rt = min(usable, key=queues.next_finish, default=None)
         by_rt = queues.next_finish(best_rt) if best_rt is not None else None
         earliest: datetime | None
         if by_rt is not None and (by_batch is None or by_rt < by_batch):

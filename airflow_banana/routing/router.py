@@ -54,8 +54,10 @@ Item lifecycle (``next_action``), in order:
 2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
 3. ``max_attempts_per_item`` reached, or a hard deadline passed -> give up;
 4. a retry with the run's retry budget spent -> give up;
-5. candidates = channels not disabled for the run and on which this item has not timed out
-   (a silent channel is abandoned after ONE timeout); none -> give up;
+5. candidates = channels the item allows (``routing.eligibility``: an ``official_only`` item
+   only official Google channels, a grounded one only channels carrying the Search tool),
+   not disabled for the run and on which this item has not timed out (a silent channel is
+   abandoned after ONE timeout); none -> give up;
 6. the deadline plan (objective "cheapest", before the deadline), below;
 7. otherwise (objective "fastest", past a soft deadline, or no plan fits): in rank order the
    first channel that gives a permit, skipping channels the budget cannot cover and channels
@@ -119,12 +121,14 @@ from dataclasses import dataclass, field, replace
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationError, ErrorClass
-from airflow_banana.models import IMAGE_SIZES, ImageRequest
+from airflow_banana.models import DEFAULT_DATA_POLICY, IMAGE_SIZES, ImageRequest
 from airflow_banana.pricing import price_table
 from airflow_banana.routing.availability import HintHistory
 from airflow_banana.routing.breaker import BreakerConfig, BreakerState
 from airflow_banana.routing.budget import RetryBudget, RetryBudgetConfig, SpendBudget
 from airflow_banana.routing.clock import QUOTA_TIMEZONE, Clock, SystemClock, WallClock, next_daily_reset
+from airflow_banana.routing.eligibility import describe as describe_needs
+from airflow_banana.routing.eligibility import refusal
 from airflow_banana.routing.failover import FailoverCounter
 from airflow_banana.routing.limiter import LimitConfig
 from airflow_banana.routing.state import (
@@ -272,10 +276,19 @@ class ItemProgress:
     soft_deadline: bool = False  # the default horizon: planned for, never a reason to give up
     attempts: list[AttemptRecord] = field(default_factory=list)
     queued: tuple[str, int] | None = field(default=None, repr=False)  # (channel, place) while waiting
+    # What the item asks of its channels (routing.eligibility): only channels allowing it are candidates.
+    data_policy: str = DEFAULT_DATA_POLICY
+    grounding: str | None = None
 
     @classmethod
     def for_request(cls, request: ImageRequest, *, deadline: float | None = None) -> ItemProgress:
-        return cls(item_id=request.item_id, image_size=request.image_size, deadline=deadline)
+        return cls(
+            item_id=request.item_id,
+            image_size=request.image_size,
+            deadline=deadline,
+            data_policy=request.data_policy,
+            grounding=request.grounding,
+        )
 
     @property
     def succeeded(self) -> bool:
@@ -435,6 +448,9 @@ class Router:
         self._hints = {name: HintHistory(window_s=self.config.stats_half_life_s) for name in self.channels}
         self._billed_ratio = dict.fromkeys(self.channels, 1.0)
         self._billed_seen: set[str] = set()
+        # When the latest call that produced an image on each channel started: a channel that
+        # answered a call started after an item's timed-out one was not silent, only slow for it.
+        self._answered_call_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ views
 
@@ -578,7 +594,13 @@ class Router:
                 last.error_class if last else None,
             )
 
-        ranked = self.rank(item.image_size, now)
+        ranked = self._allowed_for(item, self.rank(item.image_size, now))
+        if not ranked:
+            return GiveUp(
+                GiveUpReason.NO_CHANNEL,
+                f"item '{item.item_id}': no channel may carry it ({describe_needs(item)}); not sent anywhere",
+                ErrorClass.CHANNEL_FATAL,
+            )
         live = [r for r in ranked if not r.snapshot.disabled]
         if not live:
             reasons = "; ".join(f"{r.channel}: {r.snapshot.disabled_reason}" for r in ranked)
@@ -587,7 +609,7 @@ class Router:
                 f"item '{item.item_id}': every channel is disabled ({reasons})",
                 ErrorClass.CHANNEL_FATAL,
             )
-        timed_out = {a.channel for a in attempts if a.error_class is ErrorClass.TIMEOUT}
+        timed_out = {a.channel for a in attempts if self._silent_for(a)}
         candidates = [r for r in live if r.channel not in timed_out]
         if not candidates:
             return GiveUp(
@@ -607,6 +629,25 @@ class Router:
                 return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
             denials.append(result)
         return self._wait_or_give_up(item, denials, now, last)
+
+    def _silent_for(self, attempt: AttemptRecord) -> bool:
+        """The attempt timed out and its channel has answered no call started since (R6).
+
+        A silent channel is abandoned by the item after one timeout. A channel that went on
+        making images for calls started after this one is answering: the hang was one call's
+        tail, and the item may go back to it when the plan says it is still the cheapest.
+        """
+        if attempt.error_class is not ErrorClass.TIMEOUT:
+            return False
+        return self._answered_call_at.get(attempt.channel, -math.inf) <= attempt.started_at
+
+    def _allowed_for(self, item: ItemProgress, ranked: list[RankedChannel]) -> list[RankedChannel]:
+        """The per-item candidate filter (``routing.eligibility``): a filter, never a ranking rule.
+
+        An ``official_only`` item never reaches a relay, a grounded one never a channel without
+        the Search tool -- whatever the relay's price or the official channels' health.
+        """
+        return [r for r in ranked if refusal(self.channels[r.channel], item) is None]
 
     @staticmethod
     def _hard_deadline(item: ItemProgress) -> float | None:
@@ -964,6 +1005,8 @@ class Router:
         if cost_usd is not None and price > 0:
             self._learn_bill(permit.channel, cost_usd / price)
         latency = now - permit.acquired_at if latency_s is None else latency_s
+        answered = self._answered_call_at.get(permit.channel, -math.inf)
+        self._answered_call_at[permit.channel] = max(answered, permit.acquired_at)
         return self._close(item, permit, Outcome(None, latency, cost), now, billed=cost > 0)
 
     def _learn_bill(self, channel: str, ratio: float) -> None:

@@ -21,9 +21,11 @@ from airflow_banana.testing.app import ActionContext, AppBuilder
 from airflow_banana.testing.errors import RequestError, google_error, model_not_found
 from airflow_banana.testing.generate import (
     Generated,
+    ParsedRequest,
     gemini_response,
     generate,
     last_user_prompt,
+    parse_generate_request,
     record_billable,
     strict_for,
 )
@@ -34,6 +36,7 @@ from airflow_banana.testing.wire import (
     caller_for,
     error_response,
     log_request,
+    note_request,
     read_json,
     transport_fault_response,
     unauthenticated,
@@ -103,6 +106,15 @@ def stream_events(full: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
+def _parse_or_none(state: Any, body: dict[str, Any], ctx: ActionContext) -> ParsedRequest | None:
+    """The request parsed once (for the ledger and for generating), or None when it is invalid:
+    ``generate`` then parses it again and answers the error as the API would."""
+    try:
+        return parse_generate_request(body, ctx.model, known_models=state.config.models, version=ctx.version)
+    except (RequestError, AttributeError, TypeError, ValueError):
+        return None
+
+
 async def run_generation(request: Request, ctx: ActionContext, *, stream: bool) -> Response:
     """The generateContent pipeline shared by Developer and Vertex, unary and streaming."""
     state, caller = ctx.state, ctx.caller
@@ -112,6 +124,9 @@ async def run_generation(request: Request, ctx: ActionContext, *, stream: bool) 
         return unauthenticated(caller)
     body = await read_json(request)
     prompt = last_user_prompt(body) if isinstance(body, dict) else ""
+    parsed = await asyncio.to_thread(_parse_or_none, state, body, ctx) if isinstance(body, dict) else None
+    if parsed is not None:
+        note_request(request, parsed)
     decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt)
     if fault_resp is not None:
         return fault_resp
@@ -129,6 +144,7 @@ async def run_generation(request: Request, ctx: ActionContext, *, stream: bool) 
             strict=strict_for(state, caller.key, vertex=caller.vertex),
             content_fault=decision.content,
             version=ctx.version,
+            parsed=parsed,
         )
     except RequestError as err:
         log_request(state, request, caller, started, err.code, None)

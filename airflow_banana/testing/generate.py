@@ -34,6 +34,9 @@ from airflow_banana.testing.signatures import MissingSignature, b64decode_any, b
 from airflow_banana.testing.state import SimulatorState
 
 RESULT_TEXT = "Here is the image you asked for."
+SEARCH_TOOL = "googleSearch"
+# The redirect host Google puts in grounding chunk URIs (the real source is behind it).
+GROUNDING_REDIRECT = "https://vertexaisearch.cloud.google.com/grounding-api-redirect/"
 NO_IMAGE_TEXT = "I could not generate an image for this request. Try rephrasing the prompt."
 
 
@@ -82,6 +85,11 @@ class ParsedRequest:
     parent_image: bytes | None = None
     prompt_tokens: int = 0
     history: tuple[Mapping[str, Any], ...] = ()
+    tools: tuple[str, ...] = ()  # top-level tool names as sent, e.g. ("googleSearch",)
+
+    @property
+    def grounded(self) -> bool:
+        return SEARCH_TOOL in self.tools
 
     def fingerprint(self) -> str:
         return ImageRequest(
@@ -91,6 +99,7 @@ class ParsedRequest:
             aspect_ratio=self.aspect_ratio,
             model=self.model,
             reference_images=self.references,
+            grounding="google_search" if self.grounded else None,
         ).fingerprint()
 
 
@@ -217,6 +226,7 @@ def parse_generate_request(
                     parent = _decode_inline(part, f"contents[{ci}].parts[{pi}]").data
     turns = sum(1 for c in contents if c.get("role", "user") == "user")
     return ParsedRequest(
+        tools=_tool_names(req.get("tools")),
         model=model,
         prompt="\n".join(texts),
         references=tuple(refs),
@@ -229,6 +239,48 @@ def parse_generate_request(
         prompt_tokens=max(1, prompt_tokens),
         history=tuple(contents),
     )
+
+
+def _tool_names(tools: Any) -> tuple[str, ...]:
+    """Names of the tools a request carries (``[{"googleSearch": {}}]`` -> ``("googleSearch",)``)."""
+    if not isinstance(tools, list):
+        return ()
+    names: list[str] = []
+    for tool in tools:
+        if isinstance(tool, Mapping):
+            names.extend(str(k) for k, v in tool.items() if v is not None)
+    return tuple(names)
+
+
+def grounding_metadata(parsed: ParsedRequest, fingerprint: str) -> dict[str, Any]:
+    """``groundingMetadata`` as Google returns it for a request with the Search tool.
+
+    Shape from the Gemini API docs (grounding with Google Search) and google-genai's
+    ``GroundingMetadata``: ``webSearchQueries``, ``searchEntryPoint.renderedContent`` (HTML),
+    ``groundingChunks[].web.{uri,title}`` and ``groundingSupports``. Deterministic in the request.
+    """
+    words = [w.strip(".,;:!?\"'()").lower() for w in parsed.prompt.split()]
+    topic = " ".join(w for w in words if len(w) > 3)[:80] or "image"
+    queries = [topic, f"{topic} facts"]
+    chunks = [
+        {"web": {"uri": f"{GROUNDING_REDIRECT}{fingerprint[:16]}{n}", "title": title}}
+        for n, title in enumerate(("en.wikipedia.org", "example.com"))
+    ]
+    chips = "".join(f'<a class="chip" href="https://www.google.com/search?q={q}">{q}</a>' for q in queries)
+    return {
+        "webSearchQueries": queries,
+        "searchEntryPoint": {
+            "renderedContent": f'<style>.chip{{margin:2px}}</style><div class="container">{chips}</div>'
+        },
+        "groundingChunks": chunks,
+        "groundingSupports": [
+            {
+                "segment": {"startIndex": 0, "endIndex": len(RESULT_TEXT), "text": RESULT_TEXT},
+                "groundingChunkIndices": [0, 1],
+                "confidenceScores": [0.9, 0.7],
+            }
+        ],
+    }
 
 
 def check_signatures(state: SimulatorState, parsed: ParsedRequest) -> MissingSignature | None:
@@ -366,13 +418,14 @@ def gemini_response(state: SimulatorState, gen: Generated) -> dict[str, Any]:
     elif gen.finish_reason == "IMAGE_SAFETY":
         body["candidates"] = [{"finishReason": "IMAGE_SAFETY", "index": 0}]
     else:
-        body["candidates"] = [
-            {
-                "content": {"role": "model", "parts": gemini_parts(state, gen)},
-                "finishReason": gen.finish_reason,
-                "index": 0,
-            }
-        ]
+        candidate: dict[str, Any] = {
+            "content": {"role": "model", "parts": gemini_parts(state, gen)},
+            "finishReason": gen.finish_reason,
+            "index": 0,
+        }
+        if gen.request.grounded:
+            candidate["groundingMetadata"] = grounding_metadata(gen.request, gen.fingerprint)
+        body["candidates"] = [candidate]
     body["usageMetadata"] = usage_metadata(gen)
     body["modelVersion"] = gen.request.model
     body["responseId"] = gen.response_id
@@ -416,9 +469,14 @@ def generate(
     strict: bool,
     content_fault: str | None = None,
     version: str = "v1beta",
+    parsed: ParsedRequest | None = None,
 ) -> Generated:
-    """Validate and produce; raises ``RequestError`` for what the API would refuse."""
-    parsed = parse_generate_request(body, model, known_models=state.config.models, version=version)
+    """Validate and produce; raises ``RequestError`` for what the API would refuse.
+
+    ``parsed``: the body already parsed (the route parses once, to log what it asked for).
+    """
+    if parsed is None:
+        parsed = parse_generate_request(body, model, known_models=state.config.models, version=version)
     if strict:
         missing = check_signatures(state, parsed)
         if missing is not None:

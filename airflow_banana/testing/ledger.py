@@ -25,8 +25,19 @@ class Ledger:
         self._jobs: list[dict[str, Any]] = []
 
     def record_request(
-        self, *, key_id: str, method: str, path: str, status: int, latency_ms: float, fault: str | None
+        self,
+        *,
+        key_id: str,
+        method: str,
+        path: str,
+        status: int,
+        latency_ms: float,
+        fault: str | None,
+        fingerprint: str | None = None,
+        tools: list[str] | None = None,
     ) -> None:
+        """One HTTP request; a generation request also names its request ``fingerprint`` and the
+        ``tools`` it carried (``["googleSearch"]``), whatever the answer was."""
         entry = {
             "ts": self._clock(),
             "key_id": key_id,
@@ -35,6 +46,8 @@ class Ledger:
             "status": status,
             "latency_ms": round(latency_ms, 3),
             "fault": fault,
+            "fingerprint": fingerprint,
+            "tools": list(tools or []),
         }
         with self._lock:
             self._requests.append(entry)

@@ -45,6 +45,7 @@ from airflow_banana.testing.wire import (
     caller_for,
     error_response,
     log_request,
+    note_request,
     read_json,
     transport_fault_response,
     unauthenticated,
@@ -161,7 +162,9 @@ async def chat_completions(request: Request) -> Response:
     prompt = ""
     if isinstance(body, dict):
         try:
-            prompt = parse_chat_request(body, state).prompt
+            seen = parse_chat_request(body, state)
+            prompt = seen.prompt
+            note_request(request, seen)
         except (RequestError, AttributeError, TypeError):
             prompt = ""
     decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt)

@@ -205,6 +205,17 @@ def broken_body(kind: str, good: Mapping[str, Any] | bytes) -> Response:
     return Response(raw[: max(1, len(raw) // 2)], status_code=200, media_type="application/json")
 
 
+def note_request(request: Request, parsed: Any) -> None:
+    """Remember what a generation request asked for (fingerprint, tools), for its ledger entry.
+
+    Noted before any fault is decided, so even a request answered 503 says which item it was and
+    whether it carried the Search tool: tests prove from the ledger that an official-only item
+    never reached a relay's key, not even as a failed call.
+    """
+    request.state.sim_fingerprint = parsed.fingerprint()
+    request.state.sim_tools = list(parsed.tools)
+
+
 def log_request(
     state: SimulatorState, request: Request, caller: Caller, started: float, status: int, fault: str | None
 ) -> None:
@@ -215,4 +226,6 @@ def log_request(
         status=status,
         latency_ms=(time.monotonic() - started) * 1000.0,
         fault=fault,
+        fingerprint=getattr(request.state, "sim_fingerprint", None),
+        tools=getattr(request.state, "sim_tools", None) or [],
     )

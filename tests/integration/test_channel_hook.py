@@ -36,6 +36,8 @@ def test_test_connection_succeeds_without_billing(
     assert ok is True, message
     assert "gemini-3-pro-image-preview" in message
     assert key not in message
+    # the simulator runs on 127.0.0.1: not Google's host, so no channel here is official
+    assert "not an official Google channel (official_only items never use it)" in message
     requests = sim.requests(sim.key_id(key))
     assert len(requests) == 1 and requests[0]["method"] == "GET"
     assert sim.billable() == []
