@@ -52,7 +52,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [{"integration-name": integration, "python-modules": ["airflow_banana.triggers.batch"]}],
-        "extra-links": ["airflow_banana.operators.batch.BatchJobLink"],
+        "extra-links": ["airflow_banana.operators.publish.BatchJobLink"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_banana.hooks.channel.BananaChannelHook",

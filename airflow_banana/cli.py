@@ -108,8 +108,8 @@ def _estimate_args(parser: argparse.ArgumentParser) -> None:
 
 def _dry_run(args: argparse.Namespace) -> Any:
     """Read the manifest and compute the plan; nothing is written and nothing is spent."""
-    from airflow_banana.operators._common import channel_ids
-    from airflow_banana.operators.plan import dry_run_plan
+    from airflow_banana.hooks.channel import channel_ids
+    from airflow_banana.planning.manifest import dry_run_plan
 
     channels = channel_ids(args.channels)
     return dry_run_plan(
@@ -153,7 +153,7 @@ def _estimate_run(args: argparse.Namespace) -> int:
     import json
 
     from airflow_banana.exceptions import BananaError
-    from airflow_banana.operators.plan import estimate_scenarios, render_estimate
+    from airflow_banana.planning.estimate import estimate_scenarios, render_estimate
 
     try:
         computed = _dry_run(args)

@@ -8,7 +8,7 @@ jobs. Three strategies per trial:
   price), in deadline order;
 * ``all batch``    — every item in one batch job, no rescue (half price, whenever it ends);
 * ``plan+rescue``  — ``make_plan`` routes each item; the batch job is cancelled at
-  ``planning.rescue_point`` if it has not ended, its finished lines are harvested and the rest
+  ``planning.inputs.rescue_point`` if it has not ended, its finished lines are harvested and the rest
   go through realtime (``rescue_check`` decides, as the operator does).
 
 Realtime is simulated attempt by attempt: channel *i* dispatches one attempt every
@@ -39,9 +39,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, rescue_point
+from airflow_banana.planning.inputs import DEFAULT_RESCUE_MARGIN, rescue_point
+from airflow_banana.planning.planner import (
+    BatchLane,
+    LaneCapacity,
+    Plan,
+    PlanItem,
+    make_plan,
+    rescue_decision,
+)
 from airflow_banana.pricing import GOOGLE_DIRECT, LIST_PRICES
-from airflow_banana.routing.planner import BatchLane, LaneCapacity, Plan, PlanItem, make_plan, rescue_decision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOW = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)

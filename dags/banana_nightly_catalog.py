@@ -23,7 +23,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_banana.operators import BatchImageOperator, PlanImagesOperator, RealtimeImageOperator
-from airflow_banana.operators.plan import lanes_to_run
+from airflow_banana.planning.manifest import lanes_to_run
 
 REALTIME_CHANNELS = ["banana_gemini", "banana_vertex"]
 BATCH_CHANNEL = "banana_gemini"

@@ -1,10 +1,10 @@
-"""The Gemini Developer Batch API through google-genai: submit, get, cancel, find, harvest.
+"""Job control of the Gemini Developer Batch API through google-genai: submit, get, cancel, find.
 
 Small jobs go inline (requests in the create call, results inside the job) while the requests
 stay under the 20 MB limit and the results stay small (``requests.fits_inline``); everything else
 is a JSONL file uploaded through the Files API (resumable upload, written to a temporary file
-first so the payload is never built in memory twice), and its results are a JSONL file that is
-downloaded as a stream and harvested line by line.
+first so the payload is never built in memory twice). Where the results are (the inline
+responses, the results file's download URL) is answered here; reading them is ``batch.harvest``.
 """
 
 from __future__ import annotations
@@ -14,27 +14,28 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_banana.batch.jobs import (
-    GenaiBackendBase,
-    JobSnapshot,
+    GenaiJobControl,
     Submitted,
     model_of,
     sdk_error,
     snapshot_from_job,
 )
 from airflow_banana.batch.requests import fits_inline, inline_request, jsonl_lines
-from airflow_banana.batch.results import Harvester, HarvestResult, http_lines
 from airflow_banana.channels.config import DEFAULT_BASE_URLS, ChannelConfig
 from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
 from airflow_banana.models import ImageRequest
 
+if TYPE_CHECKING:
+    from airflow_banana.storage import Storage
+
 log = logging.getLogger(__name__)
 
 
-class DeveloperBatchBackend(GenaiBackendBase):
-    """``BatchBackend`` for a ``gemini`` connection (Developer API or a Gemini-native relay)."""
+class DeveloperJobControl(GenaiJobControl):
+    """``JobControl`` for a ``gemini`` connection (Developer API or a Gemini-native relay)."""
 
     def __init__(self, config: ChannelConfig):
         if config.protocol != "gemini":
@@ -52,7 +53,9 @@ class DeveloperBatchBackend(GenaiBackendBase):
         display_name: str,
         staging_uri: str | None,
         inline: bool | None,
+        storage: Storage | None = None,
     ) -> Submitted:
+        # staging_uri and storage are Vertex's: a file here goes through the Files API.
         model = model_of(requests, self.config)
         use_inline = fits_inline(requests) if inline is None else inline
         if use_inline:
@@ -100,35 +103,17 @@ class DeveloperBatchBackend(GenaiBackendBase):
         # AI Studio lists a project's batch jobs; it documents no per-job page.
         return "https://aistudio.google.com/batches"
 
-    # -- harvest
-    def harvest(
-        self, snapshot: JobSnapshot, harvester: Harvester, dest_uri: str | None = None
-    ) -> HarvestResult:
-        if snapshot.results_file:
-            with http_lines(self._download_url(snapshot.results_file), self._auth_headers()) as lines:
-                return harvester.consume_text_lines(lines)
-        if snapshot.has_inline_results:
-            return self._harvest_inline(snapshot.name, harvester)
-        # A job without results (failed, expired, cancelled before anything ran): nothing to read.
-        log.info("batch job %s (%s) has no results to harvest", snapshot.name, snapshot.state.value)
-        return harvester.result
-
-    def _harvest_inline(self, name: str, harvester: Harvester) -> HarvestResult:
-        # Inline results live inside the job; the job was kept small enough by fits_inline().
+    # -- where the results are (read by batch.harvest)
+    def inline_responses(self, name: str) -> list[Any]:
+        """The job's inline responses (SDK objects); the job was kept small by ``fits_inline``."""
         try:
             job = self.client.batches.get(name=name)
         except Exception as err:
             raise sdk_error(self.config, "reading inline results", err, job=name) from err
-        responses = list(getattr(getattr(job, "dest", None), "inlined_responses", None) or [])
-        del job
+        return list(getattr(getattr(job, "dest", None), "inlined_responses", None) or [])
 
-        def dumped() -> Any:
-            while responses:
-                yield responses.pop(0).model_dump(mode="json", exclude_none=True)
-
-        return harvester.consume_objects(dumped())
-
-    def _download_url(self, file_name: str) -> str:
+    def download_url(self, file_name: str) -> str:
+        """The media URL of a results file (``files/…``), on the channel's API version."""
         base = (self.config.base_url or DEFAULT_BASE_URLS["gemini"]).rstrip("/")
         version = "v1beta"
         with contextlib.suppress(AttributeError):
@@ -138,5 +123,5 @@ class DeveloperBatchBackend(GenaiBackendBase):
             raise BatchJobError(f"channel '{self.config.name}': unexpected results file name {file_name!r}")
         return f"{base}/{version}/{name}:download?alt=media"
 
-    def _auth_headers(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.config.api_key.reveal()}

@@ -1,23 +1,27 @@
-"""What the batch lane needs from a backend (Developer Batch API or Vertex batch prediction).
+"""Job control of a batch job (Developer Batch API or Vertex batch prediction): submit, get, cancel, find.
 
-Every method is blocking I/O: the trigger runs them with ``asyncio.to_thread``, the operator
-calls them directly. A backend holds one google-genai client; ``close()`` releases it. SDK errors
-come out as ``BatchJobError`` naming the job and what happens next, with the cause chained and
-the key scrubbed.
+Built from a channel config alone, so the trigger (which only polls) and ``on_kill`` (which only
+cancels) carry no storage and no harvest code; reading an ended job's results is
+``batch.harvest``. Every method is blocking I/O: the trigger runs them with
+``asyncio.to_thread``, the operator calls them directly. A job control holds one google-genai
+client; ``close()`` releases it. SDK errors come out as ``BatchJobError`` naming the job and what
+happens next, with the cause chained and the key scrubbed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_banana.batch.poll import JobState
-from airflow_banana.batch.results import Harvester, HarvestResult
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.channels.errors import config_secrets, scrub, scrub_exception
 from airflow_banana.exceptions import BatchJobError, ConfigurationError
 from airflow_banana.models import ImageRequest
+
+if TYPE_CHECKING:
+    from airflow_banana.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,9 @@ class Submitted:
     dest_uri: str | None = None
 
 
-class BatchBackend(Protocol):
+class JobControl(Protocol):
+    """Submit, poll, cancel and find one channel's batch jobs (``job_control_for`` builds one)."""
+
     config: ChannelConfig
 
     def submit(
@@ -51,17 +57,17 @@ class BatchBackend(Protocol):
         display_name: str,
         staging_uri: str | None,
         inline: bool | None,
-    ) -> Submitted: ...
+        storage: Storage | None = None,
+    ) -> Submitted:
+        """Create the job. Vertex writes its input JSONL under ``staging_uri`` through ``storage``;
+        the Developer API sends requests inline or uploads them through its Files API."""
+        ...
 
     def get(self, name: str) -> JobSnapshot: ...
 
     def cancel(self, name: str) -> None: ...
 
     def find(self, display_name_head: str) -> JobSnapshot | None: ...
-
-    def harvest(
-        self, snapshot: JobSnapshot, harvester: Harvester, dest_uri: str | None = None
-    ) -> HarvestResult: ...
 
     def console_url(self, name: str) -> str: ...
 
@@ -71,8 +77,9 @@ class BatchBackend(Protocol):
 LIST_SCAN_LIMIT = 1000  # jobs looked at when searching for an orphan (newest first)
 
 
-class GenaiBackendBase:
-    """The google-genai client a batch backend talks through: built on first use, closed once."""
+class GenaiJobControl:
+    """The google-genai client a job control talks through (built on first use, closed once), and
+    the calls both APIs share: get, cancel, find."""
 
     config: ChannelConfig
     _client: Any = None

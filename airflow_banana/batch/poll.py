@@ -8,12 +8,20 @@ so B2/B3 (FAULTS.md) are unit-tested here without a server.
 Backoff: after a successful poll the next one comes after ``interval_s``; after ``n`` consecutive
 failed polls it comes after ``min(interval_s * 2**n, max_backoff_s)``; the ``max_poll_failures``-th
 consecutive failure gives up. Any wait is cut so that the end time is never overslept.
+
+``poll_event`` turns the final decision into the one event both waiting paths hand to
+``BatchImageOperator.execute_complete``::
+
+    {"status": "ended",    "job_name", "state"}              the job reached a final state
+    {"status": "end_time", "job_name", "state"}              the wall-clock end time came first
+    {"status": "error",    "job_name", "message"}            too many consecutive polls failed
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 # Google spells states JOB_STATE_* (SDK, Vertex) or BATCH_STATE_* (Developer wire JSON).
 _PREFIXES = ("JOB_STATE_", "BATCH_STATE_")
@@ -65,6 +73,26 @@ class PollPolicy:
     max_poll_failures: int = 5
     max_backoff_s: float = 600.0
     end_time: float | None = None
+
+
+def poll_policy(
+    interval_s: float | str, max_poll_failures: int, *, what: str, end_time: float | None = None
+) -> PollPolicy:
+    """A checked ``PollPolicy`` from operator arguments (templating may render the interval as a
+    string); every error names ``what`` (the task)."""
+    from airflow_banana.exceptions import ConfigurationError
+
+    try:
+        interval = float(interval_s)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(
+            f"{what}: poll_interval_s must be a number of seconds, got {interval_s!r}"
+        ) from err
+    if interval <= 0:
+        raise ConfigurationError(f"{what}: poll_interval_s must be positive, got {interval}")
+    if max_poll_failures < 1:
+        raise ConfigurationError(f"{what}: max_poll_failures must be at least 1")
+    return PollPolicy(interval, max_poll_failures, end_time=end_time)
 
 
 @dataclass(frozen=True)
@@ -128,3 +156,17 @@ class PollTracker:
             return PollsFailed(self.failures, error)
         backoff = min(self.policy.interval_s * (2**self.failures), self.policy.max_backoff_s)
         return self._wait(backoff, now)
+
+
+def poll_event(job_name: str, decision: JobEnded | EndTimeReached | PollsFailed) -> dict[str, Any]:
+    """The event of a finished wait (module docstring), the same from the trigger and the worker."""
+    if isinstance(decision, JobEnded):
+        return {"status": "ended", "job_name": job_name, "state": decision.state.value}
+    if isinstance(decision, EndTimeReached):
+        return {"status": "end_time", "job_name": job_name, "state": decision.state.value}
+    return {
+        "status": "error",
+        "job_name": job_name,
+        "message": f"{decision.failures} consecutive polls of batch job {job_name} failed; last: "
+        f"{decision.last_error}. The job keeps running remotely; a retry of the task reattaches to it",
+    }

@@ -139,6 +139,16 @@ class JobStateStore:
         self._generation = generation
         return record
 
+    def require(self, job_name: str, *, what: str) -> BatchJobRecord:
+        """The stored record, which must name ``job_name`` (the job the wait was for)."""
+        record = self.load()
+        if record is None or not job_name or record.job_name != job_name:
+            raise BatchJobError(
+                f"{what}: the job record at {self.uri} does not name job {job_name or None}; it was "
+                "changed under this task — a retry reattaches to whatever it names now"
+            )
+        return record
+
     def write_intent(self, record: BatchJobRecord, *, replace_existing: bool) -> BatchJobRecord:
         """The intent, before paying: create-only, or over the exact generation we loaded."""
         return self._write(replace(record, status=INTENT, job_name=None), create=not replace_existing)

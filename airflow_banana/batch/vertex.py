@@ -1,44 +1,45 @@
-"""Vertex AI batch prediction through google-genai (``vertexai=True``): JSONL in, JSONL out, in GCS.
+"""Job control of Vertex AI batch prediction through google-genai (``vertexai=True``).
 
-The input JSONL is written to ``{staging}/input.jsonl`` and the job writes its predictions under
-``{staging}/output/`` (``prediction-model-<timestamp>/predictions*.jsonl``). Results are read
-with ``Storage.iter_lines`` — streamed in bounded chunks, never loaded whole (FAULTS.md B7).
+JSONL in, JSONL out, in GCS: ``submit`` writes the input JSONL to ``{staging}/input.jsonl``
+through the storage it is given, and the job writes its predictions under ``{staging}/output/``
+(``prediction-model-<timestamp>/predictions*.jsonl``), which ``batch.harvest`` reads. Polling,
+cancelling and finding need no storage, so this module imports none at import time.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from airflow_banana.batch.jobs import (
-    GenaiBackendBase,
-    JobSnapshot,
+    GenaiJobControl,
     Submitted,
     model_of,
     sdk_error,
     snapshot_from_job,
 )
 from airflow_banana.batch.requests import jsonl_lines
-from airflow_banana.batch.results import Harvester, HarvestResult
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.models import ImageRequest
-from airflow_banana.storage import Storage, join_uri
+
+if TYPE_CHECKING:
+    from airflow_banana.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-class VertexBatchBackend(GenaiBackendBase):
-    """``BatchBackend`` for a ``vertex`` connection; ``storage`` reads and writes the GCS staging area."""
+class VertexJobControl(GenaiJobControl):
+    """``JobControl`` for a ``vertex`` connection."""
 
-    def __init__(self, config: ChannelConfig, storage: Storage):
+    def __init__(self, config: ChannelConfig):
         if config.protocol != "vertex":
             raise ConfigurationError(
                 f"channel '{config.name}': Vertex batch prediction needs protocol 'vertex', "
                 f"not {config.protocol!r}"
             )
         self.config = config
-        self.storage = storage
 
     def submit(
         self,
@@ -47,7 +48,15 @@ class VertexBatchBackend(GenaiBackendBase):
         display_name: str,
         staging_uri: str | None,
         inline: bool | None,
+        storage: Storage | None = None,
     ) -> Submitted:
+        from airflow_banana.storage import join_uri
+
+        if storage is None:
+            raise ConfigurationError(
+                f"channel '{self.config.name}': Vertex batch writes its input to GCS and was given no "
+                "storage to write with; nothing was submitted"
+            )
         if not staging_uri or not staging_uri.startswith("gs://"):
             raise ConfigurationError(
                 f"channel '{self.config.name}': Vertex batch needs a gs:// staging prefix (operator argument "
@@ -56,7 +65,7 @@ class VertexBatchBackend(GenaiBackendBase):
         model = model_of(requests, self.config)
         input_uri = join_uri(staging_uri, "input.jsonl")
         dest_uri = join_uri(staging_uri, "output") + "/"
-        self.storage.write_text(
+        storage.write_text(
             input_uri, "".join(jsonl_lines(requests)), content_type="application/x-ndjson"
         )
         try:
@@ -83,29 +92,3 @@ class VertexBatchBackend(GenaiBackendBase):
             f"https://console.cloud.google.com/vertex-ai/locations/{self.config.location}/batch-predictions/"
             f"{job_id}?project={self.config.project}"
         )
-
-    def result_uris(self, snapshot: JobSnapshot, dest_uri: str | None) -> list[str]:
-        """Every predictions JSONL of the job (a job may shard its output)."""
-        folder = snapshot.output_dir or dest_uri
-        if not folder:
-            return []
-        found = [
-            uri
-            for uri in self.storage.list(folder.rstrip("/") + "/")
-            if uri.rsplit("/", 1)[-1].startswith("predictions") and uri.endswith(".jsonl")
-        ]
-        return sorted(found)
-
-    def harvest(
-        self, snapshot: JobSnapshot, harvester: Harvester, dest_uri: str | None = None
-    ) -> HarvestResult:
-        uris = self.result_uris(snapshot, dest_uri)
-        if not uris:
-            log.info(
-                "batch prediction job %s (%s) has no predictions to harvest",
-                snapshot.name,
-                snapshot.state.value,
-            )
-        for uri in uris:
-            harvester.consume_text_lines(self.storage.iter_lines(uri))
-        return harvester.result

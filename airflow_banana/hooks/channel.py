@@ -3,8 +3,9 @@
 The connection holds everything secret (host = base URL, password = API key or Vertex access
 token, extra = protocol/model/prices/limits); operators and triggers pass only its id. The hook
 turns the connection into a ``ChannelConfig`` (pure parsing in ``channels.config``) and a
-``Channel``. google-genai is imported only when a Google channel actually makes a call, so
-importing this module in a DAG file is cheap.
+``Channel``; ``load_channel_configs`` does it for a list of ids up front, so a bad connection
+fails a task (or a CLI plan) before any spend. google-genai is imported only when a Google
+channel actually makes a call, so importing this module in a DAG file is cheap.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -118,3 +120,28 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def channel_ids(value: Sequence[str] | str | None) -> list[str]:
+    """Connection ids from a list or from a comma-separated string (what a template renders to)."""
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
+def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list[ChannelConfig]:
+    """Parse every channel connection up front: a bad one fails the task before any spend."""
+    ids = channel_ids(conn_ids)
+    if not ids:
+        raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
+    if len(set(ids)) != len(ids):
+        raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+    except AirflowNotFoundException as err:
+        raise ConfigurationError(
+            f"{task_id}: {err}; define the banana connection first (nothing was spent)"
+        ) from err

@@ -1,7 +1,10 @@
-"""Pieces every operator needs: channel configs from connections, XCom summaries, metrics."""
+"""Pieces every operator needs: the realtime lane (and the batch lane's rescue through it), XCom
+summaries, deadlines and failure limits, metrics. Channel configs from connections are
+``hooks.channel.load_channel_configs``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -12,38 +15,13 @@ from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestError
 
 if TYPE_CHECKING:
+    from airflow_banana.batch.lifecycle import BatchRun
+    from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy
     from airflow_banana.outputs import OutputStore
     from airflow_banana.realtime import RealtimeSettings, RunResult, WorkItem
     from airflow_banana.routing import ChannelStateBackend, RouterConfig
 
 log = logging.getLogger(__name__)
-
-
-def channel_ids(value: Sequence[str] | str | None) -> list[str]:
-    """Connection ids from a list or from a comma-separated string (what a template renders to)."""
-    if value is None:
-        return []
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    return [str(p).strip() for p in parts if str(p).strip()]
-
-
-def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list[ChannelConfig]:
-    """Parse every channel connection up front: a bad one fails the task before any spend."""
-    from airflow_banana.hooks.channel import BananaChannelHook
-
-    ids = channel_ids(conn_ids)
-    if not ids:
-        raise ConfigurationError(f"{task_id}: channels is empty; name at least one banana connection id")
-    if len(set(ids)) != len(ids):
-        raise ConfigurationError(f"{task_id}: channels lists a connection twice: {ids}")
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
-    except AirflowNotFoundException as err:
-        raise ConfigurationError(
-            f"{task_id}: {err}; define the banana connection first (nothing was spent)"
-        ) from err
 
 
 def shared_state_for(
@@ -110,6 +88,32 @@ async def run_realtime_lane(
                 await channel.aclose()
             except BananaError:
                 log.debug("closing channel %s failed", channel.name, exc_info=True)
+
+
+def realtime_rescue(
+    channels: Sequence[str], policy: RescuePolicy, *, task_id: str, force: bool, redis_conn_id: str | None
+) -> RealtimeRescue:
+    """The batch lane's rescue through realtime ``channels`` (``batch.rescue``), run with
+    ``run_realtime_lane``; the connections are read when the rescue first needs them."""
+    from airflow_banana.batch.rescue import RealtimeRescue
+    from airflow_banana.hooks.channel import load_channel_configs
+    from airflow_banana.realtime import RealtimeSettings
+
+    settings = RealtimeSettings(lane="batch-rescue", force=force)
+
+    def run_lane(configs: Sequence[ChannelConfig], alive: Sequence[WorkItem], run: BatchRun) -> RunResult:
+        lane = run_realtime_lane(
+            configs,
+            alive,
+            store=run.store,
+            run_key=run.key,
+            task_id=task_id,
+            settings=settings,
+            redis_conn_id=redis_conn_id,
+        )
+        return asyncio.run(lane)
+
+    return RealtimeRescue(lambda: load_channel_configs(channels, task_id=task_id), policy, run_lane)
 
 
 def skip_without_manifest(manifest: object, *, task_id: str) -> None:

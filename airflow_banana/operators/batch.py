@@ -1,108 +1,65 @@
 """``BatchImageOperator``: a manifest's images through the Gemini Batch API or Vertex batch prediction.
 
-Half the realtime price, asynchronous. Orchestration only: the retry-safe job record is
-``batch.state``, the poll decision ``batch.poll``, the backends ``batch.developer`` /
-``batch.vertex``, the streaming harvest ``batch.results``, the optional realtime rescue the
-realtime lane's ``RealtimeEngine``, the rescue point and turnaround history ``planning``.
+Half the realtime price, asynchronous. Orchestration only: each step of the lifecycle has its
+module, and ``execute`` / ``execute_complete`` read as the lifecycle.
 
-Flow: prepare the manifest (every check before spend) → skip items already done in storage →
-record the intent → submit → record "submitted" → defer to ``BatchJobTrigger`` (or poll here in
-synchronous mode) until the job ends or its end time comes → harvest line by line → rescue
-failed/missing items through realtime if channels are given and the deadline allows → record
-the job's turnaround → report. A retry of the task (same dag/task/run/map index) reattaches to
-the recorded job instead of paying for a second one (FAULTS.md B1).
+1. prepare the manifest, every check before spend                     ``prepare``
+2. submit, or reattach to this task instance's job (FAULTS.md B1)      ``batch.lifecycle``
+3. the end time: job timeout, rescue point or earliest deadline       ``batch.rescue``
+4. wait in the triggerer (``BatchJobTrigger``) or in the worker        ``batch.wait``
+5. at the end time cancel the job, and wait until it has really ended  ``batch.wait``
+6. harvest line by line, rescue the rest through realtime             ``batch.harvest``
+7. record the job's turnaround, write the report                      ``batch.report``
 
-The end time, with ``rescue_channels``, is the issue's rescue point
-
-    earliest deadline - time the rescue channels need for the job's items - rescue_margin
-
-(``planning.rescue_point``: the channels' caps and success rates at a confidence), so a big job
-is given up early enough for realtime to finish it and a small one may wait longer. The trigger
-reports only a job *state*, not how many lines are done, so the point assumes every item is
-still unfinished: rescue a little early rather than late. At the end time the job is cancelled
-and, before harvesting, waited for (bounded) until it has really ended — Google keeps finishing
-lines while a job is CANCELLING, and an item harvested after the rescue regenerated it would be
-paid twice. Items the batch delivered are committed by the harvest and never regenerated.
-
-Each harvested job's turnaround (submit → end) is appended to the backend's history under the
-output prefix (``planning.record_turnaround``) so later plans learn the real turnaround; a job
-cancelled at its end time is recorded as censored (at least that long). A failure to record is
-logged, never raised: history only refines later plans.
-
-``force=True`` regenerates items already done; it never resubmits a job that is still in flight
-for this task instance, but a retry after a forced job was harvested starts another forced job.
+Without ``rescue_channels`` the job is waited for until the earliest deadline (or
+``job_timeout``). A retry of the task reattaches to the recorded job instead of paying for a
+second one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+from airflow.sdk import conf
 
-from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationError
-from airflow_banana.identity import RunIdentity, fingerprint_of
-from airflow_banana.operators._common import (
-    checked_max_rejected,
-    enforce_item_limits,
-    load_channel_configs,
-    logical_date_of,
-    run_realtime_lane,
-    skip_without_manifest,
-)
-from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
-from airflow_banana.planning import DEFAULT_RESCUE_MARGIN, duration_of
-from airflow_banana.routing.eligibility import refusal, require_servable, restricted
-from airflow_banana.routing.planner import DEFAULT_CONFIDENCE
+from airflow_banana.batch.poll import PollPolicy, poll_policy
+from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy, job_end_time
+from airflow_banana.hooks.channel import load_channel_configs
+from airflow_banana.operators._common import logical_date_of, realtime_rescue, skip_without_manifest
+from airflow_banana.operators.lane import ManifestLaneOperator
+from airflow_banana.operators.publish import BatchJobLink, GalleryLink, push_link
+from airflow_banana.planning.inputs import DEFAULT_RESCUE_MARGIN
+from airflow_banana.planning.planner import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
-    from airflow_banana.batch.jobs import BatchBackend, JobSnapshot
-    from airflow_banana.batch.state import BatchJobRecord, JobStateStore
-    from airflow_banana.models import ImageRequest
-    from airflow_banana.outputs import OutputStore
+    from airflow_banana.batch.jobs import JobControl, JobSnapshot
+    from airflow_banana.batch.lifecycle import BatchRun
+    from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.prepare import PreparedManifest
-    from airflow_banana.realtime import WorkItem
     from airflow_banana.report import ItemOutcome
+    from airflow_banana.storage import Storage
 
 DEFAULT_JOB_TIMEOUT = timedelta(hours=49)  # Google expires a batch after 48 h pending/running
-# Waiting for a cancelled job to end takes at most half the rescue margin, and never longer than
-# this: past it, harvesting now (and risking a duplicate) beats missing the deadline.
-MAX_CANCEL_SETTLE_S = 300.0
 
 
 def _is_template(value: object) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
-class BatchJobLink(BaseOperatorLink):
-    """The batch job in the Google console (Vertex) or AI Studio's batch list (Developer API)."""
-
-    name = "Batch job"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return str(getattr(operator, "console_url", "") or "")
-
-
-class BatchImageOperator(BaseOperator):
+class BatchImageOperator(ManifestLaneOperator):
     """Generate every image of a manifest as one batch job on a ``banana`` connection.
 
-    :param manifest: URI of the prompt manifest (``gs://…`` or a local path), JSONL or JSON.
-    :param output_prefix: URI under which ``images/``, ``metadata/`` and ``runs/`` are written
-        (the job record lives at ``runs/{run_key}/batch_job.json``).
+    Takes the lane arguments of ``ManifestLaneOperator`` (manifest, output_prefix, gcp_conn_id,
+    defaults, on_invalid, force, max_failed_items, max_rejected_items, emit_output_asset); the
+    job record lives at ``{output_prefix}/runs/{run_key}/batch_job.json``. Its own:
+
     :param channel: connection id of type ``banana`` with protocol ``gemini`` (Developer Batch
         API) or ``vertex`` (Vertex batch prediction).
-    :param gcp_conn_id: connection with GCS credentials; default: Application Default Credentials.
     :param gcs_staging_prefix: ``gs://`` prefix for Vertex input/output JSONL (required for vertex).
-    :param defaults: item field defaults (below the manifest's own defaults).
-    :param on_invalid: ``reject`` or ``quarantine`` bad manifest lines.
-    :param force: regenerate items already done, and replace another request's image under the
-        same id (see the module docstring for retries).
     :param inline: Developer API only: True = inline requests, False = JSONL file, None = by size.
     :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``,
         Airflow's convention, which is False unless configured) or poll in the worker.
@@ -112,7 +69,7 @@ class BatchImageOperator(BaseOperator):
     :param job_timeout: give up waiting this long after submit (the job is cancelled).
     :param rescue_channels: connection ids for the realtime lane; items the job did not deliver
         are generated there while their deadline allows, and the job is given up at its rescue
-        point (module docstring). Without them the job is waited for until the earliest deadline.
+        point (``batch.rescue``). Without them the job is waited for until the earliest deadline.
     :param redis_conn_id: a ``redis`` connection through which the rescue shares breakers,
         limits and quotas with every other worker (also read from a rescue channel's extra).
     :param rescue_margin: safety margin of the rescue point *after* the time realtime needs
@@ -124,27 +81,13 @@ class BatchImageOperator(BaseOperator):
         the output prefix, else 0.9).
     :param record_turnaround: append each harvested job's turnaround to the backend's history
         under the output prefix (``_banana/turnaround/{developer|vertex}.jsonl``).
-    :param max_failed_items: the task fails when more items end without an image.
-    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
-        prefix is templated; ``airflow_banana.assets``); every outlet's event
-        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
-        when the task succeeds). Other ``outlets`` may be given too.
 
-    Extra links: the batch job in the console, and the run's ``gallery.html`` (docs/gallery.md).
-    :param max_rejected_items: the task fails when more manifest lines were rejected (quarantine);
-        default ``None``: any number while something valid is left, none when all were rejected.
+    Extra links: the batch job in the console, and the run's ``gallery.html``.
     """
 
     template_fields: Sequence[str] = (
-        "manifest",
-        "output_prefix",
-        "channel",
-        "gcs_staging_prefix",
-        "defaults",
-        "rescue_channels",
-        "rescue_margin",
-        "rescue_latency",
-        "poll_interval_s",
+        *("manifest", "output_prefix", "channel", "gcs_staging_prefix", "defaults", "rescue_channels"),
+        *("rescue_margin", "rescue_latency", "poll_interval_s"),
     )
     template_fields_renderers = {"defaults": "json"}
     operator_extra_links = (BatchJobLink(), GalleryLink())
@@ -153,14 +96,8 @@ class BatchImageOperator(BaseOperator):
     def __init__(
         self,
         *,
-        manifest: str,
-        output_prefix: str,
         channel: str,
-        gcp_conn_id: str | None = None,
         gcs_staging_prefix: str | None = None,
-        defaults: Mapping[str, Any] | None = None,
-        on_invalid: str = "reject",
-        force: bool = False,
         inline: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval_s: float | str = 60.0,
@@ -173,23 +110,11 @@ class BatchImageOperator(BaseOperator):
         rescue_confidence: float = DEFAULT_CONFIDENCE,
         rescue_success_rates: Mapping[str, float] | None = None,
         record_turnaround: bool = True,
-        max_failed_items: int = 0,
-        emit_output_asset: bool = True,
-        max_rejected_items: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if emit_output_asset:
-            add_output_outlet(self, output_prefix)
-        self.gallery_uri: str | None = None
-        self.manifest = manifest
-        self.output_prefix = output_prefix
         self.channel = channel
-        self.gcp_conn_id = gcp_conn_id
         self.gcs_staging_prefix = gcs_staging_prefix
-        self.defaults = dict(defaults or {})
-        self.on_invalid = on_invalid
-        self.force = force
         self.inline = inline
         self.deferrable = deferrable
         self.poll_interval_s = poll_interval_s
@@ -197,746 +122,175 @@ class BatchImageOperator(BaseOperator):
         self.job_timeout = job_timeout
         self.rescue_channels = list(rescue_channels or [])
         self.redis_conn_id = redis_conn_id
-        # Templated: a string until rendered; ``_coerce`` makes them timedeltas before use.
+        # Templated: a string until rendered; ``_policies`` checks and converts them before use.
         self.rescue_margin: timedelta | str = rescue_margin
         self.rescue_latency: timedelta | str | None = rescue_latency
         self.rescue_confidence = rescue_confidence
         self.rescue_success_rates = dict(rescue_success_rates or {})
         self.record_turnaround = record_turnaround
-        self.max_failed_items = max_failed_items
-        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.console_url = ""
         self._running_job: tuple[str, str] | None = None  # (conn id, job name) for on_kill
-        if on_invalid not in ("reject", "quarantine"):
-            raise ConfigurationError(
-                f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
-            )
-        if max_poll_failures < 1:
-            raise ConfigurationError(f"{self.task_id}: max_poll_failures must be at least 1")
-        if not 0.0 < rescue_confidence < 1.0:
-            raise ConfigurationError(
-                f"{self.task_id}: rescue_confidence must be between 0 and 1, got {rescue_confidence}"
-            )
-        if not (_is_template(rescue_margin) or _is_template(rescue_latency)):
-            self._coerce()  # a bad literal fails when the DAG is parsed, not hours later
+        if not any(_is_template(v) for v in (rescue_margin, rescue_latency, poll_interval_s)):
+            self._policies()  # a bad literal fails when the DAG is parsed, not hours later
 
-    def _coerce(self) -> None:
-        """Rendered templates arrive as strings; turn the durations into timedeltas (idempotent)."""
-        margin = duration_of(self.rescue_margin, what=f"{self.task_id}: rescue_margin")
-        margin = margin if margin is not None else timedelta(0)
-        if margin < timedelta(0):
-            raise ConfigurationError(f"{self.task_id}: rescue_margin must not be negative, got {margin}")
-        self.rescue_margin = margin
-        latency = duration_of(self.rescue_latency, what=f"{self.task_id}: rescue_latency")
-        if latency is not None and latency <= timedelta(0):
-            raise ConfigurationError(f"{self.task_id}: rescue_latency must be positive, got {latency}")
-        self.rescue_latency = latency
+    def _policies(self, end_time: float | None = None) -> tuple[RescuePolicy, PollPolicy]:
+        """The rescue and poll policies from the (rendered) arguments, checked."""
+        what = self.task_id
+        margin, latency, rates = self.rescue_margin, self.rescue_latency, self.rescue_success_rates
+        rescue = RescuePolicy.from_arguments(margin, latency, self.rescue_confidence, rates, what=what)
+        return rescue, poll_policy(self.poll_interval_s, self.max_poll_failures, what=what, end_time=end_time)
 
-    def _margin(self) -> timedelta:
-        self._coerce()
-        assert isinstance(self.rescue_margin, timedelta)
-        return self.rescue_margin
-
-    # ------------------------------------------------------------------ setup shared by both halves
-    def _setup(self, context: Context) -> tuple[RunIdentity, Any, OutputStore, PreparedManifest, str]:
+    def _open_run(self, context: Context) -> BatchRun:
+        from airflow_banana.batch.lifecycle import open_run
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.outputs import OutputStore
-        from airflow_banana.prepare import prepare_manifest
+        from airflow_banana.identity import RunIdentity
 
-        identity = RunIdentity.from_context(context)
-        storage = storage_for(self.output_prefix, self.gcp_conn_id)
-        store = OutputStore(storage, self.output_prefix)
-        prepared = prepare_manifest(
+        return open_run(
+            storage_for(self.output_prefix, self.gcp_conn_id),
+            self.output_prefix,
             self.manifest,
-            storage,
-            on_invalid=self.on_invalid,  # type: ignore[arg-type]
-            defaults=self.defaults,
+            identity=RunIdentity.from_context(context),
             logical_date=logical_date_of(context),
+            on_invalid=self.on_invalid,
+            defaults=self.defaults,
         )
-        # Over ALL items, not only the missing ones: the set shrinks as items get done, and a
-        # retry must still recognise its own job.
-        fingerprint = fingerprint_of(w.request.fingerprint() for w in prepared.work)
-        return identity, storage, store, prepared, fingerprint
 
-    def _backend(self, storage: Any) -> BatchBackend:
-        from airflow_banana.batch import backend_for
+    def _jobs(self) -> JobControl:
+        from airflow_banana.batch import job_control_for
 
-        config = load_channel_configs([self.channel], task_id=self.task_id)[0]
-        if config.protocol == "vertex" and not (self.gcs_staging_prefix or "").startswith("gs://"):
-            raise ConfigurationError(
-                f"{self.task_id}: channel '{self.channel}' is vertex; set gcs_staging_prefix to a gs:// "
-                "prefix"
-                " for the batch input and output — nothing was submitted"
-            )
-        return backend_for(config, storage)
+        return job_control_for(load_channel_configs([self.channel], task_id=self.task_id)[0])
 
-    # ------------------------------------------------------------------ first half
+    def _rescue(self) -> RealtimeRescue | None:
+        if not self.rescue_channels:
+            return None
+        return realtime_rescue(
+            self.rescue_channels,
+            self._policies()[0],
+            task_id=self.task_id,
+            force=self.force,
+            redis_conn_id=self.redis_conn_id,
+        )
+
+    def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest, storage: Storage) -> float:
+        return job_end_time(
+            record,
+            prepared,
+            job_timeout=self.job_timeout,
+            rescue=self._rescue(),
+            storage=storage,
+            output_prefix=self.output_prefix,
+        )
+
+    # ------------------------------------------------------------------ first half: submit and wait
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_banana.batch.state import JobStateStore
+        from airflow_banana.batch.lifecycle import SubmitOptions, reattach_or_submit
+        from airflow_banana.batch.wait import wait_here
 
-        self._coerce()
+        self._policies()
         skip_without_manifest(self.manifest, task_id=self.task_id)
-        identity, storage, store, prepared, fingerprint = self._setup(context)
-        if prepared.rejects_jsonl:
-            store.write_rejects(identity.run_key, prepared.rejects_jsonl)
-        self._check_channels(prepared)
-        backend = self._backend(storage)
-        state = JobStateStore(storage, self.output_prefix, identity.run_key)
+        run = self._open_run(context)
+        if run.prepared.rejects_jsonl:
+            run.store.write_rejects(run.key, run.prepared.rejects_jsonl)
+        jobs = self._jobs()
         try:
-            record = self._reattach_or_submit(backend, state, store, identity, prepared, fingerprint)
+            if (rescue := self._rescue()) is not None:
+                rescue.warn_unrescuable(run.prepared)
+            staging = self.gcs_staging_prefix
+            options = SubmitOptions(self.channel, self.force, self.inline, staging, who=self.task_id)
+            record = reattach_or_submit(jobs, run, options)
             if record is None:
-                self.log.info(
-                    "run %s: every item is already done; nothing submitted, nothing paid", identity.run_key
-                )
-                return self._finish(context, identity, store, prepared, None, None, {})
-            self.console_url = backend.console_url(record.job_name or "")
-            self._push_link(context)
+                self.log.info("run %s: every item is already done; nothing submitted, nothing paid", run.key)
+                return self._finish(context, run, None, None, {})
             assert record.job_name is not None
-            end_time = self._end_time(record, prepared)
+            self.console_url = jobs.console_url(record.job_name)
+            push_link(context, BatchJobLink(), self.console_url, log=self.log)
+            _rescue, poll = self._policies(self._end_time(record, run.prepared, run.state.storage))
             self._running_job = (self.channel, record.job_name)
             if self.deferrable:
                 from airflow_banana.triggers.batch import BatchJobTrigger
 
-                self.defer(
-                    trigger=BatchJobTrigger(
-                        conn_id=self.channel,
-                        job_name=record.job_name,
-                        poll_interval_s=self._interval(),
-                        max_poll_failures=self.max_poll_failures,
-                        end_time=end_time,
-                    ),
-                    method_name="execute_complete",
-                )
-            event = self._poll_here(backend, record.job_name, end_time)
+                trigger = BatchJobTrigger.for_policy(self.channel, record.job_name, poll)
+                self.defer(trigger=trigger, method_name="execute_complete")
+            event = wait_here(jobs, record.job_name, poll)
         finally:
-            backend.close()
+            jobs.close()
         return self.execute_complete(context, event)
 
-    def _reattach_or_submit(
-        self,
-        backend: BatchBackend,
-        state: JobStateStore,
-        store: OutputStore,
-        identity: RunIdentity,
-        prepared: PreparedManifest,
-        fingerprint: str,
-    ) -> BatchJobRecord | None:
-        from airflow_banana.batch.state import HARVESTED, INTENT, SUBMITTED, display_name_head
-
-        record = state.load()
-        if record is not None and record.fingerprint == fingerprint:
-            if record.status == SUBMITTED:
-                self.log.info(
-                    "run %s: reattaching to batch job %s (round %d)",
-                    identity.run_key,
-                    record.job_name,
-                    record.round,
-                )
-                return record
-            if record.status == INTENT:
-                orphan = backend.find(display_name_head(record.display_name))
-                if orphan is not None:
-                    self.log.warning(
-                        "run %s: adopting batch job %s found by its display name (an earlier try "
-                        "crashed between submit and record)",
-                        identity.run_key,
-                        orphan.name,
-                    )
-                    return state.mark_submitted(record, orphan.name)
-                self.log.info(
-                    "run %s: an intent without a job was found; submitting it now", identity.run_key
-                )
-                by_id = {w.request.item_id: w for w in prepared.work}
-                return self._submit(backend, state, record, [by_id[i] for i in record.item_ids if i in by_id])
-            if record.status == HARVESTED and not self.force:
-                todo = self._todo(store, prepared)
-                if not todo:
-                    return None
-                self.log.info(
-                    "run %s: round %d was harvested; %d item(s) still missing go in round %d",
-                    identity.run_key,
-                    record.round,
-                    len(todo),
-                    record.round + 1,
-                )
-                return self._new_round(backend, state, identity, fingerprint, todo, record.round + 1, True)
-        elif record is not None:
-            self.log.warning(
-                "run %s: the manifest changed since batch job %s (fingerprint differs); starting fresh",
-                identity.run_key,
-                record.job_name,
-            )
-            if record.status == SUBMITTED and record.job_name:
-                self._cancel_quietly(backend, record.job_name)
-        todo = self._todo(store, prepared)
-        if not todo:
-            return None
-        round_no = 1 if record is None else record.round + 1
-        return self._new_round(backend, state, identity, fingerprint, todo, round_no, record is not None)
-
-    def _todo(self, store: OutputStore, prepared: PreparedManifest) -> list[WorkItem]:
-        if self.force:
-            return list(prepared.work)
-        todo = []
-        for w in prepared.work:
-            check = store.check(w.request)
-            if check.conflict is not None:
-                self.log.error("item '%s': %s", w.request.item_id, check.conflict)  # reported as failed
-            elif check.done is None:
-                todo.append(w)
-        if len(todo) < len(prepared.work):
-            self.log.info(
-                "%d of %d item(s) already done in storage: skipped, nothing paid",
-                len(prepared.work) - len(todo),
-                len(prepared.work),
-            )
-        return todo
-
-    def _new_round(
-        self,
-        backend: BatchBackend,
-        state: JobStateStore,
-        identity: RunIdentity,
-        fingerprint: str,
-        todo: Sequence[WorkItem],
-        round_no: int,
-        replace_existing: bool,
-    ) -> BatchJobRecord:
-        from airflow_banana.batch.state import BatchJobRecord, display_name_for
-
-        record = BatchJobRecord(
-            run_key=identity.run_key,
-            identity=identity.labels(),
-            fingerprint=fingerprint,
-            backend=backend.config.protocol,
-            channel=self.channel,
-            display_name=display_name_for(identity, fingerprint, round_no),
-            round=round_no,
-            item_ids=[w.request.item_id for w in todo],
-        )
-        record = state.write_intent(record, replace_existing=replace_existing)
-        return self._submit(backend, state, record, todo)
-
-    def _submit(
-        self,
-        backend: BatchBackend,
-        state: JobStateStore,
-        record: BatchJobRecord,
-        todo: Sequence[WorkItem],
-    ) -> BatchJobRecord:
-        from airflow_banana.storage import join_uri
-
-        staging = (
-            join_uri(self.gcs_staging_prefix, record.run_key, f"r{record.round}")
-            if self.gcs_staging_prefix
-            else None
-        )
-        submitted = backend.submit(
-            [w.request for w in todo],
-            display_name=record.display_name,
-            staging_uri=staging,
-            inline=self.inline,
-        )
-        return state.mark_submitted(
-            record, submitted.snapshot.name, input_uri=submitted.input_uri, dest_uri=submitted.dest_uri
-        )
-
-    def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest) -> float:
-        """When to stop waiting: the job timeout, cut to the rescue point or the earliest deadline."""
-        from airflow_banana.planning import earliest_deadline
-
-        submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
-        end = submitted + self.job_timeout
-        in_job = set(record.item_ids)
-        deadline = earliest_deadline(w.deadline for w in prepared.work if w.request.item_id in in_job)
-        if deadline is None:
-            return end.timestamp()
-        point = self._rescue_point(deadline, len(in_job)) if self.rescue_channels else None
-        # Official-only / grounded items can be rescued only on the channels allowed for them:
-        # their own (earlier) point when those are fewer than all rescue channels.
-        narrow = [w for w in prepared.work if w.request.item_id in in_job and restricted(w.request)]
-        narrow_deadline = earliest_deadline(w.deadline for w in narrow)
-        if self.rescue_channels and narrow and narrow_deadline is not None:
-            narrow_point = self._rescue_point(narrow_deadline, len(narrow), [w.request for w in narrow])
-            if narrow_point is not None:
-                point = narrow_point if point is None else min(point, narrow_point)
-        # No rescue possible: past the deadline the job is late anyway, so harvest what it has.
-        return min(end, point if point is not None else deadline).timestamp()
-
-    def _check_channels(self, prepared: PreparedManifest) -> None:
-        """Before anything is submitted: may the batch channel carry every item, and which items
-        could no rescue channel carry (said now: if the job misses them, they are not rescued)?
-
-        Developer Batch and Vertex are Google's own; a Gemini-native relay as the batch channel is
-        not, and may not carry the Search tool: such items fail the task here, unsubmitted.
-        """
-        config = load_channel_configs([self.channel], task_id=self.task_id)[0]
-        needs = ((w.request.item_id, w.request) for w in prepared.work)
-        require_servable(needs, [config], who=self.task_id, lane="batch")
-        if not self.rescue_channels:
-            return
-        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
-        stuck = [
-            w.request.item_id
-            for w in prepared.work
-            if restricted(w.request) and all(refusal(c, w.request) is not None for c in configs)
-        ]
-        if stuck:
-            self.log.warning(
-                "%d item(s) (official-only or grounded, e.g. %s) may go to none of the rescue channels "
-                "%s: if the batch job does not deliver them, they are not rescued (never sent to a relay)",
-                len(stuck),
-                ", ".join(stuck[:5]),
-                self.rescue_channels,
-            )
-
-    def _rescue_point(
-        self, deadline: datetime, items: int, needs: Sequence[ImageRequest] = ()
-    ) -> datetime | None:
-        """``planning.rescue_point`` for the rescue channels (those allowed for every one of
-        ``needs`` when given); None when they have no capacity."""
-        from airflow_banana.planning import realtime_capacities, rescue_point
-
-        margin = self._margin()
-        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
-        configs = [c for c in configs if all(refusal(c, n) is None for n in needs)]
-        latency = self.rescue_latency if isinstance(self.rescue_latency, timedelta) else None
-        rates = {**self._measured_rates([c.name for c in configs]), **self.rescue_success_rates}
-        capacity = realtime_capacities(configs, success_rates=rates, latency=latency)
-        point = rescue_point(deadline, items, capacity, margin=margin, confidence=self.rescue_confidence)
-        if point is None:
-            self.log.info(
-                "rescue channels %s have no capacity to rescue with; waiting for the batch job until "
-                "the earliest deadline %s",
-                self.rescue_channels,
-                deadline.isoformat(timespec="seconds"),
-            )
-            return None
-        self.log.info(
-            "rescue point %s: earliest deadline %s minus what realtime needs for %d item(s) minus margin %s",
-            point.isoformat(timespec="seconds"),
-            deadline.isoformat(timespec="seconds"),
-            items,
-            margin,
-        )
-        return point
-
-    def _measured_rates(self, channels: Sequence[str]) -> dict[str, float]:
-        """Recent success rates from run reports under the output prefix; {} if unreadable."""
-        from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.planning import recent_success_rates
-
-        try:
-            storage = storage_for(self.output_prefix, self.gcp_conn_id)
-            return recent_success_rates(storage, self.output_prefix, channels)
-        except BananaError as err:
-            self.log.warning("recent success rates unavailable (planning with the default): %s", err)
-            return {}
-
-    def _interval(self) -> float:
-        """Seconds between polls; templating may have rendered the argument as a string."""
-        try:
-            interval = float(self.poll_interval_s)
-        except (TypeError, ValueError) as err:
-            raise ConfigurationError(
-                f"{self.task_id}: poll_interval_s must be a number of seconds, got {self.poll_interval_s!r}"
-            ) from err
-        if interval <= 0:
-            raise ConfigurationError(f"{self.task_id}: poll_interval_s must be positive, got {interval}")
-        return interval
-
-    def _poll_here(self, backend: BatchBackend, job_name: str, end_time: float) -> dict[str, Any]:
-        """Synchronous mode: the same decisions as the trigger, sleeping in the worker."""
-        from airflow_banana.batch.poll import (
-            EndTimeReached,
-            JobEnded,
-            PollAgain,
-            PollPolicy,
-            PollTracker,
-        )
-
-        tracker = PollTracker(PollPolicy(self._interval(), self.max_poll_failures, end_time=end_time))
-        decision = tracker.start(time.time())
-        while isinstance(decision, PollAgain):
-            time.sleep(decision.wait_s)
-            try:
-                snapshot = backend.get(job_name)
-            except BananaError as err:
-                self.log.warning("batch job %s: poll failed: %s", job_name, err)
-                decision = tracker.failed(str(err), time.time())
-                continue
-            decision = tracker.observed(snapshot.state, time.time())
-        if isinstance(decision, JobEnded):
-            return {"status": "ended", "job_name": job_name, "state": decision.state.value}
-        if isinstance(decision, EndTimeReached):
-            return {"status": "end_time", "job_name": job_name, "state": decision.state.value}
-        return {
-            "status": "error",
-            "job_name": job_name,
-            "message": f"{decision.failures} consecutive polls failed; last: {decision.last_error}",
-        }
-
-    # ------------------------------------------------------------------ second half
+    # ------------------------------------------------------------------ second half: harvest and report
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
-        from airflow_banana.batch.poll import JobState
-        from airflow_banana.batch.state import JobStateStore
+        from airflow_banana.batch.harvest import harvest_and_rescue
+        from airflow_banana.batch.report import record_job_turnaround
+        from airflow_banana.batch.wait import ended_event, final_snapshot, settle_limits
 
-        self._coerce()
+        policy, poll = self._policies()
         ended_at = datetime.now(UTC)
-        if not isinstance(event, Mapping) or event.get("status") not in ("ended", "end_time"):
-            message = (event or {}).get("message") if isinstance(event, Mapping) else None
-            raise BatchJobError(
-                f"{self.task_id}: waiting for the batch job failed: {message or event!r}; "
-                "a retry reattaches to the same job (nothing is submitted twice)"
-            )
-        identity, storage, store, prepared, _fingerprint = self._setup(context)
-        state = JobStateStore(storage, self.output_prefix, identity.run_key)
-        record = state.load()
-        if record is None or record.job_name != event.get("job_name"):
-            raise BatchJobError(
-                f"{self.task_id}: the job record at {state.uri} does not name job {event.get('job_name')}; "
-                "it was changed under this task — a retry reattaches to whatever it names now"
-            )
-        final_state = str(event.get("state") or "")
+        job_name = ended_event(event, what=self.task_id)
+        assert event is not None
+        run = self._open_run(context)
+        record = run.state.require(job_name, what=self.task_id)
+        final_state, cancelled = str(event.get("state") or ""), event["status"] == "end_time"
+        point = "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
         try:
-            backend = self._backend(storage)
+            jobs = self._jobs()
             try:
-                self.console_url = backend.console_url(record.job_name or "")
-                story: dict[str, Any] = {}
-                if event["status"] == "end_time":
-                    point = (
-                        "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
-                    )
-                    at = ended_at.isoformat(timespec="seconds")
-                    story["ending"] = (
-                        f"still {event.get('state')} at its end time {at} ({point}): cancelled, what it "
-                        "had finished was harvested"
-                    )
-                    self.log.warning(
-                        "batch job %s still %s at its end time; cancelling it and harvesting what is done",
-                        record.job_name,
-                        event.get("state"),
-                    )
-                    self._cancel_quietly(backend, record.job_name or "")
-                    snapshot = self._settle_after_cancel(backend, record.job_name or "")
-                else:
-                    snapshot = backend.get(record.job_name or "")
-                final_state = snapshot.state.value
-                story.setdefault("ending", f"ended {final_state}")
-                if snapshot.state == JobState.FAILED and snapshot.error:
-                    self.log.warning("batch job %s failed: %s", snapshot.name, snapshot.error)
-                outcomes = self._harvest(backend, snapshot, record, store, identity, prepared, story)
+                self.console_url = jobs.console_url(job_name)
+                snapshot, ending = final_snapshot(
+                    jobs,
+                    job_name,
+                    event,
+                    end_time_means=point,
+                    ended_at=ended_at.isoformat(timespec="seconds"),
+                    settle=settle_limits(policy.margin.total_seconds(), poll.interval_s),
+                )
+                final_state, story = snapshot.state.value, {"ending": ending}
+                rescue = self._rescue()
+                step = rescue.for_run(run) if rescue is not None else None
+                outcomes = harvest_and_rescue(jobs, snapshot, record, run, story, rescue=step)
             finally:
-                backend.close()
-            state.mark_harvested(record, snapshot.state.value)
+                jobs.close()
+            run.state.mark_harvested(record, final_state)
             self._running_job = None
-            return self._finish(context, identity, store, prepared, record, snapshot, outcomes, story)
+            return self._finish(context, run, record, snapshot, outcomes, story)
         finally:
             # Also when the harvest or the failed-items check raises: the job has ended either way.
             if self.record_turnaround:
-                self._record_turnaround(
-                    storage, record, final_state, ended_at, cancelled=event["status"] == "end_time"
-                )
-
-    def _record_turnaround(
-        self,
-        storage: Any,
-        record: BatchJobRecord,
-        final_state: str,
-        ended_at: datetime,
-        *,
-        cancelled: bool,
-    ) -> None:
-        """Append the job's turnaround to the backend's history; log, never raise, on failure."""
-        from airflow_banana.planning import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
-
-        if not record.job_name or not record.submitted_at:
-            return
-        try:
-            uri = record_turnaround(
-                storage,
-                self.output_prefix,
-                TurnaroundRecord(
-                    backend=batch_backend_for_protocol(record.backend),
-                    job=record.job_name,
-                    submitted_at=datetime.fromisoformat(record.submitted_at),
-                    ended_at=ended_at,
-                    items=len(record.item_ids),
-                    final_state=final_state or record.final_state or "",
-                    # Cancelled before it finished: its true turnaround is longer than recorded.
-                    # A cancel that lost the race to a normal end is a complete sample.
-                    censored=cancelled and final_state not in ("SUCCEEDED", "PARTIALLY_SUCCEEDED"),
-                ),
-            )
-            self.log.info("batch turnaround of %s recorded in %s", record.job_name, uri)
-        except (BananaError, ValueError, KeyError) as err:
-            self.log.warning("could not record the batch turnaround (later plans use the default): %s", err)
-
-    def _harvest(
-        self,
-        backend: BatchBackend,
-        snapshot: JobSnapshot,
-        record: BatchJobRecord,
-        store: OutputStore,
-        identity: RunIdentity,
-        prepared: PreparedManifest,
-        story: dict[str, Any],
-    ) -> dict[str, ItemOutcome]:
-        """Commit what the job delivered, rescue the rest; ``story`` gets the counts for the report."""
-        from airflow_banana.batch.results import Harvester
-
-        by_id = {w.request.item_id: w for w in prepared.work}
-        in_job = [i for i in record.item_ids if i in by_id]
-        harvester = Harvester(
-            store=store,
-            run_key=identity.run_key,
-            requests={i: by_id[i].request for i in in_job},
-            config=backend.config,
-            item_metadata={i: by_id[i].item_metadata for i in in_job},
-            on_progress=lambda n: self.log.info("harvested %d result line(s) of job %s", n, snapshot.name),
-            submitted_at=record.submitted_at or "",
-        )
-        result = backend.harvest(snapshot, harvester, record.dest_uri)
-        self.log.info(
-            "job %s (%s): %d line(s), %d image(s) stored, %d failed, %d unreadable, %d unknown key(s)",
-            snapshot.name,
-            snapshot.state.value,
-            result.lines,
-            len(result.outcomes),
-            len(result.failed),
-            result.unreadable_lines,
-            result.unknown_keys,
-        )
-        left: dict[str, str] = dict(result.failed)
-        for item_id in result.missing(in_job):
-            left[item_id] = f"batch job ended {snapshot.state.value} without a result for this item"
-        outcomes = dict(result.outcomes)
-        story.update(
-            harvested=len(result.outcomes),
-            harvested_usd=round(sum(o.cost_usd for o in result.outcomes.values()), 6),
-            missing_from_job=len(left),
-        )
-        if left and self.rescue_channels:
-            rescued = self._rescue(store, identity, [by_id[i] for i in left], left)
-            outcomes.update(rescued)
-            story.update(
-                rescued=sum(1 for o in rescued.values() if o.status == "succeeded"),
-                rescued_usd=round(sum(o.cost_usd for o in rescued.values()), 6),
-            )
-        for item_id, reason in left.items():
-            if item_id in outcomes:
-                continue
-            outcome = harvester.failure_outcome(item_id, reason)
-            store.commit_failure(
-                by_id[item_id].request,
-                outcome,
-                lane="batch",
-                run_key=identity.run_key,
-                item_metadata=by_id[item_id].item_metadata,
-            )
-            outcomes[item_id] = outcome
-        return outcomes
-
-    def _rescue(
-        self, store: OutputStore, identity: RunIdentity, work: Sequence[WorkItem], reasons: Mapping[str, str]
-    ) -> dict[str, ItemOutcome]:
-        """Items the job did not deliver, through the realtime lane (its own deadline checks apply)."""
-        from airflow_banana.realtime import RealtimeSettings
-
-        now = datetime.now(UTC)
-        alive = [w for w in work if w.deadline is None or w.deadline > now]
-        if not alive:
-            self.log.warning(
-                "%d item(s) missing from the batch, but their deadline has passed: no rescue", len(work)
-            )
-            return {}
-        self.log.info("rescuing %d item(s) through realtime channels %s", len(alive), self.rescue_channels)
-        configs = load_channel_configs(self.rescue_channels, task_id=self.task_id)
-
-        result = asyncio.run(
-            run_realtime_lane(
-                configs,
-                alive,
-                store=store,
-                run_key=identity.run_key,
-                task_id=self.task_id,
-                settings=RealtimeSettings(lane="batch-rescue", force=self.force),
-                redis_conn_id=self.redis_conn_id,
-            )
-        )
-        out: dict[str, ItemOutcome] = {}
-        for outcome in result.outcomes:
-            if outcome.status != "succeeded":
-                outcome.reason = (
-                    f"batch: {reasons.get(outcome.item_id, '')}; realtime rescue: {outcome.reason}"
-                )
-            out[outcome.item_id] = outcome
-        return out
+                turnaround = (run.state.storage, self.output_prefix, record, final_state, ended_at)
+                record_job_turnaround(*turnaround, cancelled=cancelled)
 
     def _finish(
         self,
         context: Context,
-        identity: RunIdentity,
-        store: OutputStore,
-        prepared: PreparedManifest,
+        run: BatchRun,
         record: BatchJobRecord | None,
         snapshot: JobSnapshot | None,
         outcomes: Mapping[str, ItemOutcome],
         story: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        from airflow_banana.outputs import utcnow_iso
-        from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+        """Report every item, publish the run (gallery, asset event), apply the failure limits."""
+        from airflow_banana.batch.report import batch_report
 
-        items: list[ItemOutcome] = []
-        for w in prepared.work:
-            request = w.request
-            if request.item_id in outcomes:
-                items.append(outcomes[request.item_id])
-                continue
-            check = store.check(request)
-            done = check.done
-            if check.conflict is not None:
-                items.append(ItemOutcome(request.item_id, FAILED, request.image_size, reason=check.conflict))
-            elif done is not None:
-                items.append(
-                    ItemOutcome(
-                        request.item_id,
-                        SKIPPED,
-                        request.image_size,
-                        image_uri=(done.get("image") or {}).get("uri"),
-                        channel=done.get("channel"),
-                        reason="already done with the same request fingerprint",
-                    )
-                )
-            else:
-                items.append(
-                    ItemOutcome(
-                        request.item_id,
-                        NOT_ATTEMPTED,
-                        request.image_size,
-                        reason="not part of the batch job and not done",
-                    )
-                )
-        for request_item, outcome in zip(prepared.work, items, strict=True):
-            # the report says which policy applied to every item
-            outcome.data_policy = request_item.request.data_policy
-            outcome.grounding = request_item.request.grounding
-        job_info: dict[str, Any] = {}
-        if record is not None:
-            job_info = {
-                "name": record.job_name,
-                "round": record.round,
-                "backend": record.backend,
-                "channel": record.channel,
-                "display_name": record.display_name,
-                "submitted_at": record.submitted_at,
-                "console_url": self.console_url,
-            }
-        if snapshot is not None:
-            job_info.update(
-                state=snapshot.state.value, error=snapshot.error or None, stats=dict(snapshot.stats)
-            )
-        job_info.update(story or {})
-        now = utcnow_iso()
-        report = build_report(
-            items,
-            run_key=identity.run_key,
-            lane="batch",
-            started_at=(record.submitted_at if record is not None and record.submitted_at else now),
-            finished_at=now,
+        report, items = batch_report(
+            run,
+            record,
+            snapshot,
+            outcomes,
+            story=story,
+            console_url=self.console_url,
             manifest=self.manifest,
             output_prefix=self.output_prefix,
-            rejects=prepared.rejected,
-            reject_reasons=prepared.reject_reasons,
-            extra={"batch_job": job_info},
         )
-        report_uri = store.write_report(identity.run_key, report)
-        self.log.info("%s report: %s", report["summary"], report_uri)
-        summary = publish_run(
-            self,
-            context,
-            store,
-            report=report,
-            report_uri=report_uri,
-            outcomes=items,
-            prepared=prepared,
-            output_prefix=self.output_prefix,
-        )
-        if job_info:
-            summary["batch_job"] = {"name": job_info.get("name"), "state": job_info.get("state")}
-        enforce_item_limits(
-            report,
-            report_uri,
-            task_id=self.task_id,
-            max_failed_items=self.max_failed_items,
-            max_rejected_items=self.max_rejected_items,
-        )
+        summary = self.finish_run(context, run.store, report, outcomes=items, prepared=run.prepared)
+        if report["batch_job"]:
+            summary["batch_job"] = {k: report["batch_job"].get(k) for k in ("name", "state")}
         return summary
-
-    # ------------------------------------------------------------------ links and kill
-    def _push_link(self, context: Context) -> None:
-        """Show the link while the task is deferred (Airflow pushes it again when the task ends)."""
-        try:
-            context["ti"].xcom_push(key=BatchJobLink().xcom_key, value=self.console_url)
-        except Exception:  # a link is a convenience; it never fails the task
-            self.log.debug("could not push the batch job link", exc_info=True)
-
-    def _settle_after_cancel(self, backend: BatchBackend, job_name: str) -> JobSnapshot:
-        """Wait (bounded) until a cancelled job has really ended before harvesting it.
-
-        A CANCELLING job may still finish lines; harvesting and rescuing before it ends could
-        pay for those items twice (once in the batch, once through realtime). The wait takes at
-        most half the rescue margin (``MAX_CANCEL_SETTLE_S`` at most), so the rescue keeps the
-        other half. A failed poll while waiting is ridden out; only the first one is fatal.
-        """
-        limit = min(self._margin().total_seconds() / 2, MAX_CANCEL_SETTLE_S)
-        step = min(5.0, max(0.2, self._interval() / 10))
-        give_up = time.monotonic() + limit
-        snapshot = backend.get(job_name)
-        while not snapshot.state.ended and time.monotonic() < give_up:
-            time.sleep(min(step, max(0.0, give_up - time.monotonic())))
-            try:
-                snapshot = backend.get(job_name)
-            except BananaError as err:
-                self.log.warning("batch job %s: poll after the cancel failed (%s); retrying", job_name, err)
-        if not snapshot.state.ended:
-            self.log.warning(
-                "batch job %s is still %s %.1f s after the cancel; harvesting what is done now — "
-                "lines it finishes later may duplicate items rescued through realtime",
-                job_name,
-                snapshot.state.value,
-                limit,
-            )
-        return snapshot
-
-    def _cancel_quietly(self, backend: BatchBackend, job_name: str) -> None:
-        try:
-            backend.cancel(job_name)
-            self.log.info("batch job %s cancelled", job_name)
-        except BananaError as err:
-            self.log.warning(
-                "batch job %s: cancel failed (%s); it may keep running until it ends", job_name, err
-            )
 
     def on_kill(self) -> None:
         """The task is being stopped while it polls in the worker: cancel the remote job."""
-        if self._running_job is None:
-            return
-        from airflow_banana.batch import backend_for
-        from airflow_banana.hooks.channel import BananaChannelHook
-        from airflow_banana.storage import open_storage
+        if self._running_job is not None:
+            from airflow_banana.batch.wait import cancel_on_kill
 
-        conn_id, job_name = self._running_job
-        try:
-            backend = backend_for(BananaChannelHook(conn_id).get_config(), open_storage())
-        except BananaError as err:
-            self.log.warning("on_kill: cannot build the batch client to cancel %s: %s", job_name, err)
-            return
-        try:
-            self._cancel_quietly(backend, job_name)
-        finally:
-            backend.close()
+            cancel_on_kill(*self._running_job)
 
 
 __all__ = ["BatchImageOperator", "BatchJobLink"]

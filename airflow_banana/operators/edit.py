@@ -20,9 +20,10 @@ from airflow.sdk import BaseOperator
 from airflow_banana.assets import record_run_event, scalar_fields
 from airflow_banana.editing.session import DEFAULT_INLINE_MAX_BYTES
 from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
 from airflow_banana.models import DATA_POLICIES, DEFAULT_DATA_POLICY, MAX_REFERENCE_IMAGES, ReferenceImage
-from airflow_banana.operators._common import budget_from, load_channel_configs
+from airflow_banana.operators._common import budget_from
 from airflow_banana.operators.publish import add_output_outlet
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
 """What a finished realtime or batch run leaves for people and DAGs besides its images.
 
 After the report is written: the gallery page next to it, the small XCom summary, and the
-run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page.
+run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page,
+``BatchJobLink`` the batch job in Google's console.
 One function for both lanes, so the two stay alike.
 """
 
@@ -14,7 +15,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_banana.assets import default_outlets, record_run_event
 from airflow_banana.gallery import browser_url, write_gallery
-from airflow_banana.operators._common import summary_for_xcom
+from airflow_banana.operators._common import enforce_item_limits, summary_for_xcom
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,6 +34,59 @@ class GalleryLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         uri = getattr(operator, "gallery_uri", None)
         return browser_url(uri) if uri else ""
+
+
+def finish_run(
+    operator: BaseOperator,
+    context: Context,
+    store: OutputStore,
+    report: Mapping[str, Any],
+    *,
+    outcomes: Iterable[ItemOutcome],
+    prepared: PreparedManifest,
+    output_prefix: str,
+    max_failed_items: int,
+    max_rejected_items: int | None,
+) -> dict[str, Any]:
+    """Write the report, publish the run (``publish_run``), then apply the task's failure limits
+    (``enforce_item_limits`` raises past them); returns the XCom summary."""
+    report_uri = store.write_report(report["run_key"], report)
+    operator.log.info("%s report: %s", report["summary"], report_uri)
+    summary = publish_run(
+        operator,
+        context,
+        store,
+        report=report,
+        report_uri=report_uri,
+        outcomes=outcomes,
+        prepared=prepared,
+        output_prefix=output_prefix,
+    )
+    enforce_item_limits(
+        report,
+        report_uri,
+        task_id=operator.task_id,
+        max_failed_items=max_failed_items,
+        max_rejected_items=max_rejected_items,
+    )
+    return summary
+
+
+class BatchJobLink(BaseOperatorLink):
+    """The batch job in the Google console (Vertex) or AI Studio's batch list (Developer API)."""
+
+    name = "Batch job"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return str(getattr(operator, "console_url", "") or "")
+
+
+def push_link(context: Context, link: BaseOperatorLink, url: str, *, log: Any) -> None:
+    """Show ``link`` while the task is deferred (Airflow pushes it again when the task ends)."""
+    try:
+        context["ti"].xcom_push(key=link.xcom_key, value=url)
+    except Exception:  # a link is a convenience; it never fails the task
+        log.debug("could not push the %s link", link.name, exc_info=True)
 
 
 def add_output_outlet(operator: BaseOperator, output_prefix: str) -> None:

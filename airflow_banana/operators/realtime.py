@@ -13,22 +13,19 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
 from airflow_banana.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
     budget_from,
-    checked_max_rejected,
-    enforce_item_limits,
-    load_channel_configs,
     logical_date_of,
     run_deadline,
     run_realtime_lane,
     skip_without_manifest,
 )
-from airflow_banana.operators.publish import GalleryLink, add_output_outlet, publish_run
+from airflow_banana.operators.lane import ManifestLaneOperator
+from airflow_banana.operators.publish import GalleryLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,26 +33,15 @@ if TYPE_CHECKING:
     from airflow_banana.realtime import RealtimeSettings
 
 
-class RealtimeImageOperator(BaseOperator):
+class RealtimeImageOperator(ManifestLaneOperator):
     """Generate every image of a manifest through the given channels (Airflow connection ids).
 
-    :param manifest: URI of the prompt manifest (``gs://…`` or a local path), JSONL or JSON.
-    :param output_prefix: URI under which ``images/``, ``metadata/`` and ``runs/`` are written.
+    Takes the lane arguments of ``ManifestLaneOperator`` (manifest, output_prefix, gcp_conn_id,
+    defaults, on_invalid, force, max_failed_items, max_rejected_items, emit_output_asset). Its own:
+
     :param channels: connection ids of type ``banana``, one per channel.
-    :param gcp_conn_id: connection with GCS credentials; default: Application Default Credentials.
-    :param defaults: item field defaults (below the manifest's own defaults).
-    :param on_invalid: ``reject`` (fail on any bad line, nothing spent) or ``quarantine``
-        (write bad lines to ``rejects.jsonl`` and go on).
     :param budget_usd: stop before spending more than this; unfinished items are reported.
     :param priority: optional fixed channel order (connection ids) before cost order.
-    :param force: regenerate items even if already done with the same request fingerprint, and
-        replace the image of another request under the same id (without it such an item fails
-        before any call: an id names one image per output prefix).
-    :param max_failed_items: the task fails when more items than this end without an image
-        (after the report is written); a retry then pays only for those items.
-    :param max_rejected_items: with ``on_invalid="quarantine"``, the task fails (after the report)
-        when more manifest lines than this were rejected; default ``None``: any number while
-        something valid is left, none when every line was rejected.
     :param progress_interval_s: seconds between progress lines in the task log.
     :param failover_alert_threshold: failovers per rolling hour above which to alert.
     :param on_failover_alert: a notifier or callable, called with the task context plus
@@ -77,10 +63,6 @@ class RealtimeImageOperator(BaseOperator):
         the same items buy each image once; docs/realtime.md "Two workers, one item") lasts
         before another run may take it over; keep it above the longest gap between two attempts
         of one item. ``None`` turns claims off: only when nothing else writes ``output_prefix``.
-    :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
-        prefix is templated; ``airflow_banana.assets``); every outlet's event
-        gets the run's counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow
-        when the task succeeds). Other ``outlets`` may be given too.
 
     The ``Gallery`` extra link opens ``runs/{run_key}/gallery.html`` (docs/gallery.md).
     """
@@ -101,17 +83,9 @@ class RealtimeImageOperator(BaseOperator):
     def __init__(
         self,
         *,
-        manifest: str,
-        output_prefix: str,
         channels: Sequence[str],
-        gcp_conn_id: str | None = None,
-        defaults: Mapping[str, Any] | None = None,
-        on_invalid: str = "reject",
         budget_usd: float | None = None,
         priority: Sequence[str] | None = None,
-        force: bool = False,
-        max_failed_items: int = 0,
-        max_rejected_items: int | None = None,
         progress_interval_s: float = 30.0,
         failover_alert_threshold: int = 3,
         on_failover_alert: Callable[..., Any] | None = None,
@@ -120,24 +94,12 @@ class RealtimeImageOperator(BaseOperator):
         router_options: Mapping[str, Any] | None = None,
         redis_conn_id: str | None = None,
         claim_ttl_s: float | None = DEFAULT_CLAIM_TTL_S,
-        emit_output_asset: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if emit_output_asset:
-            add_output_outlet(self, output_prefix)
-        self.gallery_uri: str | None = None
-        self.manifest = manifest
-        self.output_prefix = output_prefix
         self.channels = channels
-        self.gcp_conn_id = gcp_conn_id
-        self.defaults = dict(defaults or {})
-        self.on_invalid = on_invalid
         self.budget_usd = budget_usd
         self.priority = list(priority or [])
-        self.force = force
-        self.max_failed_items = max_failed_items
-        self.max_rejected_items = checked_max_rejected(max_rejected_items, task_id=self.task_id)
         self.progress_interval_s = progress_interval_s
         self.failover_alert_threshold = failover_alert_threshold
         self.on_failover_alert = on_failover_alert
@@ -154,10 +116,6 @@ class RealtimeImageOperator(BaseOperator):
         if objective not in ("cheapest", "fastest"):
             raise ConfigurationError(
                 f"{self.task_id}: objective must be 'cheapest' or 'fastest', got {objective!r}"
-            )
-        if on_invalid not in ("reject", "quarantine"):
-            raise ConfigurationError(
-                f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
             )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -216,26 +174,7 @@ class RealtimeImageOperator(BaseOperator):
             reject_reasons=prepared.reject_reasons,
             extra={"channels_left_out": result.channels_left_out},
         )
-        report_uri = store.write_report(identity.run_key, report)
-        self.log.info("%s report: %s", report["summary"], report_uri)
-        summary = publish_run(
-            self,
-            context,
-            store,
-            report=report,
-            report_uri=report_uri,
-            outcomes=result.outcomes,
-            prepared=prepared,
-            output_prefix=self.output_prefix,
-        )
-        enforce_item_limits(
-            report,
-            report_uri,
-            task_id=self.task_id,
-            max_failed_items=self.max_failed_items,
-            max_rejected_items=self.max_rejected_items,
-        )
-        return summary
+        return self.finish_run(context, store, report, outcomes=result.outcomes, prepared=prepared)
 
     async def _run(
         self, configs: Sequence[Any], store: Any, identity: RunIdentity, work: Any, context: Context

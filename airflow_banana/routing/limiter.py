@@ -37,7 +37,7 @@ fleet bench (issue 14, 4 task processes starting at once on 2 cores shared with 
 the router's default is 5 s, which costs at most 5 s of the first minute's sends (a channel
 running for 4 minutes: 2 % of them, an hour: 0.1 %).
 
-Why not the ``limits`` package (installed; MovingWindow/FixedWindow with memory and Redis
+Why not the ``limits`` package (not a dependency; MovingWindow/FixedWindow with memory and Redis
 storage): its memory storage reads ``time.time()`` directly and expires keys with a background
 ``threading.Timer``, so no clock can be injected (tests would sleep and race) and it cannot say
 *when* the next slot frees, only whether one is free now. GCRA plus the log is a few lines; its

@@ -5,11 +5,8 @@ copies of the trigger (FAULTS.md B2) cannot create a job or pay. Every SDK call 
 off the triggerer's event loop. It serializes only ids — the connection id, the job name, the
 backend and the polling policy — never a key; the key is read from the connection when it runs.
 The decision of what a poll means is ``batch.poll.PollTracker``, shared with the operator's
-synchronous mode. It yields exactly one event::
-
-    {"status": "ended",    "job_name", "state"}              the job reached a final state
-    {"status": "end_time", "job_name", "state"}              the wall-clock end time came first
-    {"status": "error",    "job_name", "message"}            too many consecutive polls failed
+synchronous mode, and so is the one event it yields (``batch.poll.poll_event``): the job ended,
+its end time came first, or too many polls in a row failed.
 
 Cancellation: Airflow 3.3 calls ``on_kill()`` only when a user stops the task (mark failed /
 success, clear); a triggerer restart or redistribution calls only ``cleanup()``. So the remote
@@ -21,31 +18,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_banana.batch.poll import (
-    EndTimeReached,
-    JobEnded,
-    PollAgain,
-    PollPolicy,
-    PollsFailed,
-    PollTracker,
-)
+from airflow_banana.batch.poll import PollAgain, PollPolicy, PollTracker, poll_event
 from airflow_banana.exceptions import BananaError
+
+if TYPE_CHECKING:
+    from airflow_banana.batch.jobs import JobControl
 
 ON_KILL_TIMEOUT_S = 30.0
 
 
-def _backend(conn_id: str) -> Any:
-    """Build the batch backend from the connection (blocking: call it in a thread)."""
-    from airflow_banana.batch import backend_for
-    from airflow_banana.hooks.channel import BananaChannelHook
-    from airflow_banana.storage import open_storage
+def _job_control(conn_id: str) -> JobControl:
+    """The job's control from the connection (blocking: call it in a thread); no storage needed."""
+    from airflow_banana.batch import job_control_for_connection
 
-    # Polling never touches storage; the backend only needs one to exist.
-    return backend_for(BananaChannelHook(conn_id).get_config(), open_storage())
+    return job_control_for_connection(conn_id)
 
 
 class BatchJobTrigger(BaseTrigger):
@@ -74,6 +64,17 @@ class BatchJobTrigger(BaseTrigger):
         self.max_poll_failures = int(max_poll_failures)
         self.end_time = None if end_time is None else float(end_time)
 
+    @classmethod
+    def for_policy(cls, conn_id: str, job_name: str, policy: PollPolicy) -> BatchJobTrigger:
+        """The trigger that polls as ``policy`` says (the operator's synchronous mode uses it too)."""
+        return cls(
+            conn_id=conn_id,
+            job_name=job_name,
+            poll_interval_s=policy.interval_s,
+            max_poll_failures=policy.max_poll_failures,
+            end_time=policy.end_time,
+        )
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
@@ -93,10 +94,10 @@ class BatchJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         tracker = PollTracker(self._policy())
-        backend: Any = None
+        jobs: JobControl | None = None
         try:
             try:
-                backend = await asyncio.to_thread(_backend, self.conn_id)
+                jobs = await asyncio.to_thread(_job_control, self.conn_id)
             except BananaError as err:
                 yield TriggerEvent({"status": "error", "job_name": self.job_name, "message": str(err)})
                 return
@@ -106,7 +107,7 @@ class BatchJobTrigger(BaseTrigger):
                 if decision.wait_s > 0:
                     await asyncio.sleep(decision.wait_s)
                 try:
-                    snapshot = await asyncio.to_thread(backend.get, self.job_name)
+                    snapshot = await asyncio.to_thread(jobs.get, self.job_name)
                 except BananaError as err:
                     self.log.warning(
                         "batch job %s: poll failed (%d in a row): %s",
@@ -121,33 +122,20 @@ class BatchJobTrigger(BaseTrigger):
                 if snapshot.state != last_state:
                     self.log.info("batch job %s: %s", self.job_name, snapshot.state.value)
                     last_state = snapshot.state
-            yield TriggerEvent(self._event(decision))
+            yield TriggerEvent(poll_event(self.job_name, decision))
         finally:
-            if backend is not None:
-                await asyncio.to_thread(backend.close)
-
-    def _event(self, decision: Any) -> dict[str, Any]:
-        if isinstance(decision, JobEnded):
-            return {"status": "ended", "job_name": self.job_name, "state": decision.state.value}
-        if isinstance(decision, EndTimeReached):
-            return {"status": "end_time", "job_name": self.job_name, "state": decision.state.value}
-        assert isinstance(decision, PollsFailed)
-        return {
-            "status": "error",
-            "job_name": self.job_name,
-            "message": f"{decision.failures} consecutive polls of batch job {self.job_name} failed; last: "
-            f"{decision.last_error}. The job keeps running remotely; a retry of the task reattaches to it",
-        }
+            if jobs is not None:
+                await asyncio.to_thread(jobs.close)
 
     async def on_kill(self) -> None:
         """The user stopped the task: cancel the remote job so it stops spending (bounded time)."""
 
         def cancel() -> None:
-            backend = _backend(self.conn_id)
+            jobs = _job_control(self.conn_id)
             try:
-                backend.cancel(self.job_name)
+                jobs.cancel(self.job_name)
             finally:
-                backend.close()
+                jobs.close()
 
         try:
             await asyncio.wait_for(asyncio.to_thread(cancel), timeout=ON_KILL_TIMEOUT_S)

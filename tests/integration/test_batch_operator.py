@@ -30,9 +30,9 @@ from airflow_banana.exceptions import BananaError
 from airflow_banana.hooks.channel import BananaChannelHook
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
-from airflow_banana.planning import realtime_capacities
+from airflow_banana.planning.inputs import realtime_capacities
+from airflow_banana.planning.planner import realtime_time_needed
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.routing.planner import realtime_time_needed
 from airflow_banana.storage import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
@@ -306,13 +306,13 @@ def test_lines_finished_while_cancelling_are_harvested_not_paid_twice(
     assert needed is not None
     deadline = datetime.now(UTC) + timedelta(seconds=1.2) + needed + margin
     wrappers: list[_SlowCancel] = []
-    real_backend = BatchImageOperator._backend
+    real_jobs = BatchImageOperator._jobs
 
-    def slow_cancel_backend(self: BatchImageOperator, storage: Any) -> Any:
-        wrappers.append(_SlowCancel(real_backend(self, storage), gemini, delay_s=1.2))
+    def slow_cancel_jobs(self: BatchImageOperator) -> Any:
+        wrappers.append(_SlowCancel(real_jobs(self), gemini, delay_s=1.2))
         return wrappers[-1]
 
-    monkeypatch.setattr(BatchImageOperator, "_backend", slow_cancel_backend)
+    monkeypatch.setattr(BatchImageOperator, "_jobs", slow_cancel_jobs)
     summary = _operator(
         tmp_path,
         manifest=_manifest(tmp_path, deadline=deadline.isoformat()),
@@ -410,10 +410,10 @@ def test_on_kill_cancels_the_running_job_and_force_regenerates(gemini: Any, tmp_
         },
     )
     op = _operator(tmp_path)
-    from airflow_banana.batch import backend_for
+    from airflow_banana.batch import job_control_for
     from airflow_banana.hooks.channel import BananaChannelHook
 
-    backend = backend_for(BananaChannelHook("b_gem").get_config(), open_storage())
+    backend = job_control_for(BananaChannelHook("b_gem").get_config())
     submitted = backend.submit(
         [ImageRequest("x", "p")], display_name="banana-kill-r1 k", staging_uri=None, inline=True
     )
@@ -432,11 +432,11 @@ def test_on_kill_cancels_the_running_job_and_force_regenerates(gemini: Any, tmp_
 def test_b2_two_triggers_over_http_poll_only(gemini: Any) -> None:
     import asyncio
 
-    from airflow_banana.batch import backend_for
+    from airflow_banana.batch import job_control_for
     from airflow_banana.hooks.channel import BananaChannelHook
     from airflow_banana.triggers.batch import BatchJobTrigger
 
-    backend = backend_for(BananaChannelHook("b_gem").get_config(), open_storage())
+    backend = job_control_for(BananaChannelHook("b_gem").get_config())
     job = backend.submit(
         [ImageRequest("x", "p")], display_name="banana-b2-r1 k", staging_uri=None, inline=True
     )

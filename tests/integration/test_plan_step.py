@@ -12,15 +12,15 @@ import pytest
 from airflow_banana.cli import main as cli_main
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import read_manifest
-from airflow_banana.operators.plan import plan_manifest
-from airflow_banana.planning import (
+from airflow_banana.planning.history import (
     TurnaroundRecord,
     batch_lane,
     read_turnarounds,
-    recent_success_rates,
     record_turnaround,
     turnaround_uri,
 )
+from airflow_banana.planning.inputs import recent_success_rates
+from airflow_banana.planning.manifest import plan_manifest
 from airflow_banana.storage import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 

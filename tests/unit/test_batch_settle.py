@@ -1,4 +1,4 @@
-"""After cancelling a late job, BatchImageOperator waits (bounded) for it to end before harvesting.
+"""After cancelling a late job, the batch lane waits (bounded) for it to end before harvesting.
 
 A fake backend stands in for Google here (the pure wait loop is the unit): a job that stays
 CANCELLING for a few polls, one that never leaves CANCELLING, and a poll that fails while waiting.
@@ -7,20 +7,21 @@ The end-to-end version against the simulator is in tests/integration/test_batch_
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from structlog.testing import capture_logs
 
 from airflow_banana.batch.jobs import JobSnapshot
 from airflow_banana.batch.poll import JobState
+from airflow_banana.batch.wait import MAX_CANCEL_SETTLE_S, settle_after_cancel, settle_limits
 from airflow_banana.exceptions import BatchJobError
-from airflow_banana.operators.batch import MAX_CANCEL_SETTLE_S, BatchImageOperator
+from airflow_banana.operators.batch import BatchImageOperator
 
 if TYPE_CHECKING:
-    from airflow_banana.batch.jobs import BatchBackend
+    from airflow_banana.batch.jobs import JobControl
 
 
 class FakeBackend:
@@ -50,7 +51,10 @@ def _operator(margin: Any = timedelta(seconds=2)) -> BatchImageOperator:
 
 
 def _settle(op: BatchImageOperator, backend: FakeBackend) -> JobSnapshot:
-    return op._settle_after_cancel(cast("BatchBackend", backend), "batches/1")
+    """The operator's settle wait: its limits from its (rendered) margin and poll interval."""
+    rescue, poll = op._policies()
+    limit_s, step_s = settle_limits(rescue.margin.total_seconds(), poll.interval_s)
+    return settle_after_cancel(cast("JobControl", backend), "batches/1", limit_s=limit_s, step_s=step_s)
 
 
 def test_a_cancelling_job_is_waited_for_until_it_has_ended() -> None:
@@ -61,21 +65,22 @@ def test_a_cancelling_job_is_waited_for_until_it_has_ended() -> None:
     assert time.monotonic() - started < 1.0  # polled every 0.2 s, not the whole bound
 
 
-def test_the_wait_is_bounded_by_half_the_margin() -> None:
+def test_the_wait_is_bounded_by_half_the_margin(caplog: pytest.LogCaptureFixture) -> None:
     backend = FakeBackend([JobState.CANCELLING])
     started = time.monotonic()
-    with capture_logs() as logs:  # Airflow's task loggers are structlog
+    with caplog.at_level(logging.WARNING, logger="airflow_banana.batch.wait"):
         snapshot = _settle(_operator(margin="1s"), backend)
     elapsed = time.monotonic() - started
     assert snapshot.state == JobState.CANCELLING
     assert 0.45 <= elapsed < 0.9  # half of the 1 s margin
-    warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
-    assert any("batches/1 is still CANCELLING" in w for w in warnings), logs
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("batches/1 is still CANCELLING" in w for w in warnings), caplog.records
 
 
 def test_the_bound_never_exceeds_the_cap() -> None:
     op = _operator(margin=timedelta(hours=2))
-    assert min(op._margin().total_seconds() / 2, MAX_CANCEL_SETTLE_S) == MAX_CANCEL_SETTLE_S == 300.0
+    rescue, poll = op._policies()
+    assert settle_limits(rescue.margin.total_seconds(), poll.interval_s)[0] == MAX_CANCEL_SETTLE_S == 300.0
 
 
 def test_a_failed_poll_while_waiting_is_ridden_out_but_the_first_is_fatal() -> None:

@@ -38,7 +38,7 @@ class FakeBackend:
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     fake = FakeBackend([JobState.PENDING])
-    monkeypatch.setattr(trigger_module, "_backend", lambda conn_id: fake)
+    monkeypatch.setattr(trigger_module, "_job_control", lambda conn_id: fake)
     return fake
 
 
@@ -131,3 +131,54 @@ def test_logs_state_changes_not_every_identical_poll(backend: FakeBackend) -> No
     lines = [e["event"] for e in logs if e["event"].startswith("batch job j: ")]
     assert lines == ["batch job j: PENDING", "batch job j: RUNNING", "batch job j: SUCCEEDED"]
     assert backend.gets == 8
+
+
+_TRIGGER_PATH_SCRIPT = r"""
+import asyncio, json, os, sys
+from airflow_banana.testing.connections import channel_connection, conn_env_var
+
+# Nothing listens on port 9: every poll and cancel fails fast, after the whole client path ran.
+for conn_id, protocol in (("dead_gem", "gemini"), ("dead_vtx", "vertex")):
+    os.environ[conn_env_var(conn_id)] = channel_connection(
+        "http://127.0.0.1:9", protocol=protocol, key="k", timeout=2
+    )
+from airflow_banana.triggers.batch import BatchJobTrigger
+
+async def main():
+    events = []
+    for conn_id in ("dead_gem", "dead_vtx"):
+        trigger = BatchJobTrigger(
+            conn_id=conn_id, job_name="batches/1", poll_interval_s=0.01, max_poll_failures=1
+        )
+        events += [e.payload async for e in trigger.run()]
+        await trigger.on_kill()
+    return events
+
+events = asyncio.run(main())
+loaded = sorted(
+    m for m in sys.modules
+    if m in ("airflow_banana.storage", "airflow_banana.outputs", "airflow_banana.batch.results",
+             "airflow_banana.batch.harvest", "airflow_banana.hooks.storage")
+    or m.startswith("google.cloud.storage")
+)
+print(json.dumps({"events": [e["status"] for e in events], "loaded": loaded}))
+"""
+
+
+def test_the_trigger_path_imports_no_storage_module() -> None:
+    """The triggerer polls and cancels with job control only: no storage client, no harvest code.
+
+    A fresh interpreter runs the trigger (both protocols, poll and on_kill) against a closed
+    port and then lists what it imported.
+    """
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TRIGGER_PATH_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["events"] == ["error", "error"], done.stderr[-2000:]
+    assert seen["loaded"] == []

@@ -17,6 +17,7 @@ from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorCla
 from airflow_banana.manifests import read_manifest
 from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.models import ImageRequest
+from airflow_banana.planning.planner import BatchLane, LaneCapacity, PlanItem, make_plan
 from airflow_banana.routing import (
     Attempt,
     BreakerConfig,
@@ -29,7 +30,6 @@ from airflow_banana.routing import (
     router_for,
 )
 from airflow_banana.routing.eligibility import ItemNeeds, allowed, refusal, require_servable
-from airflow_banana.routing.planner import BatchLane, LaneCapacity, PlanItem, make_plan
 from airflow_banana.storage import open_storage
 
 
@@ -264,7 +264,8 @@ def test_grounding_metadata_is_read_in_either_spelling() -> None:
 
 def test_plan_step_and_estimate_price_official_only_items_on_official_lanes() -> None:
     from airflow_banana.manifests import ManifestItem
-    from airflow_banana.operators.plan import compute_plan, estimate_scenarios, render_estimate
+    from airflow_banana.planning.estimate import estimate_scenarios, render_estimate
+    from airflow_banana.planning.manifest import compute_plan
 
     relay = conn("relay", "openai", rpm=60, prices={"1K": 0.02, "2K": 0.02, "4K": 0.02})
     google = conn("google", "gemini", rpm=60)

@@ -12,8 +12,7 @@ from statistics import NormalDist
 import pytest
 
 from airflow_banana.exceptions import ConfigurationError
-from airflow_banana.pricing import GOOGLE_DIRECT, LIST_PRICES
-from airflow_banana.routing.planner import (
+from airflow_banana.planning.planner import (
     BatchLane,
     LaneCapacity,
     Plan,
@@ -23,6 +22,7 @@ from airflow_banana.routing.planner import (
     rescue_decision,
     resolve_deadline,
 )
+from airflow_banana.pricing import GOOGLE_DIRECT, LIST_PRICES
 
 NOW = datetime(2026, 2, 15, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

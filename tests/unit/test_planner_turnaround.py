@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.planning.planner import BatchLane
+from airflow_banana.planning.turnaround import DEFAULT_TURNAROUND, estimate_turnaround
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.routing.planner import BatchLane
-from airflow_banana.routing.turnaround import DEFAULT_TURNAROUND, estimate_turnaround
 
 HOUR = 3600.0
 

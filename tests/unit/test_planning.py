@@ -1,4 +1,4 @@
-"""planning.py and the pure half of the plan step: items, capacity, batch lanes, rescue points, estimates."""
+"""planning/ beyond the pure planner: items, capacity, batch lanes, rescue points, plans, estimates."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ import pytest
 from airflow_banana.channels.config import parse_channel
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.manifests import ManifestItem
-from airflow_banana.operators.plan import (
-    compute_plan,
-    estimate_scenarios,
-    lanes_to_run,
-    parse_now,
-    render_estimate,
-)
-from airflow_banana.planning import (
+from airflow_banana.planning.estimate import estimate_scenarios, render_estimate
+from airflow_banana.planning.history import TurnaroundRecord, batch_backend_of, batch_lane, turnaround_uri
+from airflow_banana.planning.inputs import (
     DEFAULT_SUCCESS_RATE,
-    TurnaroundRecord,
-    batch_backend_of,
-    batch_lane,
     duration_of,
     earliest_deadline,
     images_per_minute,
@@ -30,11 +22,11 @@ from airflow_banana.planning import (
     rescue_check,
     rescue_point,
     resolve_item_deadline,
-    turnaround_uri,
     with_absolute_deadline,
 )
+from airflow_banana.planning.manifest import compute_plan, lanes_to_run, parse_now
+from airflow_banana.planning.planner import LaneCapacity, realtime_time_needed
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.routing.planner import LaneCapacity, realtime_time_needed
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
 

@@ -12,9 +12,11 @@ from airflow_banana.channels.config import parse_channel
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
-from airflow_banana.planning import batch_backend_for_protocol, realtime_capacities, rescue_point
+from airflow_banana.planning.history import batch_backend_for_protocol
+from airflow_banana.planning.inputs import realtime_capacities, rescue_point
 from airflow_banana.prepare import PreparedManifest
 from airflow_banana.realtime import WorkItem
+from airflow_banana.storage import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -63,9 +65,14 @@ def _operator(**kwargs: Any) -> BatchImageOperator:
     return BatchImageOperator(**args)
 
 
+def _end_time(op: BatchImageOperator, record: BatchJobRecord, prepared: PreparedManifest, tmp: Any) -> float:
+    return op._end_time(record, prepared, open_storage(str(tmp)))
+
+
 def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_path):
     op = _operator(output_prefix=str(tmp_path))
-    assert op.rescue_margin == timedelta(minutes=10) and op.rescue_latency == timedelta(seconds=30)
+    policy = op._policies()[0]
+    assert policy.margin == timedelta(minutes=10) and policy.latency == timedelta(seconds=30)
     record, prepared = _job(300)
     vertex = {"protocol": "vertex", "rpm": 6, "project": "sim-project", "location": "us-central1"}
     configs = [
@@ -80,18 +87,19 @@ def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_
     caps = realtime_capacities(configs, latency=timedelta(seconds=30))
     expected = rescue_point(DEADLINE, 300, caps, margin=timedelta(minutes=10))
     assert expected is not None
-    assert op._end_time(record, prepared) == pytest.approx(expected.timestamp())
+    assert _end_time(op, record, prepared, tmp_path) == pytest.approx(expected.timestamp())
     # 300 images at 12/min need well over a fixed 10-minute margin before the deadline.
     assert expected < DEADLINE - timedelta(minutes=30)
     # A smaller job may wait longer.
     small_record, small_prepared = _job(3)
-    assert op._end_time(small_record, small_prepared) > op._end_time(record, prepared)
+    assert _end_time(op, small_record, small_prepared, tmp_path) > _end_time(op, record, prepared, tmp_path)
 
 
 def test_without_rescue_channels_the_deadline_is_the_end_time(connections, tmp_path):
     op = _operator(rescue_channels=None, output_prefix=str(tmp_path))
     record, prepared = _job(5)
-    assert op._end_time(record, prepared) == pytest.approx(DEADLINE.timestamp())  # no margin without rescue
+    # no margin without rescue
+    assert _end_time(op, record, prepared, tmp_path) == pytest.approx(DEADLINE.timestamp())
 
 
 def test_rescue_channels_without_capacity_wait_until_the_deadline(connections, tmp_path):
@@ -101,13 +109,14 @@ def test_rescue_channels_without_capacity_wait_until_the_deadline(connections, t
         output_prefix=str(tmp_path), rescue_success_rates={"banana_gemini": 0.0, "banana_vertex": 0.0}
     )
     record, prepared = _job(5)
-    assert op._end_time(record, prepared) == pytest.approx(DEADLINE.timestamp())
+    assert _end_time(op, record, prepared, tmp_path) == pytest.approx(DEADLINE.timestamp())
 
 
 def test_the_job_timeout_still_bounds_the_end_time(connections, tmp_path):
     op = _operator(output_prefix=str(tmp_path), job_timeout=timedelta(minutes=5))
     record, prepared = _job(3)
-    assert op._end_time(record, prepared) == pytest.approx((NOW + timedelta(minutes=5)).timestamp())
+    expected = (NOW + timedelta(minutes=5)).timestamp()
+    assert _end_time(op, record, prepared, tmp_path) == pytest.approx(expected)
 
 
 def test_templated_margins_are_checked(tmp_path):
@@ -117,18 +126,18 @@ def test_templated_margins_are_checked(tmp_path):
         _operator(rescue_latency="0s", output_prefix=str(tmp_path))
     with pytest.raises(ConfigurationError, match="rescue_latency"):
         _operator(rescue_latency="30", output_prefix=str(tmp_path))  # 30 what? a unit is required
-    # A template is checked once rendered (execute / execute_complete coerce it).
+    # A template is checked once rendered (execute / execute_complete read the policies).
     op = _operator(rescue_margin="{{ params.margin }}", output_prefix=str(tmp_path))
     op.rescue_margin = "soon"
     with pytest.raises(ConfigurationError, match="rescue_margin"):
-        op._coerce()
+        op._policies()
     op.rescue_margin, op.rescue_latency = "PT45S", "2s"
-    op._coerce()
-    assert op.rescue_margin == timedelta(seconds=45) and op.rescue_latency == timedelta(seconds=2)
+    policy = op._policies()[0]
+    assert policy.margin == timedelta(seconds=45) and policy.latency == timedelta(seconds=2)
     # A timedelta literal shows up as str(timedelta) wherever Airflow serialized the field.
     op.rescue_margin, op.rescue_latency = str(timedelta(days=1, minutes=30)), "0:00:01.5"
-    op._coerce()
-    assert op.rescue_margin == timedelta(days=1, minutes=30) and op.rescue_latency == timedelta(seconds=1.5)
+    policy = op._policies()[0]
+    assert policy.margin == timedelta(days=1, minutes=30) and policy.latency == timedelta(seconds=1.5)
     fields = BatchImageOperator.template_fields
     assert {"rescue_margin", "rescue_latency"} <= set(fields) and len(set(fields)) == len(fields)
 

@@ -2,7 +2,7 @@
 
 Google targets 24 h for the Batch API and some jobs have stayed stuck far longer (GEMINI_WIRE.md),
 so the planner must not trust a single optimistic number. This module turns the recorded
-durations of earlier jobs on one backend (stored elsewhere; here just a list of seconds, oldest
+durations of earlier jobs on one backend (stored by ``planning.history``; here just a list of seconds, oldest
 first) into a conservative percentile. With too few samples it falls back to a default (24 h),
 and never to less than the slowest job it has actually seen.
 

@@ -46,13 +46,13 @@ from typing import Literal
 
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.models import IMAGE_SIZES
-from airflow_banana.pricing import GOOGLE_DIRECT
-from airflow_banana.routing.turnaround import (
+from airflow_banana.planning.turnaround import (
     DEFAULT_MIN_SAMPLES,
     DEFAULT_TURNAROUND,
     TurnaroundEstimate,
     estimate_turnaround,
 )
+from airflow_banana.pricing import GOOGLE_DIRECT
 
 DEFAULT_CONFIDENCE = 0.95
 # Time from dispatch to a finished image on a healthy channel; conservative so that a plan

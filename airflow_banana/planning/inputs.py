@@ -1,28 +1,21 @@
-"""Adapters between the pure deadline planner and the project's real inputs, plus batch history.
+"""Adapters between the pure deadline planner and the project's real inputs, and the rescue point.
 
-``routing.planner`` decides on plain values (``PlanItem``, ``LaneCapacity``, ``BatchLane``) so it
-stays pure and testable. Something has to turn manifest items, channel connections, recorded
-batch turnarounds and recent run reports into those values — that is this module. It also owns
-the two pieces of batch history the planner learns from:
+``planning.planner`` decides on plain values (``PlanItem``, ``LaneCapacity``, ``BatchLane``) so it
+stays pure and testable. Something has to turn manifest items, durations, channel connections
+and recent run reports into those values — that is this module (the batch lane and its recorded
+turnarounds are ``planning.history``). It also answers the batch lane's one deadline question:
 
-* **Turnaround records**, one JSON line per finished batch job, at
-  ``{output_prefix}/_banana/turnaround/{backend}.jsonl``. Appends are read-modify-write with a
-  generation precondition (create-only for the first line), retried a few times, so two
-  workers finishing jobs at once cannot lose a line. A job cancelled by a rescue is recorded as
-  ``censored``: its true turnaround is *at least* the recorded duration. Censored durations are
-  kept as samples because a lower bound pushes the percentile up, never down — dropping the
-  jobs that were too slow would make the estimate optimistic exactly when it matters.
 * **Rescue points**: ``rescue_point`` is the wall-clock time at which a batch job that is still
   running must be cancelled so that realtime can finish its unfinished items by the deadline.
-  ``BatchImageOperator`` uses it as its poll end time when it has rescue channels;
-  ``rescue_check`` repeats the pure decision with the then-current unfinished count.
+  ``batch_end_time`` puts it together with the job timeout and the earliest deadline into the
+  one end time ``BatchImageOperator`` waits until; ``rescue_check`` repeats the pure decision
+  with the then-current unfinished count.
 
-Only storage I/O happens here (never a billable call); time is always an argument.
+Only storage reads happen here (never a billable call); time is always an argument.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -32,20 +25,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.exceptions import ConfigurationError, PreconditionFailedError, StorageError
+from airflow_banana.exceptions import ConfigurationError, StorageError
 from airflow_banana.manifests import ManifestItem, parse_duration
-from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.routing.eligibility import refusal, restricted
-from airflow_banana.routing.planner import (
+from airflow_banana.planning.planner import (
     DEFAULT_CONFIDENCE,
     DEFAULT_REALTIME_LATENCY,
-    BatchLane,
     LaneCapacity,
     PlanItem,
     RescueDecision,
     rescue_decision,
 )
-from airflow_banana.routing.turnaround import DEFAULT_MIN_SAMPLES, DEFAULT_TURNAROUND
+from airflow_banana.routing.eligibility import refusal, restricted
 from airflow_banana.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
@@ -56,9 +46,6 @@ DEFAULT_SUCCESS_RATE = 0.9
 # Below this many recorded calls a channel's measured success rate is too noisy to plan on.
 MIN_CALLS_FOR_RATE = 20
 DEFAULT_RESCUE_MARGIN = timedelta(minutes=30)
-_APPEND_ATTEMPTS = 8
-BATCH_LANE_PREFIX = "batch:"
-BATCH_BACKENDS: tuple[str, ...] = ("developer", "vertex")
 
 
 # --------------------------------------------------------------------------- durations
@@ -242,181 +229,6 @@ def recent_success_rates(
     return {name: successes[name] / n for name, n in calls.items() if n >= min_calls}
 
 
-# --------------------------------------------------------------------------- batch lanes
-
-
-_BACKEND_BY_PROTOCOL = {"gemini": "developer", "vertex": "vertex"}
-
-
-def batch_backend_of(config: ChannelConfig) -> str:
-    """The batch backend a connection submits to: ``vertex`` or ``developer`` (Gemini Developer API)."""
-    backend = _BACKEND_BY_PROTOCOL.get(config.protocol)
-    if backend is None:
-        raise ConfigurationError(
-            f"channel '{config.name}': protocol {config.protocol!r} has no batch API; "
-            "use a gemini (Developer) or vertex connection for the batch lane"
-        )
-    return backend
-
-
-def batch_backend_for_protocol(protocol: str) -> str:
-    """The turnaround-history backend name of a batch job record's protocol (``gemini`` → ``developer``).
-
-    A name that is already a backend passes through, so records written either way agree.
-    """
-    if protocol in BATCH_BACKENDS:
-        return protocol
-    backend = _BACKEND_BY_PROTOCOL.get(protocol)
-    if backend is None:
-        raise ConfigurationError(
-            f"batch job protocol {protocol!r} has no batch turnaround history; expected one of "
-            f"{sorted(_BACKEND_BY_PROTOCOL)}"
-        )
-    return backend
-
-
-def batch_lane_name(config: ChannelConfig) -> str:
-    """Planner lane name for batch through this connection; differs from its realtime name."""
-    return BATCH_LANE_PREFIX + config.name
-
-
-def turnaround_uri(output_prefix: str, backend: str) -> str:
-    if not backend or "/" in backend or backend.startswith("."):
-        raise ConfigurationError(f"batch turnaround: backend name {backend!r} cannot name an object")
-    return join_uri(output_prefix, "_banana", "turnaround", f"{backend}.jsonl")
-
-
-@dataclass(frozen=True)
-class TurnaroundRecord:
-    """One finished batch job: how long from submission to its end, and how it ended."""
-
-    backend: str
-    job: str
-    submitted_at: datetime
-    ended_at: datetime
-    items: int
-    final_state: str
-    censored: bool = False  # cancelled before finishing (rescued): the true turnaround is longer
-
-    @property
-    def duration_s(self) -> float:
-        return (self.ended_at - self.submitted_at).total_seconds()
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "backend": self.backend,
-                "job": self.job,
-                "submitted_at": self.submitted_at.isoformat(),
-                "ended_at": self.ended_at.isoformat(),
-                "duration_s": round(self.duration_s, 3),
-                "items": self.items,
-                "final_state": self.final_state,
-                "censored": self.censored,
-            },
-            sort_keys=True,
-        )
-
-
-def record_turnaround(storage: Storage, output_prefix: str, record: TurnaroundRecord) -> str:
-    """Append ``record`` to the backend's turnaround history; returns the history's URI.
-
-    Safe against concurrent appenders (generation preconditions, bounded retries); a job
-    recorded twice (a retried task) is not appended again.
-    """
-    if record.ended_at < record.submitted_at:
-        raise ConfigurationError(
-            f"batch turnaround for job {record.job}: ended_at is before submitted_at; not recorded"
-        )
-    uri = turnaround_uri(output_prefix, record.backend)
-    line = record.to_json() + "\n"
-    for _ in range(_APPEND_ATTEMPTS):
-        stat = storage.stat(uri)
-        try:
-            if stat is None:
-                storage.write_text(uri, line, content_type="application/x-ndjson", if_absent=True)
-                return uri
-            data, generation = storage.read_with_generation(uri)
-            text = data.decode("utf-8")
-            if any(_job_of(existing) == record.job for existing in text.splitlines()):
-                return uri  # already recorded by an earlier try of the same task
-            if text and not text.endswith("\n"):
-                text += "\n"
-            storage.write_text(
-                uri, text + line, content_type="application/x-ndjson", if_generation_match=generation
-            )
-            return uri
-        except PreconditionFailedError:
-            continue  # another job's record landed first: re-read and append again
-    raise StorageError(
-        f"batch turnaround for job {record.job}: {uri} kept changing during {_APPEND_ATTEMPTS} append "
-        "attempts; the record was not written (planning falls back to the default estimate)"
-    )
-
-
-def _job_of(line: str) -> str | None:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return str(obj.get("job")) if isinstance(obj, dict) and obj.get("job") is not None else None
-
-
-def read_turnarounds(storage: Storage, output_prefix: str, backend: str) -> list[float]:
-    """Recorded durations (seconds, oldest first) for ``backend``; [] when there is no history.
-
-    Corrupt lines become NaN, which ``estimate_turnaround`` counts as ignored rather than failing.
-    """
-    uri = turnaround_uri(output_prefix, backend)
-    if storage.stat(uri) is None:
-        return []
-    out: list[float] = []
-    for line in storage.iter_lines(uri):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            out.append(float(obj["duration_s"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            out.append(math.nan)
-    return out
-
-
-def batch_lane(
-    target: ChannelConfig | str,
-    *,
-    storage: Storage | None = None,
-    output_prefix: str | None = None,
-    turnaround: timedelta | None = None,
-    confidence: float = DEFAULT_CONFIDENCE,
-    default: timedelta = DEFAULT_TURNAROUND,
-    min_samples: int = DEFAULT_MIN_SAMPLES,
-    prices: Mapping[str, float] | None = None,
-) -> BatchLane:
-    """The planner's batch lane: batch list prices, turnaround at ``confidence``.
-
-    ``target`` is the connection the batch lane submits through, or just a backend name
-    (``developer`` / ``vertex``) for dry runs without connections. ``turnaround`` fixes the
-    estimate (CLI ``--batch-turnaround``); otherwise it is the percentile of the backend's
-    recorded history under ``output_prefix`` (the 24 h default while there are too few jobs).
-    """
-    if isinstance(target, ChannelConfig):
-        backend, name = batch_backend_of(target), batch_lane_name(target)
-    else:
-        if target not in BATCH_BACKENDS:
-            raise ConfigurationError(f"batch backend must be one of {BATCH_BACKENDS}, got {target!r}")
-        backend, name = target, BATCH_LANE_PREFIX + target
-    table = dict(prices if prices is not None else LIST_PRICES["batch"])
-    if turnaround is not None:
-        if turnaround <= timedelta(0):
-            raise ConfigurationError(f"batch lane '{name}': turnaround must be positive, got {turnaround}")
-        return BatchLane(name=name, price_by_size=table, turnaround=turnaround)
-    history = read_turnarounds(storage, output_prefix, backend) if storage and output_prefix else []
-    return BatchLane.from_history(
-        name, table, history, confidence=confidence, min_samples=min_samples, default=default
-    )
-
-
 # --------------------------------------------------------------------------- rescue
 
 
@@ -456,3 +268,49 @@ def earliest_deadline(deadlines: Iterable[datetime | None]) -> datetime | None:
     """The deadline a batch job must respect: the earliest of its items' (None if none has one)."""
     present = [d for d in deadlines if d is not None]
     return min(present) if present else None
+
+
+@dataclass(frozen=True)
+class BatchEndTime:
+    """When to stop waiting for a batch job, and the two times that could have set it."""
+
+    at: datetime
+    deadline: datetime | None  # the earliest deadline of the job's items
+    rescue_point: datetime | None  # None: no rescue channels, or no capacity to rescue with
+
+
+def batch_end_time(
+    submitted_at: datetime,
+    *,
+    job_timeout: timedelta,
+    deadlines: Iterable[datetime | None],
+    items: int,
+    rescue: Sequence[LaneCapacity] | None,
+    margin: timedelta = DEFAULT_RESCUE_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+    restricted_rescue: tuple[datetime | None, int, Sequence[LaneCapacity]] | None = None,
+) -> BatchEndTime:
+    """The job timeout, cut to the rescue point (``rescue``: the rescue channels' capacities) or,
+    without a possible rescue, to the earliest deadline: past it the job is late anyway, so what
+    it has is harvested. The point assumes all ``items`` are still unfinished (the trigger sees
+    only the job's state): rescue a little early rather than late.
+
+    ``restricted_rescue`` (official-only / grounded items: their earliest deadline, how many, and
+    the capacity of the rescue channels allowed for them) gives those items their own, earlier
+    point when fewer channels may rescue them."""
+    end = submitted_at + job_timeout
+    deadline = earliest_deadline(deadlines)
+    if deadline is None:
+        return BatchEndTime(end, None, None)
+    point = None
+    if rescue is not None:
+        point = rescue_point(deadline, items, rescue, margin=margin, confidence=confidence)
+    if rescue is not None and restricted_rescue is not None:
+        narrow_deadline, narrow_items, narrow_capacity = restricted_rescue
+        if narrow_items and narrow_deadline is not None:
+            narrow = rescue_point(
+                narrow_deadline, narrow_items, narrow_capacity, margin=margin, confidence=confidence
+            )
+            if narrow is not None:
+                point = narrow if point is None else min(point, narrow)
+    return BatchEndTime(min(end, point if point is not None else deadline), deadline, point)
