@@ -16,6 +16,7 @@ from bench.virtual.scenarios import Scenario
 from bench.virtual.systems import SystemRun
 
 SPIN_DECISIONS_PER_ITEM = 1000  # more router decisions than this per item is a spin
+TIE = 0.001  # costs per on-time image within 0.1 % are a tie
 
 
 @dataclass
@@ -102,6 +103,11 @@ def ratio(a: float, b: float) -> float:
 def summarize(rows: Sequence[Mapping[str, Any]], systems: Sequence[str]) -> dict[str, Any]:
     """Each row: {"scenario": ..., "optimum": {...} | None, "<system>": Score.as_dict()}."""
     out: dict[str, Any] = {"scenarios": len(rows), "systems": {}}
+    # A run stopped at the real-time cap says nothing about cost: it is counted, not compared.
+    capped_ids = sorted({r["scenario"]["id"] for r in rows for s in systems if r.get(s) and r[s]["capped"]})
+    out["capped_scenarios"] = capped_ids
+    rows = [r for r in rows if r["scenario"]["id"] not in capped_ids]
+    out["compared_scenarios"] = len(rows)
     for system in systems:
         present = [r for r in rows if r.get(system)]
         ratios = [
@@ -117,7 +123,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], systems: Sequence[str]) -> dict
             "on_time_items": sum(r[system]["on_time"] for r in present),
             "items": sum(r[system]["items"] for r in present),
             "paid_twice": sum(r[system]["paid_twice"] for r in present),
-            "capped": sum(1 for r in present if r[system]["capped"]),
             "spins": sum(1 for r in present if r[system].get("spin")),
             "spent": round(sum(r[system]["spent"] for r in present), 2),
         }
@@ -133,6 +138,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], systems: Sequence[str]) -> dict
                 continue
             both = [r for r in rows if r.get("ours") and r.get(peer)]
             cheaper = [r for r in both if _cpi(r["ours"]) < _cpi(r[peer])]
+            # a tie (both at $0.05 on a healthy relay) cannot be beaten: counted apart
+            not_dearer = [r for r in both if _cpi(r["ours"]) <= _cpi(r[peer]) * (1 + TIE)]
             dearer = [(ratio(_cpi(r["ours"]), _cpi(r[peer])) - 1.0, r["scenario"]["id"]) for r in both]
             # "never more than 2 % dearer at equal or better on-time": only scenarios where ours
             # is on time at least as often as the peer are counted against that bound
@@ -145,6 +152,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], systems: Sequence[str]) -> dict
             ours[f"vs_{peer}"] = {
                 "scenarios": len(both),
                 "cheaper_share": len(cheaper) / len(both) if both else None,
+                "cheaper_or_tied_share": len(not_dearer) / len(both) if both else None,
                 "max_dearer_pct_at_equal_or_better_on_time": round(100 * worst[0], 2),
                 "worst_scenario": worst[1],
                 "max_dearer_pct_any": round(100 * max(dearer, default=(0.0, ""))[0], 2),

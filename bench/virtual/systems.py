@@ -91,7 +91,7 @@ async def _ours(scenario: Scenario, clock: VirtualClock, ledger: Ledger, counter
         counter[0] += 1
         return decide(item)
 
-    router.next_action = counted  # type: ignore[method-assign]  # count decisions: a spin shows here
+    router.next_action = counted  # type: ignore[method-assign,assignment]  # count decisions: a spin shows here
     store = OutputStore(MemoryStorage(), PREFIX)
     engine = RealtimeEngine(
         channels=dict(models), router=router, store=store, run_key=RUN_KEY, settings=RealtimeSettings()
