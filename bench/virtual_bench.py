@@ -90,14 +90,21 @@ def run_all(
     *,
     jobs: int = 1,
     cap_s: float | None = DEFAULT_CAP_S,
+    progress: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Every scenario, in order, in ``jobs`` spawned processes with a fixed string-hash seed
     (sets iterate in hash order; a fixed seed keeps a run identical to the next)."""
     os.environ["PYTHONHASHSEED"] = "0"
     tasks = [(seed, i, tuple(systems), cap_s) for i in indexes]
     ctx = mp.get_context("spawn")
+    rows: list[dict[str, Any]] = []
     with ctx.Pool(max(1, jobs)) as pool:
-        return list(pool.imap(_star, tasks))
+        for row in pool.imap(_star, tasks):
+            rows.append(row)
+            if progress is not None:  # one JSON line per scenario as it lands: a long run can be read early
+                with progress.open("a") as fh:
+                    fh.write(json.dumps(row, default=str) + "\n")
+    return rows
 
 
 # ----------------------------------------------------------------------------- report
@@ -225,14 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     started = time.perf_counter()
-    rows = run_all(args.seed, range(args.scenarios), systems, jobs=args.jobs, cap_s=args.cap)
+    RESULTS.mkdir(exist_ok=True)
+    progress = RESULTS / f"{args.out}.progress.jsonl"
+    progress.unlink(missing_ok=True)
+    rows = run_all(
+        args.seed, range(args.scenarios), systems, jobs=args.jobs, cap_s=args.cap, progress=progress
+    )
     elapsed = time.perf_counter() - started
     from bench.virtual.metrics import summarize
 
     summary = summarize(rows, systems)
     summary["real_s"] = round(elapsed, 1)
     command = " ".join(["python -m bench virtual_bench", *sys.argv[1:]])
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(
         json.dumps(
             {"command": command, "seed": args.seed, "summary": summary, "rows": rows}, indent=1, default=str
