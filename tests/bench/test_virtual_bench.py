@@ -84,6 +84,19 @@ def test_waiting_until_an_instant_wakes_past_it() -> None:
     assert run_virtual(main, wall_start=WALL) <= 1
 
 
+def test_polling_until_the_clock_moves_ends_as_it_does_in_real_time() -> None:
+    # the engine's claim renewal, due exactly now, polls with sleep(0) until time passes
+    async def main(clock: object) -> int:
+        loop = asyncio.get_running_loop()
+        start, turns = loop.time(), 0
+        while loop.time() == start:
+            turns += 1
+            await asyncio.sleep(0)
+        return turns
+
+    assert run_virtual(main, wall_start=WALL, real_cap_s=5.0) <= 2
+
+
 def test_a_run_that_can_never_finish_is_reported() -> None:
     async def main(clock: object) -> None:
         await asyncio.get_running_loop().create_future()
