@@ -229,21 +229,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", type=float, default=DEFAULT_CAP_S, help="real seconds per system per scenario"
     )
     parser.add_argument("--out", default="virtual", help="file stem under bench/results/")
+    parser.add_argument(
+        "--from-progress",
+        action="store_true",
+        help="write the report from the scenarios of <out>.progress.jsonl so far (a run still going)",
+    )
     args = parser.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     started = time.perf_counter()
     RESULTS.mkdir(exist_ok=True)
     progress = RESULTS / f"{args.out}.progress.jsonl"
-    progress.unlink(missing_ok=True)
-    rows = run_all(
-        args.seed, range(args.scenarios), systems, jobs=args.jobs, cap_s=args.cap, progress=progress
-    )
+    command = " ".join(["python -m bench virtual_bench", *sys.argv[1:]])
+    if args.from_progress:
+        rows = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+        args.out += "-partial"
+        command += f" (the first {len(rows)} scenarios of the run)"
+    else:
+        progress.unlink(missing_ok=True)
+        rows = run_all(
+            args.seed, range(args.scenarios), systems, jobs=args.jobs, cap_s=args.cap, progress=progress
+        )
     elapsed = time.perf_counter() - started
     from bench.virtual.metrics import summarize
 
     summary = summarize(rows, systems)
     summary["real_s"] = round(elapsed, 1)
-    command = " ".join(["python -m bench virtual_bench", *sys.argv[1:]])
     (RESULTS / f"{args.out}.json").write_text(
         json.dumps(
             {"command": command, "seed": args.seed, "summary": summary, "rows": rows}, indent=1, default=str
@@ -255,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("matplotlib not installed: no chart", file=sys.stderr)
     print(json.dumps(summary, indent=1, default=str))
-    print(f"{args.scenarios} scenarios in {elapsed:.0f} s; results in {RESULTS}/{args.out}.{{json,md,png}}")
+    print(f"{len(rows)} scenarios in {elapsed:.0f} s; results in {RESULTS}/{args.out}.{{json,md,png}}")
     return 0
 
 
