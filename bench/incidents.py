@@ -465,7 +465,11 @@ def main() -> int:
 def run_system(system: str, cell: Cell, home: Path, where: Path, items: int) -> dict[str, Any] | None:
     if system == "ours":
         return run_ours(cell, home, where, items)
-    raise SystemExit(f"unknown system {system!r}: ours")
+    if system in ("naive", "litellm"):
+        from bench.incident_peers import run_peer
+
+        return run_peer(system, cell, where, items)
+    raise SystemExit(f"unknown system {system!r}: ours, naive, litellm")
 
 
 if __name__ == "__main__":
