@@ -71,6 +71,10 @@ _TRANSPORT_NAMES = frozenset(
         "IncompleteRead",
     }
 )
+# aiohttp's root (``ClientError``) by its qualified name: the bare name is also google-genai's
+# 4xx ``APIError``. Anything under it the names above do not single out (a response or payload
+# error) is a failed transport, as ``httpx.TransportError`` is.
+_AIOHTTP_ROOT = "aiohttp.client_exceptions.ClientError"
 # google-auth failures: the credentials themselves are unusable (expired token, revoked key,
 # no ADC). Its network failures are ``google.auth.exceptions.TransportError`` -> RETRYABLE.
 _AUTH_NAMES = frozenset({"RefreshError", "DefaultCredentialsError", "ReauthFailError"})
@@ -280,11 +284,13 @@ def classify_exception(err: BaseException) -> Classification | None:
     The ``__cause__`` chain is searched too: SDKs wrap a ``JSONDecodeError`` in their own type.
     """
     names: set[str] = set()
+    qualified: set[str] = set()
     link: BaseException | None = err
     for _ in range(5):
         if link is None:
             break
         names.update(cls.__name__ for cls in type(link).__mro__)
+        qualified.update(f"{cls.__module__}.{cls.__qualname__}" for cls in type(link).__mro__)
         link = link.__cause__
     kind = type(err).__name__
     if names & _AUTH_NAMES:
@@ -295,7 +301,7 @@ def classify_exception(err: BaseException) -> Classification | None:
         return Classification(ErrorClass.TIMEOUT, f"no answer within the attempt timeout ({kind})")
     if names & _MALFORMED_NAMES:
         return Classification(ErrorClass.RETRYABLE, f"malformed response ({kind})")
-    if names & _TRANSPORT_NAMES:
+    if names & _TRANSPORT_NAMES or _AIOHTTP_ROOT in qualified:
         refused = bool(names & {"ConnectError", "ConnectionRefusedError", "ClientConnectorError"})
         return Classification(
             ErrorClass.RETRYABLE, f"connection failed ({kind})", reached_provider=not refused

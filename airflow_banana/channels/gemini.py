@@ -1,7 +1,7 @@
 """The Google channel: Developer API, Gemini-native relays and Vertex AI through google-genai.
 
-One attempt per call: the SDK's own retries are switched off (``retry_options=None``) because
-retry and failover belong to the router, which sees every channel at once. The google-genai
+One attempt per call: the SDK's own retries are switched off (``HttpRetryOptions(attempts=1)``)
+because retry and failover belong to the router, which sees every channel at once. The google-genai
 import happens when a channel is constructed (``build_channel``, before any attempt), never at
 module import, so importing this module, the hooks or the DAGs stays cheap and the pure parsing
 below is testable without building a client.
@@ -378,7 +378,11 @@ class GeminiChannel:
         http_options = types.HttpOptions(
             base_url=config.base_url or None,
             timeout=max(1, int(config.attempt_timeout_s * 1000)),
-            retry_options=None,
+            # One attempt, said explicitly: with ``retry_options=None`` the SDK's aiohttp transport
+            # (chosen whenever aiohttp is installed, as it is beside many providers) silently
+            # retries a reset or refused connection after sleeping 1-10 s, inside our attempt
+            # timeout, so the router saw a TIMEOUT where httpx reports a RETRYABLE at once.
+            retry_options=types.HttpRetryOptions(attempts=1),
         )
         if config.protocol == "vertex":
             self._client = genai.Client(

@@ -132,6 +132,10 @@ class FaultProfile:
     ``rate_limit_rate`` mean what a real one means (a quota shared with other callers ran
     out): every request before its ``retryDelay`` ends gets a 429 with the delay that is left;
     without it each 429 is an independent dice roll and the hint is not enforced.
+    ``rate_limit_first`` = the key's first N generation requests answer 429 with ``RetryInfo`` of
+    ``retry_delay_s`` (a burst of hints at the start of a run, then whatever the rates say).
+    The key's clock (outage window, quota windows) starts at its first request after the
+    profile was set, so a run that starts late still sees the whole window.
     """
 
     name: str | None = None
@@ -139,6 +143,7 @@ class FaultProfile:
     rate_limit_rate: float = 0.0
     retry_delay_s: float = 26.0
     retry_delay_enforced: bool = False
+    rate_limit_first: int = 0
     hang_rate: float = 0.0
     reset_rate: float = 0.0
     truncated_rate: float = 0.0
@@ -170,6 +175,10 @@ class FaultProfile:
             total += rate
         if total > 1.0 + 1e-9:
             raise ConfigurationError(f"fault profile {self.name!r}: fault rates add up to {total:.3f} > 1")
+        if self.rate_limit_first < 0:
+            raise ConfigurationError(
+                f"fault profile {self.name!r}: rate_limit_first={self.rate_limit_first} is negative"
+            )
         if self.fixed_status not in (None, 400, 401, 403, 404, 500, 503):
             raise ConfigurationError(
                 f"fault profile {self.name!r}: fixed_status={self.fixed_status} "

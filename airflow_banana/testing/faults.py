@@ -2,7 +2,7 @@
 
 Pure decision code (no I/O, clock injected) so a run is reproducible: every key has its own RNG
 seeded from (config seed, key), quotas are sliding windows per key, and outage windows are
-measured from when the key's profile was set. The HTTP layer only carries the decision out.
+measured from the key's first request after its profile was set. The HTTP layer only carries the decision out.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class _KeyState:
     minute_images: deque[float] = field(default_factory=deque)
     day_requests: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0  # an enforced retryDelay: 429 for everyone until then
+    generations: int = 0  # generation requests decided so far (for ``rate_limit_first``)
 
 
 class FaultEngine:
@@ -176,6 +177,12 @@ class FaultEngine:
                 return Decision(
                     fault="rate_limit", status=429, latency_s=latency, retry_delay_s=state.locked_until - now
                 )
+            state.generations += 1
+            if state.generations <= prof.rate_limit_first:
+                # A burst of hints before any quota is charged: the request was never admitted.
+                if prof.retry_delay_enforced:
+                    state.locked_until = now + prof.retry_delay_s
+                return self._marker_decision("rate_limit", prof, latency)
             quota = self._admit(prof, state, now, images)
             if quota is not None:
                 return quota

@@ -93,6 +93,44 @@ def test_outage_window_measured_from_profile_set() -> None:
     assert eng.decide("k").status == 503
 
 
+def test_outage_clock_starts_at_the_keys_first_request_not_at_set_time() -> None:
+    # A run that starts 10 s after the profile was set still sees the whole 3 s outage.
+    eng, clock = engine(FaultProfile(outage_duration_s=3))
+    clock.now += 10
+    assert eng.decide_metadata("k").status == 503  # the preflight's free call starts the clock
+    clock.now += 2.9
+    assert eng.decide("k").fault == "outage"
+    clock.now += 0.2
+    assert eng.decide("k").fault is None
+
+
+def test_rate_limit_first_answers_the_first_n_generations_429_with_retry_info_then_healthy() -> None:
+    eng, _clock = engine(FaultProfile(rate_limit_first=5, retry_delay_s=1.0))
+    assert eng.decide_metadata("k").fault is None  # a free call is not one of the five
+    first = [eng.decide("k") for _ in range(5)]
+    assert [(d.fault, d.status, d.retry_delay_s) for d in first] == [("rate_limit", 429, 1.0)] * 5
+    assert eng.decide("k").fault is None  # the sixth, at once: the hint is not enforced
+    assert [eng.decide("k").fault for _ in range(50)] == [None] * 50
+    eng.reset()
+    assert eng.decide("k").fault == "rate_limit"  # a reset starts the burst again
+
+
+def test_rate_limit_first_enforced_keeps_the_key_shut_until_the_delay_ends() -> None:
+    eng, clock = engine(FaultProfile(rate_limit_first=1, retry_delay_s=1.0, retry_delay_enforced=True))
+    assert eng.decide("k").retry_delay_s == pytest.approx(1.0)
+    clock.now += 0.4
+    assert eng.decide("k").retry_delay_s == pytest.approx(0.6)
+    clock.now += 0.6
+    assert eng.decide("k").fault is None
+
+
+def test_rate_limit_first_round_trips_and_is_validated() -> None:
+    assert FaultProfile.from_dict({"rate_limit_first": 5}).rate_limit_first == 5
+    assert FaultProfile.from_dict(FaultProfile(rate_limit_first=3).to_dict()).rate_limit_first == 3
+    with pytest.raises(ConfigurationError, match="rate_limit_first"):
+        FaultProfile(rate_limit_first=-1)
+
+
 def test_rates_are_reproducible_per_key_and_roughly_right() -> None:
     eng1, _ = engine(FaultProfile(overload_rate=0.3, rate_limit_rate=0.1), seed=7)
     eng2, _ = engine(FaultProfile(overload_rate=0.3, rate_limit_rate=0.1), seed=7)
