@@ -61,6 +61,7 @@ class ItemOutcome:
     cost_source: str | None = None  # "reported by the channel" or "configured price"
     data_policy: str = DEFAULT_DATA_POLICY  # "official_only": only official Google channels were used
     grounding: str | None = None  # "google_search": the request carried the Search tool
+    model: str | None = None  # the model that made the image (its channel's model tier)
 
     @property
     def estimated_cost_usd(self) -> float:

@@ -18,7 +18,7 @@ from airflow.sdk import BaseHook
 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
-from airflow_banana.channels.config import ChannelConfig, parse_channel
+from airflow_banana.channels.config import ChannelConfig, parse_channel, parse_channels
 from airflow_banana.channels.errors import config_secrets, scrub
 from airflow_banana.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_banana.exceptions import BananaError, ConfigurationError
@@ -45,7 +45,14 @@ class BananaChannelHook(BaseHook):
         return copy.deepcopy(UI_FIELD_BEHAVIOUR)
 
     def get_config(self) -> ChannelConfig:
-        """The parsed, validated channel settings of this connection."""
+        """The parsed, validated channel settings of this connection (its own model)."""
+        return parse_channel(self.banana_conn_id, **self._fields())
+
+    def get_configs(self) -> list[ChannelConfig]:
+        """Its router channels: its own model, then one per model tier in ``extra.models``."""
+        return parse_channels(self.banana_conn_id, **self._fields())
+
+    def _fields(self) -> dict[str, Any]:
         conn = self.get_connection(self.banana_conn_id)
         if conn.conn_type != self.conn_type:
             # An http (or any other) connection has no protocol/model/prices to read: accepting it
@@ -63,7 +70,7 @@ class BananaChannelHook(BaseHook):
             # Older connection forms saved custom fields as "extra__banana__<field>".
             prefix = f"extra__{self.conn_type}__"
             extra = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in extra.items()}
-        return parse_channel(self.banana_conn_id, host=conn.host, password=conn.password, extra=extra)
+        return {"host": conn.host, "password": conn.password, "extra": extra}
 
     def get_channel(self) -> Channel:
         """A new channel for this connection; the caller owns it and must ``await aclose()``."""

@@ -368,6 +368,7 @@ class _Reader:
                 obj.get("data_policy"),
             ),
             grounding=None if merged.get("grounding") in (None, "none") else merged["grounding"],
+            fallback_models=tuple(m for m in merged.get("fallback_models", ()) if m != merged["model"]),
         )
         # ids differing only in case collide on case-insensitive disks (macOS, Windows)
         self.id_hashes.append(hash(item.id.lower()))

@@ -39,7 +39,8 @@ def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+        # a connection's model tiers (extra.models) are router channels of their own
+        return [config for conn_id in ids for config in BananaChannelHook(conn_id).get_configs()]
     except AirflowNotFoundException as err:
         raise ConfigurationError(
             f"{task_id}: {err}; define the banana connection first (nothing was spent)"
@@ -53,7 +54,8 @@ def shared_state_for(
     extra), else None (in-process state). Shared state needs ``SystemClock(shared=True)``."""
     from airflow_banana.hooks.redis import BananaRedisHook, redis_conn_id_for
 
-    shared = redis_conn_id_for(redis_conn_id, [c.name for c in configs], task_id=task_id)
+    conn_ids = list(dict.fromkeys(c.conn_id for c in configs))
+    shared = redis_conn_id_for(redis_conn_id, conn_ids, task_id=task_id)
     return BananaRedisHook(shared).get_backend(rng) if shared else None
 
 
