@@ -300,7 +300,9 @@ def parse_channels(
 
 
 def _spelled(primary: ChannelConfig, model: str) -> str:
-    """How the connection spells ``model``: a relay's namespace (``google/``) carries over."""
-    if primary.protocol == "openai" and "/" not in model and "/" in primary.model:
-        return f"{primary.model.split('/', 1)[0]}/{model}"
+    """How the connection spells ``model``: a relay's namespace carries over (``google/`` when its
+    own model names none, as the relay channel itself assumes)."""
+    if primary.protocol == "openai" and "/" not in model:
+        namespace = primary.model.split("/", 1)[0] if "/" in primary.model else "google"
+        return f"{namespace}/{model}"
     return model
