@@ -87,9 +87,13 @@ class BananaChannelHook(BaseHook):
         """
         secrets: list[str] = []
         try:
-            config = self.get_config()
+            configs = self.get_configs()
+            config = configs[0]
             secrets = config_secrets(config)
-            return True, _run(_probe(build_channel(config))) + _capabilities(config)
+            message = _run(_probe(build_channel(config))) + _capabilities(config)
+            for tier in configs[1:]:  # each model tier is probed too: a key may lack one model
+                message += f"; model tier {tier.model}: " + _run(_probe(build_channel(tier)))
+            return True, message
         except BananaError as err:
             return False, scrub(str(err), secrets)
         except Exception as err:  # the UI shows this text: it must be useful and secret-free

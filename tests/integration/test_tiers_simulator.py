@@ -194,3 +194,19 @@ def test_simulator_answers_a_2k_flash_request_with_googles_400_and_flash_is_fast
     flash_ms, pro_ms = (r["latency_ms"] for r in answered)
     assert pro_ms >= 400 and flash_ms < pro_ms / 2  # 3-4x faster: 0.3 of the key's latency
     assert not [b for b in sim.billable() if b["image_size"] == "2K"]  # the refused call is not billed
+
+
+def test_test_connection_probes_every_model_tier_for_free(sim, monkeypatch):
+    from airflow_banana.hooks import BananaChannelHook
+    from airflow_banana.testing.connections import conn_env_var
+
+    monkeypatch.setenv(
+        conn_env_var("banana_tiers"),
+        channel_connection(sim.base_url, protocol="gemini", key="probe-key", models=[FLASH_IMAGE_MODEL]),
+    )
+    ok, message = BananaChannelHook("banana_tiers").test_connection()
+    assert ok, message
+    assert f"model tier {FLASH_IMAGE_MODEL}" in message and "probe-key" not in message
+    gets = [r["path"] for r in sim.requests() if r["method"] == "GET"]
+    assert len(gets) == 2 and any(FLASH_IMAGE_MODEL in p for p in gets)
+    assert sim.billable() == []
