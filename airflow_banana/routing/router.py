@@ -452,6 +452,9 @@ class Router:
         self._hints = {name: HintHistory(window_s=self.config.stats_half_life_s) for name in self.channels}
         self._billed_ratio = dict.fromkeys(self.channels, 1.0)
         self._billed_seen: set[str] = set()
+        # When the latest call that produced an image on each channel started: a channel that
+        # answered a call started after an item's timed-out one was not silent, only slow for it.
+        self._answered_call_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ views
 
@@ -610,7 +613,7 @@ class Router:
                 f"item '{item.item_id}': every channel is disabled ({reasons})",
                 ErrorClass.CHANNEL_FATAL,
             )
-        timed_out = {a.channel for a in attempts if a.error_class is ErrorClass.TIMEOUT}
+        timed_out = {a.channel for a in attempts if self._silent_for(a)}
         candidates = [r for r in live if r.channel not in timed_out]
         if not candidates:
             return GiveUp(
@@ -630,6 +633,17 @@ class Router:
                 return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
             denials.append(result)
         return self._wait_or_give_up(item, denials, now, last)
+
+    def _silent_for(self, attempt: AttemptRecord) -> bool:
+        """The attempt timed out and its channel has answered no call started since (R6).
+
+        A silent channel is abandoned by the item after one timeout. A channel that went on
+        making images for calls started after this one is answering: the hang was one call's
+        tail, and the item may go back to it when the plan says it is still the cheapest.
+        """
+        if attempt.error_class is not ErrorClass.TIMEOUT:
+            return False
+        return self._answered_call_at.get(attempt.channel, -math.inf) <= attempt.started_at
 
     def _allowed_for(self, item: ItemProgress, ranked: list[RankedChannel]) -> list[RankedChannel]:
         """The per-item candidate filter (``routing.eligibility``): a filter, never a ranking rule.
@@ -995,6 +1009,8 @@ class Router:
         if cost_usd is not None and price > 0:
             self._learn_bill(permit.channel, cost_usd / price)
         latency = now - permit.acquired_at if latency_s is None else latency_s
+        answered = self._answered_call_at.get(permit.channel, -math.inf)
+        self._answered_call_at[permit.channel] = max(answered, permit.acquired_at)
         return self._close(item, permit, Outcome(None, latency, cost), now, billed=cost > 0)
 
     def _learn_bill(self, channel: str, ratio: float) -> None:

@@ -320,6 +320,37 @@ def test_a_silent_channel_is_abandoned_for_the_item_after_one_timeout() -> None:
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.NO_CHANNEL
 
 
+def test_an_item_goes_back_to_a_channel_that_answered_others_after_its_timeout() -> None:
+    """One call's hang on a channel that keeps answering is a tail, not a silent channel (R6)."""
+    router, clock = make_router()
+    item = ItemProgress("unlucky")
+    hung = attempt(router, item)
+    assert hung.channel == "relay"
+    clock.advance(1)
+    other = ItemProgress("lucky")
+    answered = attempt(router, other)
+    assert answered.channel == "relay"
+    clock.advance(5)
+    router.report_success(other, answered.permit)  # started after the hung call: relay answers
+    clock.advance(hung.timeout_s)
+    router.report_timeout(item, hung.permit)
+    assert attempt(router, item).channel == "relay"
+
+
+def test_a_success_started_before_the_timed_out_call_does_not_clear_it() -> None:
+    router, clock = make_router()
+    early = ItemProgress("early")
+    first = attempt(router, early)
+    clock.advance(1)
+    item = ItemProgress("slow")
+    hung = attempt(router, item)
+    clock.advance(5)
+    router.report_success(early, first.permit)  # answered, but it started before the hang
+    clock.advance(hung.timeout_s)
+    router.report_timeout(item, hung.permit)
+    assert attempt(router, item).channel != "relay"
+
+
 def test_timeout_is_capped_by_the_item_deadline() -> None:
     router, clock = make_router()
     item = ItemProgress("x", deadline=clock.now() + 45)
