@@ -28,6 +28,7 @@ from airflow_banana.routing import (
     ItemProgress,
     RouterConfig,
     ThrottleConfig,
+    Wait,
     router_for,
 )
 from airflow_banana.routing.eligibility import ItemNeeds, allowed, refusal, require_servable
@@ -222,3 +223,32 @@ def test_the_planner_prices_each_item_on_its_allowed_model_tiers(tmp_path: Path)
     lanes = {a.item_id: (a.lane, round(a.expected_cost_usd, 4)) for a in plan.assignments}
     assert lanes["a"][0] == FLASH_CH and lanes["b"][0] == "google" and lanes["c"][0] == "google"
     assert not plan.infeasible
+
+
+def test_an_item_goes_to_flash_when_pro_cannot_meet_its_deadline() -> None:
+    # Pro at a negotiated price below Flash's, rate-limited to one call a minute and used up
+    configs = channels(prices={"1K": 0.01}, rpm=1, models={FLASH_IMAGE_MODEL: {}})
+    clock = FakeClock()
+    router = router_for(
+        configs,
+        clock,
+        random.Random(1),
+        config=RouterConfig(),
+        breaker=BreakerConfig(jitter=0.0),
+        throttle=ThrottleConfig(enabled=False),
+    )
+
+    def item(
+        item_id: str, deadline_s: float, fallback: tuple[str, ...] = (FLASH_IMAGE_MODEL,)
+    ) -> ItemProgress:
+        request = ImageRequest(item_id, "p", fallback_models=fallback)
+        return ItemProgress.for_request(request, deadline=clock.now() + deadline_s)
+
+    first = router.next_action(item("a", 3600))
+    assert isinstance(first, Attempt) and first.channel == "google"  # the cheaper tier first
+    urgent = router.next_action(item("b", 20))
+    assert isinstance(urgent, Attempt) and urgent.channel == FLASH_CH  # Pro is free again only in 60 s
+    relaxed = router.next_action(item("c", 3600))
+    assert isinstance(relaxed, Wait) and "cheaper 'google'" in relaxed.reason  # it can wait for Pro
+    pro_only = router.next_action(item("d", 20, fallback=()))
+    assert isinstance(pro_only, GiveUp) and "before the deadline" in pro_only.detail  # never Flash
