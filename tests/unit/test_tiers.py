@@ -252,3 +252,17 @@ def test_an_item_goes_to_flash_when_pro_cannot_meet_its_deadline() -> None:
     assert isinstance(relaxed, Wait) and "cheaper 'google'" in relaxed.reason  # it can wait for Pro
     pro_only = router.next_action(item("d", 20, fallback=()))
     assert isinstance(pro_only, GiveUp) and "before the deadline" in pro_only.detail  # never Flash
+
+
+def test_a_flash_primary_item_at_2k_is_rejected_in_the_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    lines = [
+        {"id": "big", "prompt": "x", "model": FLASH_IMAGE_MODEL, "image_size": "2K"},
+        {"id": "small", "prompt": "x", "model": FLASH_IMAGE_MODEL},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = read_manifest(str(path), open_storage(), on_invalid="quarantine")
+    assert [i.id for i in result.items] == ["small"]
+    (reject,) = result.rejects
+    assert (reject.item_id, reject.field) == ("big", "image_size")
+    assert "gemini-2.5-flash-image draws 1K only, not 2K" in reject.reason
