@@ -235,6 +235,12 @@ def parse_channel(
     )
 
 
+# What a model tier of a connection may set on its own. Prices and quotas are per model (Google's
+# rate limits and overloads are), so a tier does not inherit the connection's; the rest it does.
+TIER_KEYS = ("prices", "rpm", "ipm", "max_concurrency", "timeout")
+PER_MODEL_KEYS = ("prices", "rpm", "ipm", "max_concurrency")
+
+
 def _tier_settings(name: str, model: str, value: object) -> Mapping[str, Any]:
     if value is None or value is True:
         return {}
@@ -250,10 +256,6 @@ def _tier_settings(name: str, model: str, value: object) -> Mapping[str, Any]:
             f"a model tier may set {list(TIER_KEYS)}"
         )
     return value
-
-
-# What a model tier of a connection may set on its own: Google's quotas and prices are per model.
-TIER_KEYS = ("prices", "rpm", "ipm", "max_concurrency", "timeout")
 
 
 def parse_channels(
@@ -292,7 +294,10 @@ def parse_channels(
         if model_id(model) in seen:
             raise ConfigurationError(f"channel '{name}': extra.models names {model_id(model)!r} twice")
         seen.add(model_id(model))
-        tier = {**{k: v for k, v in extra.items() if k not in TIER_KEYS}, "model": _spelled(primary, model)}
+        tier = {
+            **{k: v for k, v in extra.items() if k not in PER_MODEL_KEYS},
+            "model": _spelled(primary, model),
+        }
         tier.update(_tier_settings(name, model, value))
         config = parse_channel(f"{name}/{model_id(model)}", host=host, password=password, extra=tier)
         configs.append(replace(config, connection=name))

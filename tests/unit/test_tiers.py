@@ -45,7 +45,7 @@ def channels(name: str = "google", protocol: str = "gemini", **extra: object) ->
 
 
 def tiered() -> list[ChannelConfig]:
-    return channels(models={FLASH_IMAGE_MODEL: {"rpm": 100}})
+    return channels(timeout=30, models={FLASH_IMAGE_MODEL: {"rpm": 100}})
 
 
 # ------------------------------------------------------------------ expansion and prices
@@ -59,6 +59,9 @@ def test_a_connection_with_models_is_one_router_channel_per_model() -> None:
     assert flash.prices == {"1K": 0.039}  # PRICING.md: 1K only
     # Google's quotas are per model: the tier has its own rate, not the connection's
     assert flash.rpm == 100 and pro.rpm is None
+    assert flash.attempt_timeout_s == pro.attempt_timeout_s == 30  # the rest is the connection's
+    limited = channels(rpm=10, models=[FLASH_IMAGE_MODEL])
+    assert [c.rpm for c in limited] == [10, None]
     assert flash.api_key.reveal() == pro.api_key.reveal() and flash.official == pro.official
     # a list of names takes the defaults; without models the connection is one channel, as before
     assert [c.name for c in channels(models=[FLASH_IMAGE_MODEL])] == ["google", FLASH_CH]
