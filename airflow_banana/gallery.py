@@ -88,7 +88,7 @@ def gallery_items(
                 aspect_ratio=request.aspect_ratio if request else "",
                 # the channel that made the image, else the last one tried (so filters find failures)
                 channel=o.channel or (o.attempts[-1].channel if o.attempts else None),
-                model=request.model if request else None,
+                model=o.model or (request.model if request else None),
                 attempts=tuple((a.channel, a.outcome) for a in o.attempts),
                 policy=_policy_of(request),
                 cost_usd=o.cost_usd,

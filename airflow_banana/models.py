@@ -21,6 +21,26 @@ DEFAULT_DATA_POLICY = "any"
 OFFICIAL_ONLY = "official_only"
 # Grounding tools an item may ask for; "google_search" sends types.Tool(google_search=GoogleSearch()).
 GROUNDINGS: tuple[str, ...] = ("google_search",)
+# Model tiers (docs/tiers.md): Flash Image ("Nano Banana") is ~3x cheaper and 3-4x faster than Pro
+# but draws 1K only; Pro is the one for 2K/4K, exact text and multi-turn edits. A model not listed
+# here draws every size (the API answers for it).
+FLASH_IMAGE_MODEL = "gemini-2.5-flash-image"
+MODEL_IMAGE_SIZES: dict[str, tuple[str, ...]] = {FLASH_IMAGE_MODEL: ("1K",)}
+# The models whose tier a channel's ``model`` names. A channel spelling its model otherwise (a
+# relay's alias) is taken as serving the item's own model, as before tiers existed.
+TIER_MODELS: tuple[str, ...] = (DEFAULT_MODEL, FLASH_IMAGE_MODEL)
+
+
+def model_id(name: str) -> str:
+    """The model a channel's spelling names: ``google/gemini-2.5-flash-image`` (a relay's namespace)
+    and ``models/gemini-2.5-flash-image`` are both ``gemini-2.5-flash-image``."""
+    return name.rsplit("/", 1)[-1] if name else DEFAULT_MODEL
+
+
+def sizes_of(model: str) -> tuple[str, ...]:
+    """The image sizes ``model`` can draw (Flash Image: 1K only)."""
+    return MODEL_IMAGE_SIZES.get(model_id(model), IMAGE_SIZES)
+
 
 # Output pixel sizes of gemini-3-pro-image-preview (GEMINI_WIRE.md): ratio -> size -> (w, h).
 PIXEL_SIZES: dict[str, dict[str, tuple[int, int]]] = {
@@ -83,6 +103,14 @@ class ImageRequest:
     # Not part of what is drawn but of who may draw it: never sent, it narrows the channels.
     data_policy: str = DEFAULT_DATA_POLICY
     grounding: str | None = None  # "google_search": the request carries the Search tool
+    # Other models that may draw it (a cheaper tier); like the data policy they narrow or widen
+    # who may draw it, so they are not part of the fingerprint (metadata records the maker).
+    fallback_models: tuple[str, ...] = ()
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models that may draw this image, the primary first."""
+        return (self.model, *self.fallback_models)
 
     @property
     def official_only(self) -> bool:
@@ -153,6 +181,8 @@ class GenerationResult:
     cost_reported: bool = False
     # What a grounded request was grounded in (``grounding_summary``): search queries, sources.
     grounding: dict[str, Any] | None = field(default=None, compare=False)
+    # The model the channel asked to draw it (the channel's tier; metadata records it).
+    model: str = ""
 
     @property
     def sha256(self) -> str:

@@ -259,7 +259,9 @@ class OutputStore:
             "prompt": request.prompt,
             "image_size": request.image_size,
             "aspect_ratio": request.aspect_ratio,
-            "model": request.model,
+            # the model that made the image (a model tier's channel may be another than asked)
+            "model": outcome.model or request.model,
+            "requested_models": list(request.allowed_models),
             "reference_images": [r.uri for r in request.reference_images],
             # which policy applied: official_only items went to official Google channels only
             "data_policy": request.data_policy,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from airflow_banana.exceptions import ConfigurationError
-from airflow_banana.models import IMAGE_SIZES
+from airflow_banana.models import DEFAULT_MODEL, FLASH_IMAGE_MODEL, IMAGE_SIZES, model_id, sizes_of
 
 PRICES_CHECKED_ON = "2026-02-15"
 
@@ -21,16 +21,39 @@ LIST_PRICES: dict[str, dict[str, float]] = {
     "batch": {"1K": 0.067, "2K": 0.067, "4K": 0.12},
     "openai": {"1K": 0.05, "2K": 0.05, "4K": 0.05},  # flat-price relay; OpenRouter: set prices
 }
+# Other model tiers: model -> lane -> size -> USD. Flash Image is $0.039 at 1K (1290 tokens at
+# $30/M), its only size; Batch is Google's 50 %. A relay's Flash price is its own: set
+# ``prices`` on the model (docs/connections.md); until then Google's list price stands in.
+MODEL_LIST_PRICES: dict[str, dict[str, dict[str, float]]] = {
+    FLASH_IMAGE_MODEL: {
+        "gemini": {"1K": 0.039},
+        "vertex": {"1K": 0.039},
+        "batch": {"1K": 0.0195},
+        "openai": {"1K": 0.039},
+    },
+}
 # The price a user would pay going to Google directly: the baseline for "savings".
 GOOGLE_DIRECT = LIST_PRICES["gemini"]
 
 
-def price_table(lane: str, overrides: Mapping[str, object] | None = None) -> dict[str, float]:
-    """The per-size price table for ``lane`` with a connection's ``prices`` overrides applied."""
-    table = dict(LIST_PRICES.get(lane, LIST_PRICES["gemini"]))
+def price_table(
+    lane: str, overrides: Mapping[str, object] | None = None, *, model: str = DEFAULT_MODEL
+) -> dict[str, float]:
+    """The per-size price table for ``lane`` and ``model`` with a connection's ``prices`` applied.
+
+    A model that draws only some sizes (Flash Image: 1K) has prices for those sizes only.
+    """
+    tiers = MODEL_LIST_PRICES.get(model_id(model))
+    if tiers is None:
+        table = dict(LIST_PRICES.get(lane, LIST_PRICES["gemini"]))
+    else:
+        table = dict(tiers.get(lane, tiers["gemini"]))
+    sizes = sizes_of(model)
     for size, value in (overrides or {}).items():
         if size not in IMAGE_SIZES:
             raise ConfigurationError(f"prices: unknown image size {size!r}; use one of {IMAGE_SIZES}")
+        if size not in sizes:
+            raise ConfigurationError(f"prices: {model_id(model)} draws {'/'.join(sizes)} only, not {size}")
         try:
             price = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:

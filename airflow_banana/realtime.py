@@ -555,6 +555,7 @@ class RealtimeEngine:
             request.image_size,
             attempts=[self._attempt_view(a, request.image_size) for a in item.attempts],
             channel=result.channel,
+            model=result.model or None,
             cost_usd=item.cost_usd,
             latency_s=round(latency, 3),
             size_matches=(info.width, info.height)

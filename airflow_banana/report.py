@@ -61,6 +61,7 @@ class ItemOutcome:
     cost_source: str | None = None  # "reported by the channel" or "configured price"
     data_policy: str = DEFAULT_DATA_POLICY  # "official_only": only official Google channels were used
     grounding: str | None = None  # "google_search": the request carried the Search tool
+    model: str | None = None  # the model that made the image (its channel's model tier)
 
     @property
     def estimated_cost_usd(self) -> float:
@@ -176,6 +177,8 @@ def build_report(
         },
         "latency_s": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
         "channels": channels,
+        # images made per model tier (Pro, Flash Image): which model made each is in its metadata
+        "models": dict(Counter(o.model for o in succeeded if o.model)),
         "size_mismatches": sorted(o.item_id for o in succeeded if o.size_matches is False),
         "failed_items": [
             {"item_id": o.item_id, "status": o.status, "reason": o.reason}
@@ -267,8 +270,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- Calls: {calls['total']} ({calls['per_success'] or '–'} per success), "
         f"failovers: {calls['failovers']}",
         f"- Latency per image: p50 {_seconds(lat['p50'])}, p95 {_seconds(lat['p95'])}",
-        "",
     ]
+    if len(report.get("models") or {}) > 1:  # said only when more than one model tier drew images
+        lines.append(
+            "- Images per model: " + ", ".join(f"{m}: {n}" for m, n in sorted(report["models"].items()))
+        )
+    lines.append("")
     if report["channels"]:
         lines += [
             "## Channels",

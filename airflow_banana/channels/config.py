@@ -10,12 +10,12 @@ import ipaddress
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_banana.exceptions import ConfigurationError, InsecureBaseUrlError
-from airflow_banana.models import DEFAULT_MODEL
+from airflow_banana.models import DEFAULT_MODEL, model_id
 from airflow_banana.pricing import price_table
 from airflow_banana.secrets import Secret
 
@@ -80,10 +80,17 @@ class ChannelConfig:
     official: bool = False
     # Can carry the Google Search tool (``grounding: google_search``); never an OpenAI-shape relay.
     grounding: bool = False
+    # The Airflow connection it came from: ``name`` itself, or for a model tier expanded from the
+    # connection's ``extra.models`` (``conn/gemini-2.5-flash-image``) the connection's id.
+    connection: str = ""
 
     @property
     def lane(self) -> str:
         return self.protocol
+
+    @property
+    def conn_id(self) -> str:
+        return self.connection or self.name
 
 
 def _number(extra: Mapping[str, Any], key: str, channel: str, *, integer: bool = False) -> Any:
@@ -199,7 +206,7 @@ def parse_channel(
     if not isinstance(prices_raw, Mapping):
         raise ConfigurationError(f"channel '{name}': extra.prices must be an object like {{\"1K\": 0.05}}")
     try:
-        prices = price_table(protocol, prices_raw)
+        prices = price_table(protocol, prices_raw, model=str(extra.get("model") or DEFAULT_MODEL))
     except ConfigurationError as err:
         raise ConfigurationError(f"channel '{name}': {err}") from err
 
@@ -226,3 +233,81 @@ def parse_channel(
         official=official,
         grounding=_grounding(name, protocol, official, extra),
     )
+
+
+# What a model tier of a connection may set on its own. Prices and quotas are per model (Google's
+# rate limits and overloads are), so a tier does not inherit the connection's; the rest it does.
+TIER_KEYS = ("prices", "rpm", "ipm", "max_concurrency", "timeout")
+PER_MODEL_KEYS = ("prices", "rpm", "ipm", "max_concurrency")
+
+
+def _tier_settings(name: str, model: str, value: object) -> Mapping[str, Any]:
+    if value is None or value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"channel '{name}': extra.models[{model!r}] must be an object like "
+            '{"prices": {"1K": 0.039}, "rpm": 10} (or null for the defaults)'
+        )
+    unknown = set(value) - set(TIER_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"channel '{name}': extra.models[{model!r}] has unknown key(s) {sorted(unknown)}; "
+            f"a model tier may set {list(TIER_KEYS)}"
+        )
+    return value
+
+
+def parse_channels(
+    name: str,
+    *,
+    host: str | None,
+    password: str | None,
+    extra: Mapping[str, Any] | str | None,
+) -> list[ChannelConfig]:
+    """The router channels of one connection: its own model, then one per ``extra.models`` entry.
+
+    The unit the router chooses is (connection, model): a Flash Image tier of a Google connection
+    has its own breaker, limiter and price table (Google's quotas and overloads are per model),
+    named ``{connection}/{model}``. ``extra.models`` is a list of model names or an object
+    ``{model: {"prices": {...}, "rpm": ..., ...}}``; the rest comes from the connection.
+    """
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ConfigurationError(f"channel '{name}': extra is not valid JSON: {err.msg}") from err
+    extra = dict(extra or {})
+    raw = extra.pop("models", None) or {}
+    primary = parse_channel(name, host=host, password=password, extra=extra)
+    if isinstance(raw, list | tuple):
+        raw = {str(m): None for m in raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"channel '{name}': extra.models must be a list of model names or an object "
+            '{"gemini-2.5-flash-image": {"prices": {"1K": 0.039}}}'
+        )
+    configs = [primary]
+    seen = {model_id(primary.model)}
+    for model, value in raw.items():
+        model = str(model)
+        if model_id(model) in seen:
+            raise ConfigurationError(f"channel '{name}': extra.models names {model_id(model)!r} twice")
+        seen.add(model_id(model))
+        tier = {
+            **{k: v for k, v in extra.items() if k not in PER_MODEL_KEYS},
+            "model": _spelled(primary, model),
+        }
+        tier.update(_tier_settings(name, model, value))
+        config = parse_channel(f"{name}/{model_id(model)}", host=host, password=password, extra=tier)
+        configs.append(replace(config, connection=name))
+    return configs
+
+
+def _spelled(primary: ChannelConfig, model: str) -> str:
+    """How the connection spells ``model``: a relay's namespace carries over (``google/`` when its
+    own model names none, as the relay channel itself assumes)."""
+    if primary.protocol == "openai" and "/" not in model:
+        namespace = primary.model.split("/", 1)[0] if "/" in primary.model else "google"
+        return f"{namespace}/{model}"
+    return model

@@ -42,7 +42,7 @@ from airflow_banana.channels.errors import (
 )
 from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.imaging import sniff_mime
-from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage
+from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage, model_id
 from airflow_banana.pricing import attempt_cost
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,14 @@ def build_contents(request: ImageRequest) -> list[dict[str, Any]]:
     return [{"role": "user", "parts": parts}]
 
 
-def resolve_model(request_model: str, config_model: str) -> str:
-    """The model name to send: the connection's, unless the request explicitly names another."""
+def resolve_model(request_model: str, config_model: str, allowed: Sequence[str] = ()) -> str:
+    """The model name to send: the connection's, unless the request explicitly names another.
+
+    ``allowed`` are the models the request may be drawn by (``ImageRequest.allowed_models``): a
+    channel whose own model is one of them (a model tier, ``extra.models``) sends its own.
+    """
+    if config_model and model_id(config_model) in {model_id(m) for m in allowed}:
+        return config_model
     if request_model and request_model != DEFAULT_MODEL:
         return request_model
     return config_model or DEFAULT_MODEL
@@ -285,6 +291,7 @@ def result_from_parsed(
         content=parsed.content,
         latency_s=latency_s,
         grounding=parsed.grounding,
+        model=resolve_model(request.model, config.model, request.allowed_models),
     )
 
 
@@ -450,7 +457,7 @@ class GeminiChannel:
                 f"channel '{self.name}', item '{request.item_id}': contents are not valid Content "
                 f"objects ({type(err).__name__}); nothing was sent"
             ) from err
-        model = resolve_model(request.model, self.config.model)
+        model = resolve_model(request.model, self.config.model, request.allowed_models)
         started = self._clock()
         body = await self._call(
             lambda client: client.aio.models.generate_content(

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from airflow_banana.channels.errors import (
 )
 from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.imaging import sniff_mime
-from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage
+from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage, model_id
 from airflow_banana.pricing import attempt_cost
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,11 @@ _MAX_HOSTED_IMAGE_BYTES = 64 * 1024 * 1024
 # ----------------------------------------------------------------------------- pure parsing
 
 
-def resolve_model(request_model: str, config_model: str) -> str:
-    """The relay model name: the connection's, unless the request explicitly names another."""
+def resolve_model(request_model: str, config_model: str, allowed: Sequence[str] = ()) -> str:
+    """The relay model name: the connection's, unless the request explicitly names another
+    (and the connection's own when it is one of the ``allowed`` models: a model tier)."""
+    if config_model and model_id(config_model) in {model_id(m) for m in allowed}:
+        return config_model
     if not request_model or request_model == DEFAULT_MODEL:
         return config_model or f"google/{DEFAULT_MODEL}"
     if "/" in request_model:
@@ -292,7 +295,8 @@ class OpenAICompatChannel:
                 f"channel '{self.name}', item '{request.item_id}': an OpenAI-compatible relay cannot "
                 f"carry {request.grounding} grounding; nothing was sent"
             )
-        body = build_body(request, resolve_model(request.model, self.config.model))
+        model = resolve_model(request.model, self.config.model, request.allowed_models)
+        body = build_body(request, model)
         started = self._clock()
         response = await self._send(
             "POST",
@@ -342,6 +346,7 @@ class OpenAICompatChannel:
             thought_signatures=(),
             content=None,
             latency_s=latency,
+            model=resolve_model(request.model, self.config.model, request.allowed_models),
         )
 
     async def _fetch_hosted(self, url: str, item_id: str) -> tuple[bytes, str]:

@@ -20,7 +20,7 @@ from airflow.sdk import BaseHook
 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
-from airflow_banana.channels.config import ChannelConfig, parse_channel
+from airflow_banana.channels.config import ChannelConfig, parse_channel, parse_channels
 from airflow_banana.channels.errors import config_secrets, scrub
 from airflow_banana.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_banana.exceptions import BananaError, ConfigurationError
@@ -47,7 +47,14 @@ class BananaChannelHook(BaseHook):
         return copy.deepcopy(UI_FIELD_BEHAVIOUR)
 
     def get_config(self) -> ChannelConfig:
-        """The parsed, validated channel settings of this connection."""
+        """The parsed, validated channel settings of this connection (its own model)."""
+        return parse_channel(self.banana_conn_id, **self._fields())
+
+    def get_configs(self) -> list[ChannelConfig]:
+        """Its router channels: its own model, then one per model tier in ``extra.models``."""
+        return parse_channels(self.banana_conn_id, **self._fields())
+
+    def _fields(self) -> dict[str, Any]:
         conn = self.get_connection(self.banana_conn_id)
         if conn.conn_type != self.conn_type:
             # An http (or any other) connection has no protocol/model/prices to read: accepting it
@@ -65,7 +72,7 @@ class BananaChannelHook(BaseHook):
             # Older connection forms saved custom fields as "extra__banana__<field>".
             prefix = f"extra__{self.conn_type}__"
             extra = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in extra.items()}
-        return parse_channel(self.banana_conn_id, host=conn.host, password=conn.password, extra=extra)
+        return {"host": conn.host, "password": conn.password, "extra": extra}
 
     def get_channel(self) -> Channel:
         """A new channel for this connection; the caller owns it and must ``await aclose()``."""
@@ -82,9 +89,13 @@ class BananaChannelHook(BaseHook):
         """
         secrets: list[str] = []
         try:
-            config = self.get_config()
+            configs = self.get_configs()
+            config = configs[0]
             secrets = config_secrets(config)
-            return True, _run(_probe(build_channel(config))) + _capabilities(config)
+            message = _run(_probe(build_channel(config))) + _capabilities(config)
+            for tier in configs[1:]:  # each model tier is probed too: a key may lack one model
+                message += f"; model tier {tier.model}: " + _run(_probe(build_channel(tier)))
+            return True, message
         except BananaError as err:
             return False, scrub(str(err), secrets)
         except Exception as err:  # the UI shows this text: it must be useful and secret-free
@@ -140,7 +151,8 @@ def load_channel_configs(conn_ids: Sequence[str] | str, *, task_id: str) -> list
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        return [BananaChannelHook(conn_id).get_config() for conn_id in ids]
+        # a connection's model tiers (extra.models) are router channels of their own
+        return [config for conn_id in ids for config in BananaChannelHook(conn_id).get_configs()]
     except AirflowNotFoundException as err:
         raise ConfigurationError(
             f"{task_id}: {err}; define the banana connection first (nothing was spent)"

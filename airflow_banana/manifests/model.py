@@ -134,6 +134,7 @@ class ManifestItem:
     line: int = 0
     data_policy: str = DEFAULT_DATA_POLICY
     grounding: str | None = None
+    fallback_models: tuple[str, ...] = ()
 
     def to_request(self, reference_images: tuple[ReferenceImage, ...] = ()) -> ImageRequest:
         """The request to send; pass the loaded images (``load_reference_images``) if it has any."""
@@ -151,6 +152,7 @@ class ManifestItem:
             reference_images=reference_images,
             data_policy=self.data_policy,
             grounding=self.grounding,
+            fallback_models=self.fallback_models,
         )
 
     def deadline_at(self, base: datetime) -> datetime | None:
@@ -166,6 +168,8 @@ class ManifestItem:
             "aspect_ratio": self.aspect_ratio,
             "model": self.model,
         }
+        if self.fallback_models:
+            out["fallback_models"] = list(self.fallback_models)
         if self.reference_images:
             out["reference_images"] = list(self.reference_images)
         if self.deadline is not None:

@@ -19,7 +19,7 @@ from airflow_banana.models import DEFAULT_DATA_POLICY
 _DEFAULT_SIZE = BUILTIN_DEFAULTS["image_size"]
 _DEFAULT_RATIO = BUILTIN_DEFAULTS["aspect_ratio"]
 _DEFAULT_MODEL = BUILTIN_DEFAULTS["model"]
-_FIELDS = 11
+_FIELDS = 12
 
 
 def _pack(item: ManifestItem) -> bytes:
@@ -36,6 +36,7 @@ def _pack(item: ManifestItem) -> bytes:
         item.metadata or None,
         None if item.data_policy == DEFAULT_DATA_POLICY else item.data_policy,
         item.grounding,
+        list(item.fallback_models) or None,
     ]
     while record[-1] is None:
         record.pop()
@@ -45,7 +46,7 @@ def _pack(item: ManifestItem) -> bytes:
 def _unpack(data: bytes) -> ManifestItem:
     record = json.loads(data)
     record += [None] * (_FIELDS - len(record))
-    item_id, prompt, line, size, ratio, model, refs, deadline, metadata, policy, grounding = record
+    item_id, prompt, line, size, ratio, model, refs, deadline, metadata, policy, grounding, fallbacks = record
     return ManifestItem(
         id=item_id,
         prompt=prompt,
@@ -58,6 +59,7 @@ def _unpack(data: bytes) -> ManifestItem:
         line=line,
         data_policy=policy or DEFAULT_DATA_POLICY,
         grounding=grounding,
+        fallback_models=tuple(fallbacks or ()),
     )
 
 

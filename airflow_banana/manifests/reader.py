@@ -48,7 +48,7 @@ from airflow_banana.manifests.model import (
     strictest_policy,
 )
 from airflow_banana.manifests.packed import PackedItems
-from airflow_banana.models import IMAGE_SIZES
+from airflow_banana.models import IMAGE_SIZES, sizes_of
 from airflow_banana.storage import Storage, TruncatedLine, join_uri, parent_uri, split_lines
 
 OnInvalid = Literal["reject", "quarantine"]
@@ -283,7 +283,8 @@ class _Reader:
         return join_uri(self.base, ref)
 
     def size_problems(self, merged: dict[str, Any], metadata: dict[str, Any]) -> list[tuple[str | None, str]]:
-        """The limits a schema-valid item can still break: prompt length and metadata size."""
+        """The limits a schema-valid item can still break: prompt length, metadata size, and an
+        image size its model cannot draw."""
         problems: list[tuple[str | None, str]] = []
         images = len(merged.get("reference_images", ()))
         max_chars = self.limits.max_prompt_chars(images)
@@ -295,6 +296,16 @@ class _Reader:
                     f"prompt is {len(merged['prompt'])} characters, over the {max_chars} that fit{beside} "
                     f"in the model's {self.limits.max_input_tokens}-token input limit (~4 characters "
                     f"a token); Google would refuse it (limit: {env_name('max_input_tokens')})",
+                )
+            )
+        if merged["image_size"] not in sizes_of(merged["model"]):
+            # the model itself cannot draw it (Flash Image: 1K only): Google would answer 400
+            problems.append(
+                (
+                    "image_size",
+                    f"{merged['model']} draws {'/'.join(sizes_of(merged['model']))} only, not "
+                    f"{merged['image_size']}; use gemini-3-pro-image-preview for 2K/4K (it may allow "
+                    "the Flash model as a fallback_models entry for 1K)",
                 )
             )
         if metadata:
@@ -368,6 +379,7 @@ class _Reader:
                 obj.get("data_policy"),
             ),
             grounding=None if merged.get("grounding") in (None, "none") else merged["grounding"],
+            fallback_models=tuple(m for m in merged.get("fallback_models", ()) if m != merged["model"]),
         )
         # ids differing only in case collide on case-insensitive disks (macOS, Windows)
         self.id_hashes.append(hash(item.id.lower()))

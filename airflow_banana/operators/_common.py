@@ -31,7 +31,8 @@ def shared_state_for(
     extra), else None (in-process state). Shared state needs ``SystemClock(shared=True)``."""
     from airflow_banana.hooks.redis import BananaRedisHook, redis_conn_id_for
 
-    shared = redis_conn_id_for(redis_conn_id, [c.name for c in configs], task_id=task_id)
+    conn_ids = list(dict.fromkeys(c.conn_id for c in configs))
+    shared = redis_conn_id_for(redis_conn_id, conn_ids, task_id=task_id)
     return BananaRedisHook(shared).get_backend(rng) if shared else None
 
 

@@ -98,8 +98,8 @@ def render_estimate(estimate: Mapping[str, Any]) -> str:
     ]
     if estimate.get("restricted"):
         lines.append(
-            f"{estimate['restricted']} item(s) are official-only or grounded: priced and timed only on the "
-            "lanes that may carry them."
+            f"{estimate['restricted']} item(s) are official-only or grounded, or limited to some model tiers"
+            ": priced and timed only on the lanes that may carry them."
         )
     lanes = estimate.get("lanes") or {}
     if lanes:

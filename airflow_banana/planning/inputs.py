@@ -27,6 +27,7 @@ from typing import Any
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError, StorageError
 from airflow_banana.manifests import ManifestItem, parse_duration
+from airflow_banana.models import IMAGE_SIZES
 from airflow_banana.planning.planner import (
     DEFAULT_CONFIDENCE,
     DEFAULT_REALTIME_LATENCY,
@@ -128,10 +129,12 @@ def plan_items(
     out = []
     for item in items:
         allowed = None
-        if lanes is not None and restricted(item):
-            allowed = frozenset(
+        if lanes is not None:
+            ok = frozenset(
                 name for name, config in lanes.items() if config is None or refusal(config, item) is None
             )
+            # None: every lane (most items); a model tier narrows items only where tiers exist
+            allowed = ok if restricted(item) or len(ok) < len(lanes) else None
         deadline = resolve_item_deadline(item, logical_date=logical_date, default_deadline=default_deadline)
         out.append(PlanItem(item_id=item.id, image_size=item.image_size, deadline=deadline, lanes=allowed))
     return out
@@ -172,7 +175,8 @@ def lane_capacity(
         channel=config.name,
         images_per_minute=images_per_minute(config, latency=lat),
         success_rate=rate,
-        price_by_size=dict(config.prices),
+        # a size the channel's model cannot draw (Flash Image: 2K/4K) is never planned there
+        price_by_size={size: config.prices.get(size, math.inf) for size in IMAGE_SIZES},
         billed_on_failure=config.billed_on_failure,
         latency=lat,
     )

@@ -285,6 +285,8 @@ class ItemProgress:
     # What the item asks of its channels (routing.eligibility): only channels allowing it are candidates.
     data_policy: str = DEFAULT_DATA_POLICY
     grounding: str | None = None
+    model: str | None = None  # and the other models it allows: a channel serves one model tier
+    fallback_models: tuple[str, ...] = ()
 
     @classmethod
     def for_request(cls, request: ImageRequest, *, deadline: float | None = None) -> ItemProgress:
@@ -294,6 +296,8 @@ class ItemProgress:
             deadline=deadline,
             data_policy=request.data_policy,
             grounding=request.grounding,
+            model=request.model,
+            fallback_models=request.fallback_models,
         )
 
     @property

@@ -20,6 +20,9 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gemini-2.5-flash-image",
     "gemini-3.1-flash-image-preview",
 )
+# A model tier's latency as a fraction of the key's profile (written for Pro): Flash Image is
+# 3-4x faster (the seed; docs/tiers.md).
+MODEL_LATENCY_FACTORS: dict[str, float] = {"gemini-2.5-flash-image": 0.3}
 # Fixed so that signatures issued by one simulator process validate in another (edit sessions
 # restored across processes, FAULTS.md S6). Override it to simulate "signature from elsewhere".
 DEFAULT_SIGNATURE_SECRET = "airflow-banana-simulator"

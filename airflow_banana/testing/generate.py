@@ -26,6 +26,8 @@ from airflow_banana.models import (
     ReferenceImage,
     estimate_input_tokens,
     expected_pixels,
+    model_id,
+    sizes_of,
 )
 from airflow_banana.testing.errors import RequestError, model_not_found
 from airflow_banana.testing.faults import CONTENT_FAULTS, markers_in
@@ -166,6 +168,17 @@ def _image_config(gen: Mapping[str, Any]) -> tuple[str, str]:
     return str(size), str(ratio)
 
 
+def check_model_size(model: str, size: str) -> None:
+    """Google's 400 INVALID_ARGUMENT for a size the model cannot draw (Flash Image: 1K only)."""
+    sizes = sizes_of(model)
+    if size not in sizes:
+        raise RequestError(
+            400,
+            f"Invalid value at 'generation_config.image_config.image_size' ({size!r}): model "
+            f"{model_id(model)} supports {', '.join(sizes)} only.",
+        )
+
+
 def _decode_inline(part: Mapping[str, Any], where: str) -> ReferenceImage:
     inline = part.get("inlineData") or {}
     try:
@@ -196,6 +209,7 @@ def parse_generate_request(
         raise RequestError(400, "* GenerateContentRequest.contents: contents is not specified\n")
     gen = req.get("generationConfig") or {}
     size, ratio = _image_config(gen)
+    check_model_size(model, size)
     modalities = [str(m).upper() for m in gen.get("responseModalities") or ["TEXT", "IMAGE"]]
     include_thoughts = bool((gen.get("thinkingConfig") or {}).get("includeThoughts", False))
 

@@ -27,13 +27,14 @@ from airflow_banana.models import (
     MAX_REFERENCE_IMAGES,
     ReferenceImage,
 )
-from airflow_banana.pricing import LIST_PRICES
+from airflow_banana.pricing import price_table
 from airflow_banana.testing.app import AppBuilder
 from airflow_banana.testing.errors import RequestError, google_error
 from airflow_banana.testing.generate import (
     Generated,
     ParsedRequest,
     _tokens,
+    check_model_size,
     content_fault_of,
     produce,
     record_billable,
@@ -96,6 +97,7 @@ def parse_chat_request(body: Mapping[str, Any], state: SimulatorState) -> Parsed
     ratio = cfg.get("aspect_ratio", "1:1")
     if size not in IMAGE_SIZES or ratio not in ASPECT_RATIOS:
         raise RequestError(400, f"image_config: unsupported image_size {size!r} or aspect_ratio {ratio!r}")
+    check_model_size(model, str(size))
     modalities = [str(m).lower() for m in body.get("modalities") or ["image", "text"]]
     prompt = "\n".join(texts)
     return ParsedRequest(
@@ -167,7 +169,8 @@ async def chat_completions(request: Request) -> Response:
             note_request(request, seen)
         except (RequestError, AttributeError, TypeError):
             prompt = ""
-    decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt)
+    model = str(body.get("model", "")) if isinstance(body, dict) else ""
+    decision, fault_resp = await apply_transport_faults(state, request, caller, started, prompt, model=model)
     if fault_resp is not None:
         return fault_resp
     if not isinstance(body, dict):
@@ -184,7 +187,9 @@ async def chat_completions(request: Request) -> Response:
         return error_response(caller, code, google_error(code, str(err)))
     prof = state.faults.profile(caller.key)
     cost = (
-        prof.openai_cost_usd if prof.openai_cost_usd is not None else LIST_PRICES["openai"][parsed.image_size]
+        prof.openai_cost_usd
+        if prof.openai_cost_usd is not None
+        else price_table("openai", model=parsed.model)[parsed.image_size]
     )
     out = chat_response(state, gen, markdown=prof.openai_markdown, cost=cost)
     if decision.body is not None:

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from airflow_banana.models import model_id
+from airflow_banana.testing.config import MODEL_LATENCY_FACTORS
 from airflow_banana.testing.errors import (
     OVERLOADED,
     fixed_status_error,
@@ -178,13 +180,17 @@ def transport_fault_response(caller: Caller, decision: Decision) -> Response | N
 
 
 async def apply_transport_faults(
-    state: SimulatorState, request: Request, caller: Caller, started: float, prompt: str
+    state: SimulatorState, request: Request, caller: Caller, started: float, prompt: str, *, model: str = ""
 ) -> tuple[Decision, Response | None]:
     """Decide this request's fault, wait its latency, and answer at once if the fault is on the
-    transport (hang, reset, a status error); else return the decision for the content stage."""
+    transport (hang, reset, a status error); else return the decision for the content stage.
+
+    The key's latency is Pro's; a faster model tier (Flash Image, 3-4x) takes a fraction of it.
+    """
     decision = state.faults.decide(caller.key, prompt)
-    if decision.latency_s > 0:
-        await asyncio.sleep(decision.latency_s)
+    latency = decision.latency_s * MODEL_LATENCY_FACTORS.get(model_id(model or caller.model), 1.0)
+    if latency > 0:
+        await asyncio.sleep(latency)
     if decision.fault == "hang":
         log_request(state, request, caller, started, 0, "hang")
         return decision, await hang(request, state)
