@@ -103,10 +103,6 @@ the item falls back to rule 7 (best effort: whatever is open, cheapest first). Q
 spread wake-ups (the head also wakes on a release), so N waiting items cost O(N) router calls
 per slot, not O(N) per release. ``forget(item)`` drops a cancelled item's place.
 
-An attempt's timeout is the channel's attempt timeout, cut to a hard deadline, and cut to the
-last moment a call on another candidate could still finish in time when a p95-ish call on this
-channel fits before that moment (a hung call then leaves room for its rescue).
-
 Money: ``Attempt`` reserves the channel's price; the report settles it (billed cost, or the
 price as "uncertain" after a timeout or cancellation, when the provider may still bill).
 429s close the channel until ``now + retry_after`` (``default_retry_after_s`` without a hint);
@@ -639,9 +635,7 @@ class Router:
         for ranked_channel in candidates:
             result = self._try(item, ranked_channel, now)
             if isinstance(result, Permit):
-                return self._dispatch(
-                    item, ranked_channel, result, now, retry=retry, last=last, candidates=candidates
-                )
+                return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
             denials.append(result)
         return self._wait_or_give_up(item, denials, now, last)
 
@@ -831,9 +825,7 @@ class Router:
             if denial is None:
                 result = self._try(item, ranked, now)
                 if isinstance(result, Permit):
-                    return self._dispatch(
-                        item, ranked, result, now, retry=retry, last=last, candidates=candidates
-                    )
+                    return self._dispatch(item, ranked, result, now, retry=retry, last=last)
                 denials.append(result)
                 if result.retry_at is None or result.reason is DenialReason.UNAFFORDABLE:
                     continue  # money, or lost the race for the last slot: the next channel
@@ -915,7 +907,6 @@ class Router:
         *,
         retry: bool,
         last: AttemptRecord | None,
-        candidates: Sequence[RankedChannel] = (),
     ) -> Attempt:
         self.spend.reserve(permit.permit_id, ranked.price_usd)  # affordability checked in _try
         # a half-open probe is the breaker measuring the channel, one call per open period, not a
@@ -927,13 +918,6 @@ class Router:
         hard_deadline = self._hard_deadline(item)
         if hard_deadline is not None:
             timeout = min(timeout, hard_deadline - now)
-            # Waiting on a silent call past the last moment another channel could still finish
-            # the item only loses it. Cut there only if a p95-ish call here fits before it: a
-            # shorter cut would stop calls that were going to answer, for a rescue that cannot run.
-            rescues = [self.finish_need(r, candidates) for r in candidates if r.channel != ranked.channel]
-            switch_by = hard_deadline - min(rescues, default=math.inf) - now
-            if self.expected_latency(ranked) <= switch_by:
-                timeout = min(timeout, switch_by)
         failover = last is not None and not last.ok and last.channel != ranked.channel
         alert = self.failovers.record(now) if failover else False
         return Attempt(ranked.channel, permit, ranked.price_usd, timeout, retry, failover, alert)

@@ -357,20 +357,6 @@ def test_timeout_is_capped_by_the_item_deadline() -> None:
     assert attempt(router, item).timeout_s == pytest.approx(45)
 
 
-def test_a_silent_call_is_cut_in_time_for_a_rescue_elsewhere_to_make_the_deadline() -> None:
-    router, clock = make_router()
-    deadline = clock.now() + 100
-    item = ItemProgress("x", deadline=deadline)
-    hung = attempt(router, item)
-    assert hung.timeout_s < 100  # not the whole time left: that would leave no rescue
-    clock.advance(hung.timeout_s)
-    router.report_timeout(item, hung.permit)
-    rescue = attempt(router, item)
-    assert rescue.channel != hung.channel
-    ranked = next(r for r in router.rank("1K") if r.channel == rescue.channel)
-    assert clock.now() + router.expected_latency(ranked) + router.config.deadline_margin_s <= deadline
-
-
 def test_channel_fatal_disables_the_channel_and_fails_over() -> None:
     router, _ = make_router()
     item = ItemProgress("x")
