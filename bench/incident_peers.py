@@ -29,15 +29,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download of 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import parse_channel
-from airflow_banana.exceptions import ChannelError, ErrorClass
 from airflow_banana.models import ImageRequest
 from airflow_banana.routing import DEFAULT_DEADLINE_S
 from airflow_banana.testing import Simulator, SimulatorConfig
 from airflow_banana.testing.connections import OPENAI_PREFIX
 from bench.incidents import CHANNELS, DEADLINES, Cell, measure, profiles
-
-PROVIDER = "banana"
-LITELLM_SETTINGS: Mapping[str, Any] = {"num_retries": 2, "allowed_fails": 3, "cooldown_time": 30}
 
 
 def channels_for(base_url: str) -> dict[str, Channel]:
@@ -78,61 +74,11 @@ def _naive(channels: Mapping[str, Channel]) -> Callable[[ImageRequest], Awaitabl
 
 
 def _litellm(channels: Mapping[str, Channel]) -> Callable[[ImageRequest], Awaitable[bool]]:
-    import httpx
-    import litellm
-    from litellm import Router
-    from litellm.llms.custom_llm import CustomLLM
-    from litellm.types.router import RetryPolicy
-    from litellm.types.utils import ModelResponse
+    from bench.virtual.litellm_peer import docs_router, provider
 
     requests: dict[str, ImageRequest] = {}
-
-    def error_for(err: ChannelError, model: str) -> Exception:
-        headers = {} if err.retry_after is None else {"retry-after": f"{err.retry_after:g}"}
-        response = httpx.Response(
-            err.status_code or 500, headers=headers, request=httpx.Request("POST", "https://bench")
-        )
-        if err.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.QUOTA_EXHAUSTED):
-            return litellm.RateLimitError(err.reason, llm_provider=PROVIDER, model=model, response=response)
-        return litellm.ServiceUnavailableError(
-            err.reason, llm_provider=PROVIDER, model=model, response=response
-        )
-
-    class BananaLLM(CustomLLM):
-        async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-            channel = channels[model.split("/", 1)[-1]]
-            request = requests[str(messages[-1]["content"])]
-            try:
-                result = await asyncio.wait_for(
-                    channel.generate(request), timeout=channel.config.attempt_timeout_s
-                )
-            except TimeoutError as err:
-                raise litellm.Timeout(message="no answer", model=model, llm_provider=PROVIDER) from err
-            except ChannelError as err:
-                raise error_for(err, model) from err
-            response = ModelResponse()
-            response.choices[0].message.content = f"image {result.sha256[:8]}"
-            return response
-
-    litellm.custom_provider_map = [{"provider": PROVIDER, "custom_handler": BananaLLM()}]
-    litellm.suppress_debug_info = True
-    litellm.turn_off_message_logging = True
     order = list(channels)
-    router = Router(
-        model_list=[
-            {"model_name": name, "litellm_params": {"model": f"{PROVIDER}/{name}", "timeout": 120}}
-            for name in order
-        ],
-        fallbacks=[{order[0]: order[1:]}],
-        retry_policy=RetryPolicy(
-            ContentPolicyViolationErrorRetries=3,
-            AuthenticationErrorRetries=0,
-            BadRequestErrorRetries=1,
-            TimeoutErrorRetries=2,
-            RateLimitErrorRetries=3,
-        ),
-        **LITELLM_SETTINGS,
-    )
+    router = docs_router(order, provider(channels, requests.__getitem__))
 
     async def one(request: ImageRequest) -> bool:
         requests[request.item_id] = request

@@ -22,7 +22,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -103,32 +103,19 @@ class VirtualCooldowns:
         return {m: v for m, (v, until) in self._cooldowns.items() if until > now}
 
 
-def _provider(models: Mapping[str, ChannelModel]) -> Any:
+def provider(channels: Mapping[str, Any], request_for: Callable[[str], ImageRequest]) -> Any:
+    """A LiteLLM ``CustomLLM`` whose model ``banana/<name>`` is our channel ``<name>``.
+
+    The message content is the item id; ``request_for`` turns it back into the request. Our
+    errors become the LiteLLM errors the answer maps to (429 with the provider's Retry-After).
+    Shared by the virtual bench and the incidents bench (``bench.incident_peers``).
+    """
     import httpx
     import litellm
     from litellm.llms.custom_llm import CustomLLM
     from litellm.types.utils import ModelResponse
 
-    class BananaLLM(CustomLLM):
-        async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-            name = model.split("/", 1)[-1]
-            channel = models[name]
-            request = ImageRequest(item_id=str(messages[-1]["content"]), prompt="bench")
-            try:
-                result = await asyncio.wait_for(
-                    channel.generate(request), timeout=channel.config.attempt_timeout_s
-                )
-            except TimeoutError as err:
-                raise litellm.Timeout(
-                    message="no answer within the timeout", model=model, llm_provider=PROVIDER
-                ) from err
-            except ChannelError as err:
-                raise _litellm_error(err, model) from err
-            response = ModelResponse()
-            response.choices[0].message.content = f"image {result.sha256[:8]}"
-            return response
-
-    def _litellm_error(err: ChannelError, model: str) -> Exception:
+    def litellm_error(err: ChannelError, model: str) -> Exception:
         headers = {} if err.retry_after is None else {"retry-after": f"{err.retry_after:g}"}
         response = httpx.Response(
             err.status_code or 500, headers=headers, request=httpx.Request("POST", "https://bench")
@@ -139,26 +126,43 @@ def _provider(models: Mapping[str, ChannelModel]) -> Any:
             err.reason, llm_provider=PROVIDER, model=model, response=response
         )
 
+    class BananaLLM(CustomLLM):
+        async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+            channel = channels[model.split("/", 1)[-1]]
+            request = request_for(str(messages[-1]["content"]))
+            try:
+                result = await asyncio.wait_for(
+                    channel.generate(request), timeout=channel.config.attempt_timeout_s
+                )
+            except TimeoutError as err:
+                raise litellm.Timeout(
+                    message="no answer within the timeout", model=model, llm_provider=PROVIDER
+                ) from err
+            except ChannelError as err:
+                raise litellm_error(err, model) from err
+            response = ModelResponse()
+            response.choices[0].message.content = f"image {result.sha256[:8]}"
+            return response
+
     return BananaLLM()
 
 
-def _router(scenario: Scenario, models: Mapping[str, ChannelModel]) -> Any:
+def docs_router(order: Sequence[str], handler: Any) -> Any:
+    """LiteLLM Router as its reliability docs recommend: one model group per channel, fallbacks
+    from the first (cheapest) to the rest in order, retries, allowed fails and cooldowns."""
     import litellm
     from litellm import Router
-    from litellm.redis.stores.router_cooldowns import RouterCooldownStore
-    from litellm.router_utils.cooldown_cache import CooldownCache
     from litellm.types.router import RetryPolicy
 
-    litellm.custom_provider_map = [{"provider": PROVIDER, "custom_handler": _provider(models)}]
+    litellm.custom_provider_map = [{"provider": PROVIDER, "custom_handler": handler}]
     litellm.suppress_debug_info = True
     litellm.turn_off_message_logging = True
-    order = by_price(scenario)
-    router = Router(
+    return Router(
         model_list=[
             {"model_name": name, "litellm_params": {"model": f"{PROVIDER}/{name}", "timeout": 120}}
             for name in order
         ],
-        fallbacks=[{order[0]: order[1:]}],
+        fallbacks=[{order[0]: list(order[1:])}],
         retry_policy=RetryPolicy(
             ContentPolicyViolationErrorRetries=3,
             AuthenticationErrorRetries=0,
@@ -168,6 +172,15 @@ def _router(scenario: Scenario, models: Mapping[str, ChannelModel]) -> Any:
         ),
         **ROUTER_SETTINGS,
     )
+
+
+def _router(scenario: Scenario, models: Mapping[str, ChannelModel]) -> Any:
+    from litellm.redis.stores.router_cooldowns import RouterCooldownStore
+    from litellm.router_utils.cooldown_cache import CooldownCache
+
+    order = by_price(scenario)
+    handler = provider(models, lambda item_id: ImageRequest(item_id=item_id, prompt="bench"))
+    router = docs_router(order, handler)
     router._cooldowns = CooldownCache(
         store=RouterCooldownStore(VirtualCooldowns()),  # type: ignore[arg-type,unused-ignore]
         default_cooldown_time=ROUTER_SETTINGS["cooldown_time"],
