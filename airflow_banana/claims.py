@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_banana.exceptions import ObjectNotFoundError, PreconditionFailedError, StorageError
-from airflow_banana.outputs import OutputStore
+from airflow_banana.storage.outputs import OutputStore
 
 log = logging.getLogger(__name__)
 

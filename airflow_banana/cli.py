@@ -186,7 +186,7 @@ def _validate_run(args: argparse.Namespace) -> int:
 
     from airflow_banana.exceptions import BananaError
     from airflow_banana.prepare import prepare_manifest
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     try:
         defaults = json.loads(args.defaults) if args.defaults else {}

@@ -25,7 +25,7 @@ from airflow_banana.manifests import (
 )
 from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.realtime import WorkItem
-from airflow_banana.storage import Storage
+from airflow_banana.storage.objects import Storage
 
 log = logging.getLogger(__name__)
 MAX_REASONS = 20  # rejects quoted in reports; every one is in rejects.jsonl

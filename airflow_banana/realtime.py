@@ -27,9 +27,7 @@ from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
-from airflow_banana.outputs import ItemCheck, OutputStore, utcnow_iso
 from airflow_banana.pricing import attempt_cost
-from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
     AttemptRecord,
@@ -41,6 +39,8 @@ from airflow_banana.routing import (
     Wait,
     describe,
 )
+from airflow_banana.storage.outputs import ItemCheck, OutputStore, utcnow_iso
+from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 
 log = logging.getLogger(__name__)
 

@@ -80,8 +80,8 @@ def child(n: int, results: str, out_dir: str) -> dict[str, Any]:
     from airflow_banana.batch.results import Harvester
     from airflow_banana.channels.config import parse_channel
     from airflow_banana.models import ImageRequest
-    from airflow_banana.outputs import OutputStore
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
+    from airflow_banana.storage.outputs import OutputStore
 
     config = parse_channel(
         "bench", host="http://127.0.0.1:1", password="bench-key", extra={"protocol": "gemini"}

@@ -102,7 +102,7 @@ def shard_items(items: int, shards: int) -> list[list[dict[str, str]]]:
 
 
 def upload_shards(parts: Sequence[Sequence[Mapping[str, str]]], prefix: str) -> None:
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     storage = open_storage(prefix)
     for s, items in enumerate(parts):
@@ -185,7 +185,7 @@ def measure(
     output: str,
     killed_at: float | None = None,
 ) -> FleetResult:
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     assert d.sim is not None
     key_ids = {d.sim.key_id(key): conn for conn, (_p, key, _e, _f) in d.channels.items() if conn in CAPS}
@@ -254,7 +254,7 @@ def _in_flight_at(
 
 def _shard_report(output: str, map_index: int) -> dict[str, Any]:
     """The item counts of one shard's run report (the last try writes it)."""
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     storage = open_storage(output)
     for uri in storage.list(f"{output}/runs/"):
@@ -338,7 +338,7 @@ def run_shards(
 def run_batch_with_triggerer_restart(d: Deployment) -> dict[str, Any]:
     """A deferred batch job while the triggerer restarts: one job created, every image once."""
     assert d.sim is not None
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     prefix = f"gs://{BUCKET}/batch"
     items = [{"id": f"b-{i:03d}", "prompt": f"batch product {i}: a linen tote bag"} for i in range(20)]

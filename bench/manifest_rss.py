@@ -55,7 +55,7 @@ def child(uri: str, step: str) -> dict[str, Any]:
 
     from airflow_banana.manifests import read_manifest
     from airflow_banana.prepare import prepare_manifest
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
 
     storage = open_storage(uri)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -139,10 +139,10 @@ async def _run_engine(
 ) -> dict[str, Any]:
     from airflow_banana.channels import build_channel
     from airflow_banana.models import ImageRequest
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, WorkItem
     from airflow_banana.routing import BreakerConfig, RetryBudgetConfig, RouterConfig, SystemClock, router_for
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
+    from airflow_banana.storage.outputs import OutputStore
 
     router_options = dict(spec.get("router") or {})
     router_options.setdefault("retry_budget", RetryBudgetConfig(ratio=10.0, min_retries=1000))

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile, Simulator, SimulatorConfig
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 from airflow_banana.testing.gcs_emulator import GcsEmulator

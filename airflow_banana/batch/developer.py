@@ -29,7 +29,7 @@ from airflow_banana.exceptions import BananaError, BatchJobError, ConfigurationE
 from airflow_banana.models import ImageRequest
 
 if TYPE_CHECKING:
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
 
 log = logging.getLogger(__name__)
 

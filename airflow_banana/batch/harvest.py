@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, cast
 from airflow_banana.batch.developer import DeveloperJobControl
 from airflow_banana.batch.jobs import JobControl, JobSnapshot
 from airflow_banana.batch.results import Harvester, HarvestResult, http_lines
-from airflow_banana.storage import Storage
+from airflow_banana.storage.objects import Storage
 
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.realtime import WorkItem
-    from airflow_banana.report import ItemOutcome
+    from airflow_banana.storage.report import ItemOutcome
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from airflow_banana.exceptions import BatchJobError, ConfigurationError
 from airflow_banana.models import ImageRequest
 
 if TYPE_CHECKING:
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ from airflow_banana.batch.state import (
 from airflow_banana.batch.wait import cancel_quietly
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity, fingerprint_of
-from airflow_banana.outputs import OutputStore
 from airflow_banana.routing.eligibility import require_servable
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri
+from airflow_banana.storage.outputs import OutputStore
 
 if TYPE_CHECKING:
     from airflow_banana.batch.jobs import JobControl

@@ -16,15 +16,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_banana.exceptions import BananaError
-from airflow_banana.outputs import utcnow_iso
 from airflow_banana.planning.history import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
-from airflow_banana.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+from airflow_banana.storage.outputs import utcnow_iso
+from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
 
 if TYPE_CHECKING:
     from airflow_banana.batch.jobs import JobSnapshot
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
 
 log = logging.getLogger(__name__)
 

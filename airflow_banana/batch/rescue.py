@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from airflow_banana.planning.planner import LaneCapacity
     from airflow_banana.prepare import PreparedManifest
     from airflow_banana.realtime import RunResult, WorkItem
-    from airflow_banana.report import ItemOutcome
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
+    from airflow_banana.storage.report import ItemOutcome
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from airflow_banana.channels.gemini import parse_generate_response, result_from_
 from airflow_banana.exceptions import ChannelError, ImageValidationError, StorageError
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import ImageRequest, expected_pixels
-from airflow_banana.outputs import OutputStore
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.report import FAILED, SUCCEEDED, Attempt, ItemOutcome
-from airflow_banana.storage import split_lines
+from airflow_banana.storage.objects import split_lines
+from airflow_banana.storage.outputs import OutputStore
+from airflow_banana.storage.report import FAILED, SUCCEEDED, Attempt, ItemOutcome
 
 log = logging.getLogger(__name__)
 LANE = "batch"

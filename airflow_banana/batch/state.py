@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow_banana.exceptions import BatchJobError, PreconditionFailedError
 from airflow_banana.identity import RunIdentity
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri
 
 STATE_FILE = "batch_job.json"
 RECORD_VERSION = 1

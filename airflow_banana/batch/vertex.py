@@ -25,7 +25,7 @@ from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.models import ImageRequest
 
 if TYPE_CHECKING:
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class VertexJobControl(GenaiJobControl):
         inline: bool | None,
         storage: Storage | None = None,
     ) -> Submitted:
-        from airflow_banana.storage import join_uri
+        from airflow_banana.storage.objects import join_uri
 
         if storage is None:
             raise ConfigurationError(

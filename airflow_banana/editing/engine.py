@@ -62,7 +62,7 @@ from airflow_banana.exceptions import (
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import INPUT_IMAGE_TOKENS, GenerationResult, ImageRequest, ReferenceImage
 from airflow_banana.routing.state import ChannelStateBackend, Denial, Outcome, Permit
-from airflow_banana.storage import join_uri
+from airflow_banana.storage.objects import join_uri
 
 log = logging.getLogger(__name__)
 

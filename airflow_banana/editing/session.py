@@ -44,7 +44,7 @@ from airflow_banana.exceptions import (
 )
 from airflow_banana.imaging import EXTENSIONS, sniff_mime
 from airflow_banana.models import ASPECT_RATIOS, DATA_POLICIES, DEFAULT_DATA_POLICY, IMAGE_SIZES
-from airflow_banana.storage import Storage, join_uri, parent_uri
+from airflow_banana.storage.objects import Storage, join_uri, parent_uri
 
 SESSION_FORMAT = "airflow-banana/edit-session"
 SESSION_VERSION = 1

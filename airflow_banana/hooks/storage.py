@@ -1,4 +1,4 @@
-"""Turn an Airflow connection into a :class:`~airflow_banana.storage.Storage`.
+"""Turn an Airflow connection into a :class:`~airflow_banana.storage.objects.Storage`.
 
 GCS credentials live in a connection (any type; ``google_cloud_platform`` is the usual one), never
 in operator arguments. Recognised extras, with or without the provider-google style prefix
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_banana.exceptions import ConfigurationError
-from airflow_banana.storage import Storage, open_storage
+from airflow_banana.storage.objects import Storage, open_storage
 
 _LEGACY_PREFIX = "extra__google_cloud_platform__"
 

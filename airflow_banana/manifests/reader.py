@@ -49,7 +49,7 @@ from airflow_banana.manifests.model import (
 )
 from airflow_banana.manifests.packed import PackedItems
 from airflow_banana.models import IMAGE_SIZES, sizes_of
-from airflow_banana.storage import Storage, TruncatedLine, join_uri, parent_uri, split_lines
+from airflow_banana.storage.objects import Storage, TruncatedLine, join_uri, parent_uri, split_lines
 
 OnInvalid = Literal["reject", "quarantine"]
 SCHEMA_FILE = "manifest.v1.schema.json"

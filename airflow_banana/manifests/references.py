@@ -21,7 +21,7 @@ from airflow_banana.imaging import inspect_image, sniff_mime
 from airflow_banana.manifests.limits import ManifestLimits, env_name, limits_from_env
 from airflow_banana.manifests.model import ManifestItem
 from airflow_banana.models import MAX_REFERENCE_IMAGES, ReferenceImage
-from airflow_banana.storage import Storage
+from airflow_banana.storage.objects import Storage
 
 # What Gemini accepts as image input; GIF is sniffed by imaging but not accepted by the API.
 ACCEPTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})

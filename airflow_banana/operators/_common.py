@@ -17,9 +17,9 @@ from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestE
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.realtime import RealtimeSettings, RunResult, WorkItem
     from airflow_banana.routing import ChannelStateBackend, RouterConfig
+    from airflow_banana.storage.outputs import OutputStore
 
 log = logging.getLogger(__name__)
 

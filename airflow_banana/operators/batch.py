@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.prepare import PreparedManifest
-    from airflow_banana.report import ItemOutcome
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
+    from airflow_banana.storage.report import ItemOutcome
 
 DEFAULT_JOB_TIMEOUT = timedelta(hours=49)  # Google expires a batch after 48 h pending/running
 

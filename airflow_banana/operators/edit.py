@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from airflow_banana.channels.config import ChannelConfig
     from airflow_banana.editing.engine import TurnSpec
     from airflow_banana.editing.session import EditSession
-    from airflow_banana.storage import Storage
+    from airflow_banana.storage.objects import Storage
 
 
 @dataclass(frozen=True)

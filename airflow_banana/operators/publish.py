@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_banana.assets import default_outlets, record_run_event
-from airflow_banana.gallery import browser_url, write_gallery
 from airflow_banana.operators._common import enforce_item_limits, summary_for_xcom
+from airflow_banana.storage.gallery import browser_url, write_gallery
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import PreparedManifest
-    from airflow_banana.report import ItemOutcome
+    from airflow_banana.storage.outputs import OutputStore
+    from airflow_banana.storage.report import ItemOutcome
 
 
 class GalleryLink(BaseOperatorLink):

@@ -120,10 +120,10 @@ class RealtimeImageOperator(ManifestLaneOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.outputs import OutputStore
         from airflow_banana.prepare import prepare_manifest
-        from airflow_banana.report import build_report
         from airflow_banana.routing.eligibility import require_servable
+        from airflow_banana.storage.outputs import OutputStore
+        from airflow_banana.storage.report import build_report
 
         skip_without_manifest(self.manifest, task_id=self.task_id)
         identity = RunIdentity.from_context(context)

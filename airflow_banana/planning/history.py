@@ -28,7 +28,7 @@ from airflow_banana.exceptions import ConfigurationError, PreconditionFailedErro
 from airflow_banana.planning.planner import DEFAULT_CONFIDENCE, BatchLane
 from airflow_banana.planning.turnaround import DEFAULT_MIN_SAMPLES, DEFAULT_TURNAROUND
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri
 
 _APPEND_ATTEMPTS = 8
 BATCH_LANE_PREFIX = "batch:"

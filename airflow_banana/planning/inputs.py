@@ -37,7 +37,7 @@ from airflow_banana.planning.planner import (
     rescue_decision,
 )
 from airflow_banana.routing.eligibility import refusal, restricted
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from airflow_banana.planning.planner import (
     PlanItem,
     make_plan,
 )
-from airflow_banana.storage import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri
 
 OnInfeasible = Literal["fail", "skip", "realtime", "batch"]
 ON_INFEASIBLE: tuple[str, ...] = ("fail", "skip", "realtime", "batch")
@@ -360,8 +360,8 @@ def plan_manifest(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.storage.outputs import OutputStore
 
     task = f"plan {run_key}"
     configs = load_channel_configs(channels, task_id=task)
@@ -430,8 +430,8 @@ def dry_run_plan(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.storage.outputs import OutputStore
 
     at = parse_now(now)
     anchor = parse_now(logical_date) if logical_date else at

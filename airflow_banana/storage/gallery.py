@@ -29,11 +29,11 @@ from urllib.parse import quote
 
 from airflow_banana.exceptions import BananaError
 from airflow_banana.imaging import thumbnail_jpeg
-from airflow_banana.report import FAILED, NOT_ATTEMPTED, ItemOutcome
+from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, ItemOutcome
 
 if TYPE_CHECKING:
     from airflow_banana.models import ImageRequest
-    from airflow_banana.outputs import OutputStore
+    from airflow_banana.storage.outputs import OutputStore
 
 log = logging.getLogger(__name__)
 

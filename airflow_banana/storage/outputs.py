@@ -25,8 +25,8 @@ from typing import Any
 from airflow_banana.exceptions import PreconditionFailedError
 from airflow_banana.imaging import ImageInfo
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
-from airflow_banana.report import FAILED, SUCCEEDED, ItemOutcome, attempt_dicts, render_markdown
-from airflow_banana.storage import ObjectStat, Storage, join_uri
+from airflow_banana.storage.objects import ObjectStat, Storage, join_uri
+from airflow_banana.storage.report import FAILED, SUCCEEDED, ItemOutcome, attempt_dicts, render_markdown
 
 log = logging.getLogger(__name__)
 METADATA_VERSION = 1

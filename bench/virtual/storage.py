@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from airflow_banana.exceptions import ObjectNotFoundError, PreconditionFailedError
-from airflow_banana.storage import ObjectStat, Storage, _Backend
+from airflow_banana.storage.objects import ObjectStat, Storage, _Backend
 
 
 class _MemoryBackend(_Backend):

@@ -77,9 +77,9 @@ def quiet() -> None:
 
 async def _ours(scenario: Scenario, clock: VirtualClock, ledger: Ledger, counter: list[int]) -> None:
     from airflow_banana.claims import ItemClaims
-    from airflow_banana.outputs import OutputStore
     from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, WorkItem
     from airflow_banana.routing import RouterConfig, router_for
+    from airflow_banana.storage.outputs import OutputStore
     from bench.virtual.storage import MemoryStorage
 
     models = models_of(scenario, ledger, "ours")

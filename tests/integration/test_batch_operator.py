@@ -33,7 +33,7 @@ from airflow_banana.operators.batch import BatchImageOperator
 from airflow_banana.planning.inputs import realtime_capacities
 from airflow_banana.planning.planner import realtime_time_needed
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 from airflow_banana.testing.gcs_emulator import EMULATOR_ENV, GcsEmulator
 from airflow_banana.testing.server import Simulator

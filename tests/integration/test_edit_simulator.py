@@ -23,7 +23,7 @@ from airflow_banana.editing import SessionStore
 from airflow_banana.editing.session import history_sha256
 from airflow_banana.exceptions import BudgetExceededError, ConfigurationError, SignatureError
 from airflow_banana.operators import SignatureEditOperator
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
 from airflow_banana.testing.connections import channel_connection, conn_env_var

@@ -12,7 +12,7 @@ from PIL import Image
 from airflow_banana.exceptions import ConfigurationError, ManifestError, ReferenceImageError
 from airflow_banana.hooks.storage import credentials_from_extras, storage_for
 from airflow_banana.manifests import load_reference_images, read_manifest, write_manifest
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 pytestmark = pytest.mark.integration
 

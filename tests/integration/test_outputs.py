@@ -11,9 +11,16 @@ from PIL import Image
 
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest
-from airflow_banana.outputs import OutputStore
-from airflow_banana.report import FAILED, SUCCEEDED, Attempt, ItemOutcome, build_report, render_markdown
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
+from airflow_banana.storage.report import (
+    FAILED,
+    SUCCEEDED,
+    Attempt,
+    ItemOutcome,
+    build_report,
+    render_markdown,
+)
 
 
 def _png(size: tuple[int, int]) -> bytes:

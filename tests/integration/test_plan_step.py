@@ -21,7 +21,7 @@ from airflow_banana.planning.history import (
 )
 from airflow_banana.planning.inputs import recent_success_rates
 from airflow_banana.planning.manifest import plan_manifest
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)

@@ -35,11 +35,11 @@ from realtime_sim import (
 from airflow_banana.channels import build_channel
 from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import PreconditionFailedError
-from airflow_banana.outputs import OutputStore
 from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
-from airflow_banana.report import NOT_ATTEMPTED, SKIPPED, SUCCEEDED, build_report
 from airflow_banana.routing import RouterConfig, SystemClock, router_for
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
+from airflow_banana.storage.report import NOT_ATTEMPTED, SKIPPED, SUCCEEDED, build_report
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
 from airflow_banana.testing.server import Simulator

@@ -49,12 +49,12 @@ from realtime_sim import (
 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.outputs import OutputStore
 from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
-from airflow_banana.report import build_report
 from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, router_for
 from airflow_banana.routing.clock import next_daily_reset
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
+from airflow_banana.storage.report import build_report
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
 from airflow_banana.testing.connections import channel_connection
@@ -698,7 +698,7 @@ def test_operator_waits_for_another_runs_claim_and_claim_ttl_none_turns_claims_o
     from airflow_banana.claims import ItemClaims
     from airflow_banana.exceptions import BananaError, ConfigurationError
     from airflow_banana.operators import RealtimeImageOperator
-    from airflow_banana.outputs import OutputStore
+    from airflow_banana.storage.outputs import OutputStore
 
     rows = [{"id": f"p{i}", "prompt": f"product {i}", "deadline": "PT2S"} for i in range(3)]
     manifest = tmp_path / "m.jsonl"

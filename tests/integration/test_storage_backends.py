@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_banana.exceptions import ObjectNotFoundError, PreconditionFailedError
-from airflow_banana.storage import Storage, join_uri, open_storage
+from airflow_banana.storage.objects import Storage, join_uri, open_storage
 from airflow_banana.testing.gcs_emulator import EMULATOR_ENV, GcsEmulator
 
 pytestmark = pytest.mark.integration

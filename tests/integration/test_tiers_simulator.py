@@ -22,11 +22,11 @@ from realtime_sim import FAST_BREAKER, FAST_ROUTER, FAST_THROTTLE, GENERATION_RO
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.config import ChannelConfig, parse_channels
 from airflow_banana.models import FLASH_IMAGE_MODEL, ImageRequest
-from airflow_banana.outputs import OutputStore
 from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
-from airflow_banana.report import build_report, render_markdown
 from airflow_banana.routing import RouterConfig, SystemClock, router_for
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
+from airflow_banana.storage.report import build_report, render_markdown
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
 from airflow_banana.testing.connections import channel_connection

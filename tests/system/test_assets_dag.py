@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 pytestmark = pytest.mark.system

@@ -16,7 +16,7 @@ from PIL import Image
 
 from airflow_banana.models import ImageRequest, expected_pixels
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 pytestmark = pytest.mark.system

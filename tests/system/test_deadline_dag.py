@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import BatchProfile
 from airflow_banana.testing.connections import channel_connection, conn_env_var

@@ -17,7 +17,7 @@ import pendulum
 import pytest
 from PIL import Image
 
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 from airflow_banana.testing.server import Simulator
 

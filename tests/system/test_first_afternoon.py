@@ -18,7 +18,7 @@ import pytest
 
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.identity import RunIdentity
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from airflow_banana.models import expected_pixels
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 

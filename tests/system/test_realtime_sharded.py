@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airflow_banana.identity import RunIdentity
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing import FaultProfile
 from airflow_banana.testing.config import SimulatorConfig
 from airflow_banana.testing.connections import channel_connection, conn_env_var

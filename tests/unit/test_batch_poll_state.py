@@ -31,7 +31,7 @@ from airflow_banana.batch.state import (
 from airflow_banana.exceptions import BatchJobError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.models import ImageRequest, ReferenceImage
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 
 @pytest.mark.parametrize(

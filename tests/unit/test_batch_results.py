@@ -13,9 +13,9 @@ from PIL import Image
 from airflow_banana.batch.results import Harvester, decode_line, iter_stream_lines
 from airflow_banana.channels.config import parse_channel
 from airflow_banana.models import ImageRequest
-from airflow_banana.outputs import OutputStore
 from airflow_banana.pricing import LIST_PRICES
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
 
 
 def _png(size: tuple[int, int] = (1024, 1024)) -> bytes:

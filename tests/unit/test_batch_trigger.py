@@ -157,9 +157,8 @@ async def main():
 events = asyncio.run(main())
 loaded = sorted(
     m for m in sys.modules
-    if m in ("airflow_banana.storage", "airflow_banana.outputs", "airflow_banana.batch.results",
-             "airflow_banana.batch.harvest", "airflow_banana.hooks.storage")
-    or m.startswith("google.cloud.storage")
+    if m in ("airflow_banana.batch.results", "airflow_banana.batch.harvest", "airflow_banana.hooks.storage")
+    or m.startswith(("airflow_banana.storage", "google.cloud.storage"))
 )
 print(json.dumps({"events": [e["status"] for e in events], "loaded": loaded}))
 """

@@ -10,8 +10,8 @@ import pytest
 
 from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import PreconditionFailedError
-from airflow_banana.outputs import OutputStore
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
 
 TTL = 100.0
 FP = "fp-1"

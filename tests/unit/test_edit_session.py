@@ -21,7 +21,7 @@ from airflow_banana.editing.session import (
     session_uri_for,
 )
 from airflow_banana.exceptions import ConfigurationError, PreconditionFailedError, StorageError
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # ~10 KB, not necessarily decodable
 

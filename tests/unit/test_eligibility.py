@@ -30,7 +30,7 @@ from airflow_banana.routing import (
     router_for,
 )
 from airflow_banana.routing.eligibility import ItemNeeds, allowed, refusal, require_servable
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 
 def conn(name: str, protocol: str, host: str | None = None, **extra: object) -> ChannelConfig:

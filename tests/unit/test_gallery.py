@@ -12,16 +12,16 @@ import pytest
 from PIL import Image
 
 from airflow_banana.exceptions import ObjectNotFoundError
-from airflow_banana.gallery import (
+from airflow_banana.imaging import thumbnail_jpeg
+from airflow_banana.models import ImageRequest
+from airflow_banana.storage.gallery import (
     GalleryItem,
     browser_url,
     gallery_items,
     render_gallery,
     with_thumbnails,
 )
-from airflow_banana.imaging import thumbnail_jpeg
-from airflow_banana.models import ImageRequest
-from airflow_banana.report import Attempt, ItemOutcome, build_report
+from airflow_banana.storage.report import Attempt, ItemOutcome, build_report
 
 EVIL = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
 

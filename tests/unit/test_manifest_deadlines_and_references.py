@@ -18,7 +18,7 @@ from airflow_banana.manifests import (
     parse_duration,
     resolve_deadline,
 )
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 BASE = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 STORAGE = open_storage()

@@ -19,7 +19,7 @@ from airflow_banana.exceptions import ConfigurationError, ManifestError
 from airflow_banana.manifests import ManifestLimits, limits_from_env, read_manifest
 from airflow_banana.manifests import document as document_module
 from airflow_banana.models import CHARS_PER_TOKEN, INPUT_IMAGE_TOKENS, MAX_INPUT_TOKENS
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 STORAGE = open_storage()
 MB = 1024 * 1024
@@ -176,7 +176,7 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys
     from airflow_banana.manifests import read_manifest
-    from airflow_banana.storage import open_storage
+    from airflow_banana.storage.objects import open_storage
     storage = open_storage()
     read_manifest(sys.argv[1], storage, on_invalid="quarantine")  # imports and caches warmed
     out = {}

@@ -23,7 +23,7 @@ from airflow_banana.exceptions import ManifestError
 from airflow_banana.manifests import ManifestLimits, read_manifest
 from airflow_banana.manifests import document as document_module
 from airflow_banana.manifests.reader import _CHUNK_BYTES
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 STORAGE = open_storage()
 LIMITS = ManifestLimits(

@@ -17,7 +17,7 @@ from airflow_banana.manifests import (
     write_manifest,
 )
 from airflow_banana.models import DEFAULT_MODEL, ImageRequest, ReferenceImage
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 STORAGE = open_storage()
 

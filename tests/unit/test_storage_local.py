@@ -15,7 +15,7 @@ from airflow_banana.exceptions import (
     PreconditionFailedError,
     StorageError,
 )
-from airflow_banana.storage import (
+from airflow_banana.storage.objects import (
     TRUNCATED_HEAD_BYTES,
     TruncatedLine,
     join_uri,

@@ -33,7 +33,7 @@ from airflow_banana.routing import (
     router_for,
 )
 from airflow_banana.routing.eligibility import ItemNeeds, allowed, refusal, require_servable
-from airflow_banana.storage import open_storage
+from airflow_banana.storage.objects import open_storage
 
 PRO = "gemini-3-pro-image-preview"
 FLASH_CH = f"google/{FLASH_IMAGE_MODEL}"
