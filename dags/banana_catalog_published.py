@@ -15,7 +15,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, task
 
-from airflow_banana.assets import output_asset
+from airflow_banana.operators.assets import output_asset
 
 log = logging.getLogger(__name__)
 CATALOG = output_asset("gs://banana-demo/catalog")

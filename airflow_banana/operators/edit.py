@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_banana.assets import record_run_event, scalar_fields
 from airflow_banana.editing.session import DEFAULT_INLINE_MAX_BYTES
 from airflow_banana.exceptions import BananaError, ConfigurationError
 from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
 from airflow_banana.models import DATA_POLICIES, DEFAULT_DATA_POLICY, MAX_REFERENCE_IMAGES, ReferenceImage
 from airflow_banana.operators._common import budget_from
+from airflow_banana.operators.assets import record_run_event, scalar_fields
 from airflow_banana.operators.publish import add_output_outlet
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class SignatureEditOperator(BaseOperator):
     :param redis_conn_id: a ``redis`` connection through which turns share breakers, rate limits
         and 429 closures with every other worker and lane (also read from a channel's extra).
     :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
-        prefix is templated; ``airflow_banana.assets``); every outlet's event
+        prefix is templated; ``airflow_banana.operators.assets``); every outlet's event
         gets the session id and URI, turns, spend and latest image URI as ``extra`` (recorded
         by Airflow when the task succeeds). Other ``outlets`` may be given too.
     """

@@ -42,7 +42,7 @@ class ManifestLaneOperator(BaseOperator):
         when more manifest lines than this were rejected; default ``None``: any number while
         something valid is left, none when every line was rejected.
     :param emit_output_asset: add the output prefix's Asset to the outlets (an alias when the
-        prefix is templated; ``airflow_banana.assets``); every outlet's event gets the run's
+        prefix is templated; ``airflow_banana.operators.assets``); every outlet's event gets the run's
         counts, spend, report and gallery URIs as ``extra`` (recorded by Airflow when the task
         succeeds). Other ``outlets`` may be given too.
 

@@ -139,7 +139,7 @@ class PlanImagesOperator(BaseOperator):
             summary["savings_usd"],
             summary["plan_md_uri"],
         )
-        from airflow_banana.assets import record_run_event, scalar_fields
+        from airflow_banana.operators.assets import record_run_event, scalar_fields
 
         record_run_event(
             context,

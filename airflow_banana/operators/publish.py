@@ -1,7 +1,7 @@
 """What a finished realtime or batch run leaves for people and DAGs besides its images.
 
 After the report is written: the gallery page next to it, the small XCom summary, and the
-run's Asset event (``airflow_banana.assets``). The ``GalleryLink`` extra link opens the page,
+run's Asset event (``airflow_banana.operators.assets``). The ``GalleryLink`` extra link opens the page,
 ``BatchJobLink`` the batch job in Google's console.
 One function for both lanes, so the two stay alike.
 """
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
-from airflow_banana.assets import default_outlets, record_run_event
 from airflow_banana.operators._common import enforce_item_limits, summary_for_xcom
+from airflow_banana.operators.assets import default_outlets, record_run_event
 from airflow_banana.storage.gallery import browser_url, write_gallery
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from airflow.sdk import DAG, Asset, AssetAlias
 from airflow.sdk.execution_time.context import OutletEventAccessors
 from airflow.sdk.execution_time.task_runner import _serialize_outlet_events
 
-from airflow_banana.assets import default_outlets, output_asset, record_run_event, scalar_fields
+from airflow_banana.operators.assets import default_outlets, output_asset, record_run_event, scalar_fields
 
 
 def _dag(dag_id: str = "d") -> DAG:
