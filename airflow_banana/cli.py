@@ -185,7 +185,7 @@ def _validate_run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from airflow_banana.exceptions import BananaError
-    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.objects import open_storage
 
     try:
@@ -196,7 +196,7 @@ def _validate_run(args: argparse.Namespace) -> int:
         print(f"airflow-banana validate: --defaults: {err}", file=sys.stderr)
         return 2
     # its "N quarantined; see rejects.jsonl in the run folder" is for runs: here there is no folder
-    logging.getLogger("airflow_banana.prepare").setLevel(logging.ERROR)
+    logging.getLogger("airflow_banana.manifests.prepare").setLevel(logging.ERROR)
     try:
         prepared = prepare_manifest(
             args.manifest,

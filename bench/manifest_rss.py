@@ -54,7 +54,7 @@ def child(uri: str, step: str) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from airflow_banana.manifests import read_manifest
-    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.objects import open_storage
 
     storage = open_storage(uri)

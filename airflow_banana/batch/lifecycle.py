@@ -41,7 +41,7 @@ from airflow_banana.storage.outputs import OutputStore
 
 if TYPE_CHECKING:
     from airflow_banana.batch.jobs import JobControl
-    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.manifests.prepare import PreparedManifest
     from airflow_banana.realtime import WorkItem
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def open_run(
     defaults: Mapping[str, Any] | None = None,
 ) -> BatchRun:
     """Prepare the manifest (every check before spend) and open the run's output and job record."""
-    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.manifests.prepare import prepare_manifest
 
     prepared = prepare_manifest(
         manifest, storage, on_invalid=on_invalid, defaults=defaults, logical_date=logical_date

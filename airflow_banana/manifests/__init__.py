@@ -1,6 +1,8 @@
 """Prompt manifests: the versioned schema, the streaming reader, the item model and reference images.
 
-Everything here runs before the first paid call, so a bad manifest costs nothing.
+Everything here runs before the first paid call, so a bad manifest costs nothing. ``prepare``
+(every check before spend, ending in the lanes' ``PreparedManifest``) is imported from its module,
+not from here: it needs the realtime lane's ``WorkItem``, and the package stays cheap to import.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from airflow_banana.batch.jobs import JobControl, JobSnapshot
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
-    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.manifests.prepare import PreparedManifest
     from airflow_banana.storage.objects import Storage
     from airflow_banana.storage.report import ItemOutcome
 

@@ -19,7 +19,7 @@ from airflow_banana.operators.publish import add_output_outlet, finish_run
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.manifests.prepare import PreparedManifest
     from airflow_banana.storage.outputs import OutputStore
     from airflow_banana.storage.report import ItemOutcome
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-    from airflow_banana.prepare import PreparedManifest
+    from airflow_banana.manifests.prepare import PreparedManifest
     from airflow_banana.storage.outputs import OutputStore
     from airflow_banana.storage.report import ItemOutcome
 

@@ -120,7 +120,7 @@ class RealtimeImageOperator(ManifestLaneOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.prepare import prepare_manifest
+        from airflow_banana.manifests.prepare import prepare_manifest
         from airflow_banana.routing.eligibility import require_servable
         from airflow_banana.storage.outputs import OutputStore
         from airflow_banana.storage.report import build_report

@@ -360,7 +360,7 @@ def plan_manifest(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.outputs import OutputStore
 
     task = f"plan {run_key}"
@@ -430,7 +430,7 @@ def dry_run_plan(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.prepare import prepare_manifest
+    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.outputs import OutputStore
 
     at = parse_now(now)

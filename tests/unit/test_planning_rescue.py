@@ -10,11 +10,11 @@ import pytest
 from airflow_banana.batch.state import BatchJobRecord
 from airflow_banana.channels.config import parse_channel
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.manifests.prepare import PreparedManifest
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
 from airflow_banana.planning.history import batch_backend_for_protocol
 from airflow_banana.planning.inputs import realtime_capacities, rescue_point
-from airflow_banana.prepare import PreparedManifest
 from airflow_banana.realtime import WorkItem
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.testing.connections import channel_connection, conn_env_var

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from airflow_banana.exceptions import ManifestError
-from airflow_banana.prepare import prepare_manifest
+from airflow_banana.manifests.prepare import prepare_manifest
 from airflow_banana.storage.objects import open_storage
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
