@@ -9,7 +9,7 @@ jobs. Three strategies per trial:
 * ``all batch``    — every item in one batch job, no rescue (half price, whenever it ends);
 * ``plan+rescue``  — ``make_plan`` routes each item; the batch job is cancelled at
   ``planning.inputs.rescue_point`` if it has not ended, its finished lines are harvested and the rest
-  go through realtime (``rescue_check`` decides, as the operator does).
+  go through realtime (``rescue_decision`` decides, as the operator does).
 
 Realtime is simulated attempt by attempt: channel *i* dispatches one attempt every
 ``1/cap_i`` minutes, each succeeds with probability ``p_i`` after ``latency``. Batch lines

@@ -8,8 +8,8 @@ turnarounds are ``planning.history``). It also answers the batch lane's one dead
 * **Rescue points**: ``rescue_point`` is the wall-clock time at which a batch job that is still
   running must be cancelled so that realtime can finish its unfinished items by the deadline.
   ``batch_end_time`` puts it together with the job timeout and the earliest deadline into the
-  one end time ``BatchImageOperator`` waits until; ``rescue_check`` repeats the pure decision
-  with the then-current unfinished count.
+  one end time ``BatchImageOperator`` waits until; at that time ``planner.rescue_decision``
+  repeats the decision with the then-current unfinished count.
 
 Only storage reads happen here (never a billable call); time is always an argument.
 """
@@ -33,7 +33,6 @@ from airflow_banana.planning.planner import (
     DEFAULT_REALTIME_LATENCY,
     LaneCapacity,
     PlanItem,
-    RescueDecision,
     rescue_decision,
 )
 from airflow_banana.routing.eligibility import refusal, restricted
@@ -247,25 +246,12 @@ def rescue_point(
     """When a still-running batch job must be cancelled so realtime can finish it by ``deadline``.
 
     ``None`` when a rescue cannot help (nothing unfinished, or no realtime capacity): wait for
-    the batch. Use it as a trigger's end time; at that time call ``rescue_check`` again.
+    the batch. Use it as a trigger's end time; at that time ask ``planner.rescue_decision`` again.
     """
     decision = rescue_decision(deadline, deadline, unfinished_count, realtime, margin, confidence=confidence)
     if decision.realtime_needed is None or unfinished_count == 0:
         return None
     return decision.rescue_at
-
-
-def rescue_check(
-    now: datetime,
-    deadline: datetime,
-    unfinished_count: int,
-    realtime: Sequence[LaneCapacity],
-    *,
-    margin: timedelta = DEFAULT_RESCUE_MARGIN,
-    confidence: float = DEFAULT_CONFIDENCE,
-) -> RescueDecision:
-    """The planner's rescue decision (thin alias so operators import one module)."""
-    return rescue_decision(now, deadline, unfinished_count, realtime, margin, confidence=confidence)
 
 
 def earliest_deadline(deadlines: Iterable[datetime | None]) -> datetime | None:

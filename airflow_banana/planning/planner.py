@@ -74,8 +74,8 @@ InfeasibleCode = Literal["deadline_passed", "capacity", "too_soon", "no_realtime
 class PlanItem:
     """One manifest item as the planner sees it; ``deadline`` is absolute and timezone-aware.
 
-    Relative deadlines (e.g. "6 h after the logical date") are resolved by the caller, see
-    ``resolve_deadline``.
+    Relative deadlines (e.g. "+6h" after the logical date) are resolved by the caller, see
+    ``planning.inputs.resolve_item_deadline``.
     """
 
     item_id: str
@@ -143,17 +143,6 @@ class BatchLane:
             durations_s, percentile=confidence * 100.0, min_samples=min_samples, default=default
         )
         return cls(name=name, price_by_size=price_by_size, turnaround=estimate.duration, estimate=estimate)
-
-
-def resolve_deadline(value: datetime | timedelta | None, *, anchor: datetime) -> datetime | None:
-    """An absolute deadline from an absolute one, one relative to ``anchor`` (the logical date), or none."""
-    _check_aware(anchor, "anchor (logical date)")
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return anchor + value
-    _check_aware(value, "deadline")
-    return value
 
 
 # --------------------------------------------------------------------------- outputs

@@ -20,7 +20,6 @@ from airflow_banana.planning.planner import (
     make_plan,
     realtime_time_needed,
     rescue_decision,
-    resolve_deadline,
 )
 from airflow_banana.pricing import GOOGLE_DIRECT, LIST_PRICES
 
@@ -334,30 +333,8 @@ def test_equal_batch_lanes_prefer_shorter_turnaround_then_declaration_order() ->
     assert plan([PlanItem("a")], batch=[b1, b2, b3]).assignment("a").lane == "b2"
 
 
-# --------------------------------------------------------------------------- relative deadlines
-
-
-def test_relative_deadlines_are_resolved_by_the_caller_against_the_logical_date() -> None:
-    logical = datetime(2026, 2, 14, 0, 0, tzinfo=UTC)
-    assert resolve_deadline(timedelta(hours=36), anchor=logical) == NOW
-    assert resolve_deadline(None, anchor=logical) is None
-    absolute = NOW + HOUR
-    assert resolve_deadline(absolute, anchor=logical) == absolute
-    items = [
-        PlanItem("hero", "2K", resolve_deadline(timedelta(hours=38), anchor=logical)),  # NOW + 2 h
-        PlanItem("catalog", "2K", resolve_deadline(timedelta(hours=72), anchor=logical)),  # NOW + 36 h
-        PlanItem("stale", "2K", resolve_deadline(timedelta(hours=6), anchor=logical)),
-    ]
-    p = plan(items, realtime=[rt(ipm=10)], batch=[BATCH])
-    assert p.assignment("hero").kind == "realtime"
-    assert p.assignment("catalog").kind == "batch"
-    assert p.infeasible[0].item_id == "stale" and p.infeasible[0].code == "deadline_passed"
-
-
 def test_naive_datetimes_are_refused() -> None:
     naive = datetime(2026, 2, 15, 12)
-    with pytest.raises(ConfigurationError, match="no timezone"):
-        resolve_deadline(timedelta(hours=1), anchor=naive)
     with pytest.raises(ConfigurationError, match="item 'a' deadline"):
         plan([PlanItem("a", "1K", naive)])
     with pytest.raises(ConfigurationError, match="now"):

@@ -19,13 +19,12 @@ from airflow_banana.planning.inputs import (
     lane_capacity,
     plan_items,
     realtime_capacities,
-    rescue_check,
     rescue_point,
     resolve_item_deadline,
     with_absolute_deadline,
 )
 from airflow_banana.planning.manifest import compute_plan, lanes_to_run, parse_now
-from airflow_banana.planning.planner import LaneCapacity, realtime_time_needed
+from airflow_banana.planning.planner import LaneCapacity, realtime_time_needed, rescue_decision
 from airflow_banana.pricing import LIST_PRICES
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
@@ -189,8 +188,8 @@ def test_rescue_point_is_deadline_minus_realtime_time_minus_margin():
     # More unfinished items need more realtime time: the point moves earlier.
     later = rescue_point(deadline, 4, caps, margin=margin)
     assert later is not None and later > point
-    assert rescue_check(point - timedelta(seconds=1), deadline, 40, caps, margin=margin).rescue_now is False
-    assert rescue_check(point, deadline, 40, caps, margin=margin).rescue_now is True
+    assert rescue_decision(point - timedelta(seconds=1), deadline, 40, caps, margin).rescue_now is False
+    assert rescue_decision(point, deadline, 40, caps, margin).rescue_now is True
 
 
 def test_no_rescue_point_without_work_or_capacity():
