@@ -8,8 +8,8 @@ turnarounds are ``planning.history``). It also answers the batch lane's one dead
 * **Rescue points**: ``rescue_point`` is the wall-clock time at which a batch job that is still
   running must be cancelled so that realtime can finish its unfinished items by the deadline.
   ``batch_end_time`` puts it together with the job timeout and the earliest deadline into the
-  one end time ``BatchImageOperator`` waits until; at that time ``planner.rescue_decision``
-  repeats the decision with the then-current unfinished count.
+  one end time ``BatchImageOperator`` waits until (the job is given up there);
+  ``planner.rescue_decision`` is the same decision at any ``now``, for operators of your own.
 
 Only storage reads happen here (never a billable call); time is always an argument.
 """
@@ -246,7 +246,7 @@ def rescue_point(
     """When a still-running batch job must be cancelled so realtime can finish it by ``deadline``.
 
     ``None`` when a rescue cannot help (nothing unfinished, or no realtime capacity): wait for
-    the batch. Use it as a trigger's end time; at that time ask ``planner.rescue_decision`` again.
+    the batch. Use it as a trigger's end time (``planner.rescue_decision`` decides at any ``now``).
     """
     decision = rescue_decision(deadline, deadline, unfinished_count, realtime, margin, confidence=confidence)
     if decision.realtime_needed is None or unfinished_count == 0:
