@@ -3,7 +3,8 @@
 Modules: ``poll`` (the pure poll decision), ``state`` (job identity and the intent/submitted
 record), ``requests`` (request lines), ``jobs`` with ``developer`` / ``vertex`` (job control:
 submit, get, cancel, find — a channel config is all it needs, so the trigger holds only this),
-``harvest`` (reading an ended job's results) and ``results`` (committing them line by line).
+``harvest`` (reading an ended job's results), ``results`` (committing them line by line) and
+``ending`` (the run's second half: how the job ended, harvest and rescue, the turnaround record).
 Nothing here imports Airflow or google-genai at import time.
 """
 

@@ -21,6 +21,7 @@ from airflow_banana.storage.outputs import utcnow_iso
 from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
 
 if TYPE_CHECKING:
+    from airflow_banana.batch.ending import JobEnding
     from airflow_banana.batch.jobs import JobSnapshot
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
@@ -96,17 +97,16 @@ def job_info(
 def batch_report(
     run: BatchRun,
     record: BatchJobRecord | None,
-    snapshot: JobSnapshot | None,
-    outcomes: Mapping[str, ItemOutcome],
+    ending: JobEnding | None,
     *,
-    story: Mapping[str, Any] | None,
     console_url: str,
     manifest: str,
     output_prefix: str,
 ) -> tuple[dict[str, Any], list[ItemOutcome]]:
     """The run report (``report.build_report`` with the job's ``batch_job`` section) and the
-    outcome of every item."""
-    items = every_item(run, outcomes)
+    outcome of every item; ``record``/``ending`` None: nothing was submitted."""
+    snapshot, story = (ending.snapshot, ending.story) if ending is not None else (None, None)
+    items = every_item(run, ending.outcomes if ending is not None else {})
     now = utcnow_iso()
     report = build_report(
         items,

@@ -144,19 +144,14 @@ class RealtimeRescue:
 
 
 def job_end_time(
-    record: BatchJobRecord,
-    prepared: PreparedManifest,
-    *,
-    job_timeout: timedelta,
-    rescue: RealtimeRescue | None,
-    storage: Storage,
-    output_prefix: str,
+    record: BatchJobRecord, run: BatchRun, *, job_timeout: timedelta, rescue: RealtimeRescue | None
 ) -> float:
     """Epoch seconds at which waiting for the job stops (``planning.inputs.batch_end_time``).
 
-    The rescue channels' capacities (with measured success rates from ``storage``) are read only
-    when an item of the job has a deadline.
+    The rescue channels' capacities (with success rates measured from the run's recent reports)
+    are read only when an item of the job has a deadline.
     """
+    prepared, storage, output_prefix = run.prepared, run.state.storage, run.store.prefix
     submitted = datetime.fromisoformat(record.submitted_at) if record.submitted_at else datetime.now(UTC)
     in_job = set(record.item_ids)
     work = [w for w in prepared.work if w.request.item_id in in_job]

@@ -7,9 +7,9 @@ module, and ``execute`` / ``execute_complete`` read as the lifecycle.
 2. submit, or reattach to this task instance's job (FAULTS.md B1)      ``batch.lifecycle``
 3. the end time: job timeout, rescue point or earliest deadline       ``batch.rescue``
 4. wait in the triggerer (``BatchJobTrigger``) or in the worker        ``batch.wait``
-5. at the end time cancel the job, and wait until it has really ended  ``batch.wait``
-6. harvest line by line, rescue the rest through realtime             ``batch.harvest``
-7. record the job's turnaround, write the report                      ``batch.report``
+5. at the end time cancel the job, and wait until it has really ended  ``batch.ending``, ``batch.wait``
+6. harvest line by line, rescue the rest through realtime             ``batch.ending``, ``batch.harvest``
+7. record the job's turnaround, write the report                      ``batch.ending``, ``batch.report``
 
 Without ``rescue_channels`` the job is waited for until the earliest deadline (or
 ``job_timeout``). A retry of the task reattaches to the recorded job instead of paying for a
@@ -19,7 +19,8 @@ second one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from contextlib import closing
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import conf
@@ -36,12 +37,10 @@ from airflow_banana.planning.planner import DEFAULT_CONFIDENCE
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_banana.batch.jobs import JobControl, JobSnapshot
+    from airflow_banana.batch.ending import JobEnding
+    from airflow_banana.batch.jobs import JobControl
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
-    from airflow_banana.manifests.prepare import PreparedManifest
-    from airflow_banana.storage.objects import Storage
-    from airflow_banana.storage.report import ItemOutcome
 
 DEFAULT_JOB_TIMEOUT = timedelta(hours=49)  # Google expires a batch after 48 h pending/running
 
@@ -171,16 +170,6 @@ class BatchImageOperator(ManifestLaneOperator):
             redis_conn_id=self.redis_conn_id,
         )
 
-    def _end_time(self, record: BatchJobRecord, prepared: PreparedManifest, storage: Storage) -> float:
-        return job_end_time(
-            record,
-            prepared,
-            job_timeout=self.job_timeout,
-            rescue=self._rescue(),
-            storage=storage,
-            output_prefix=self.output_prefix,
-        )
-
     # ------------------------------------------------------------------ first half: submit and wait
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.batch.lifecycle import SubmitOptions, reattach_or_submit
@@ -191,8 +180,7 @@ class BatchImageOperator(ManifestLaneOperator):
         run = self._open_run(context)
         if run.prepared.rejects_jsonl:
             run.store.write_rejects(run.key, run.prepared.rejects_jsonl)
-        jobs = self._jobs()
-        try:
+        with closing(self._jobs()) as jobs:
             if (rescue := self._rescue()) is not None:
                 rescue.warn_unrescuable(run.prepared)
             staging = self.gcs_staging_prefix
@@ -200,11 +188,12 @@ class BatchImageOperator(ManifestLaneOperator):
             record = reattach_or_submit(jobs, run, options)
             if record is None:
                 self.log.info("run %s: every item is already done; nothing submitted, nothing paid", run.key)
-                return self._finish(context, run, None, None, {})
+                return self._finish(context, run, None, None)
             assert record.job_name is not None
             self.console_url = jobs.console_url(record.job_name)
             push_link(context, BatchJobLink(), self.console_url, log=self.log)
-            _rescue, poll = self._policies(self._end_time(record, run.prepared, run.state.storage))
+            end_time = job_end_time(record, run, job_timeout=self.job_timeout, rescue=self._rescue())
+            _rescue, poll = self._policies(end_time)
             self._running_job = (self.channel, record.job_name)
             if self.deferrable:
                 from airflow_banana.triggers.batch import BatchJobTrigger
@@ -212,60 +201,33 @@ class BatchImageOperator(ManifestLaneOperator):
                 trigger = BatchJobTrigger.for_policy(self.channel, record.job_name, poll)
                 self.defer(trigger=trigger, method_name="execute_complete")
             event = wait_here(jobs, record.job_name, poll)
-        finally:
-            jobs.close()
         return self.execute_complete(context, event)
 
     # ------------------------------------------------------------------ second half: harvest and report
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
-        from airflow_banana.batch.harvest import harvest_and_rescue
-        from airflow_banana.batch.report import record_job_turnaround
-        from airflow_banana.batch.wait import ended_event, final_snapshot, settle_limits
+        from airflow_banana.batch.ending import JobEnding, turnaround_recorded
+        from airflow_banana.batch.wait import settle_limits
 
         policy, poll = self._policies()
-        ended_at = datetime.now(UTC)
-        job_name = ended_event(event, what=self.task_id)
-        assert event is not None
+        ending = JobEnding.from_event(event, what=self.task_id)
         run = self._open_run(context)
-        record = run.state.require(job_name, what=self.task_id)
-        final_state, cancelled = str(event.get("state") or ""), event["status"] == "end_time"
+        record = run.state.require(ending.job_name, what=self.task_id)
         point = "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
-        try:
-            jobs = self._jobs()
-            try:
-                self.console_url = jobs.console_url(job_name)
-                snapshot, ending = final_snapshot(
-                    jobs,
-                    job_name,
-                    event,
-                    end_time_means=point,
-                    ended_at=ended_at.isoformat(timespec="seconds"),
-                    settle=settle_limits(policy.margin.total_seconds(), poll.interval_s),
-                )
-                final_state, story = snapshot.state.value, {"ending": ending}
+        settle = settle_limits(policy.margin.total_seconds(), poll.interval_s)
+        # The turnaround is recorded also when the harvest or the failed-items check raises.
+        with turnaround_recorded(ending, run, record, enabled=self.record_turnaround):
+            with closing(self._jobs()) as jobs:
+                self.console_url = jobs.console_url(ending.job_name)
+                ending.settle(jobs, end_time_means=point, settle=settle)
                 rescue = self._rescue()
-                step = rescue.for_run(run) if rescue is not None else None
-                outcomes = harvest_and_rescue(jobs, snapshot, record, run, story, rescue=step)
-            finally:
-                jobs.close()
-            run.state.mark_harvested(record, final_state)
+                ending.harvest(jobs, run, record, rescue.for_run(run) if rescue is not None else None)
+            run.state.mark_harvested(record, ending.final_state)
             self._running_job = None
-            return self._finish(context, run, record, snapshot, outcomes, story)
-        finally:
-            # Also when the harvest or the failed-items check raises: the job has ended either way.
-            if self.record_turnaround:
-                turnaround = (run.state.storage, self.output_prefix, record, final_state, ended_at)
-                record_job_turnaround(*turnaround, cancelled=cancelled)
+            return self._finish(context, run, record, ending)
 
     def _finish(
-        self,
-        context: Context,
-        run: BatchRun,
-        record: BatchJobRecord | None,
-        snapshot: JobSnapshot | None,
-        outcomes: Mapping[str, ItemOutcome],
-        story: Mapping[str, Any] | None = None,
+        self, context: Context, run: BatchRun, record: BatchJobRecord | None, ending: JobEnding | None
     ) -> dict[str, Any]:
         """Report every item, publish the run (gallery, asset event), apply the failure limits."""
         from airflow_banana.batch.report import batch_report
@@ -273,9 +235,7 @@ class BatchImageOperator(ManifestLaneOperator):
         report, items = batch_report(
             run,
             record,
-            snapshot,
-            outcomes,
-            story=story,
+            ending,
             console_url=self.console_url,
             manifest=self.manifest,
             output_prefix=self.output_prefix,

@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 
-from airflow_banana.batch.state import BatchJobRecord
+from airflow_banana.batch.lifecycle import BatchRun
+from airflow_banana.batch.rescue import job_end_time
+from airflow_banana.batch.state import BatchJobRecord, JobStateStore
 from airflow_banana.channels.config import parse_channel
 from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.identity import RunIdentity
 from airflow_banana.manifests.prepare import PreparedManifest
 from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
@@ -17,6 +20,7 @@ from airflow_banana.planning.history import batch_backend_for_protocol
 from airflow_banana.planning.inputs import realtime_capacities, rescue_point
 from airflow_banana.realtime import WorkItem
 from airflow_banana.storage.objects import open_storage
+from airflow_banana.storage.outputs import OutputStore
 from airflow_banana.testing.connections import channel_connection, conn_env_var
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -66,7 +70,11 @@ def _operator(**kwargs: Any) -> BatchImageOperator:
 
 
 def _end_time(op: BatchImageOperator, record: BatchJobRecord, prepared: PreparedManifest, tmp: Any) -> float:
-    return op._end_time(record, prepared, open_storage(str(tmp)))
+    """The end time the operator waits until, for this job of its run."""
+    storage = open_storage(str(tmp))
+    state = JobStateStore(storage, str(tmp), "r")
+    run = BatchRun(RunIdentity("d", "t", "r"), OutputStore(storage, str(tmp)), prepared, "f", state)
+    return job_end_time(record, run, job_timeout=op.job_timeout, rescue=op._rescue())
 
 
 def test_end_time_is_the_rescue_point_of_the_earliest_deadline(connections, tmp_path):
