@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError
@@ -50,6 +50,10 @@ from airflow_banana.planning.planner import (
     make_plan,
 )
 from airflow_banana.storage.objects import Storage, join_uri
+
+if TYPE_CHECKING:
+    from airflow_banana.manifests.prepare import PreparedManifest
+    from airflow_banana.storage.outputs import OutputStore
 
 OnInfeasible = Literal["fail", "skip", "realtime", "batch"]
 ON_INFEASIBLE: tuple[str, ...] = ("fail", "skip", "realtime", "batch")
@@ -360,26 +364,23 @@ def plan_manifest(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.outputs import OutputStore
 
     task = f"plan {run_key}"
     configs = load_channel_configs(channels, task_id=task)
     batch_config = load_channel_configs([batch_channel], task_id=task)[0] if batch_channel else None
     storage = storage_for(output_prefix, gcp_conn_id)
-    prepared = prepare_manifest(
-        manifest, storage, on_invalid=on_invalid, defaults=dict(defaults or {}), logical_date=logical_date
-    )
     store = OutputStore(storage, output_prefix)
+    prepared, done = _prepare_skipping_done(
+        manifest,
+        storage,
+        store if skip_done else None,
+        logical_date=logical_date,
+        on_invalid=on_invalid,
+        defaults=dict(defaults or {}),
+    )
     if prepared.rejects_jsonl:
         store.write_rejects(run_key, prepared.rejects_jsonl)
-    done: list[str] = []
-    if skip_done:
-        done = [
-            w.request.item_id
-            for w in prepared.work
-            if store.done_record(w.request.item_id, w.request.fingerprint())
-        ]
     computed = compute_plan(
         prepared.items,
         configs=configs,
@@ -430,7 +431,6 @@ def dry_run_plan(
     """
     from airflow_banana.hooks.channel import load_channel_configs
     from airflow_banana.hooks.storage import storage_for
-    from airflow_banana.manifests.prepare import prepare_manifest
     from airflow_banana.storage.outputs import OutputStore
 
     at = parse_now(now)
@@ -440,15 +440,8 @@ def dry_run_plan(
     if batch_channel:
         batch = load_channel_configs([batch_channel], task_id="plan")[0]
     storage = storage_for(manifest, gcp_conn_id)
-    prepared = prepare_manifest(manifest, storage, logical_date=anchor)
-    done: list[str] = []
-    if output_prefix:
-        store = OutputStore(storage, output_prefix)
-        done = [
-            w.request.item_id
-            for w in prepared.work
-            if store.done_record(w.request.item_id, w.request.fingerprint())
-        ]
+    store = OutputStore(storage, output_prefix) if output_prefix else None
+    prepared, done = _prepare_skipping_done(manifest, storage, store, logical_date=anchor)
     return compute_plan(
         prepared.items,
         configs=configs,
@@ -463,6 +456,33 @@ def dry_run_plan(
         skip=done,
         realtime_latency=realtime_latency,
     )
+
+
+def _prepare_skipping_done(
+    manifest: str,
+    storage: Storage,
+    store: OutputStore | None,
+    *,
+    logical_date: datetime,
+    on_invalid: Literal["reject", "quarantine"] = "reject",
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[PreparedManifest, list[str]]:
+    """The manifest prepared (every check before spend) and the ids of its items already done in
+    ``store`` with the same request fingerprint (none without a store): a backfill plans, and
+    pays, only for what is missing."""
+    from airflow_banana.manifests.prepare import prepare_manifest
+
+    prepared = prepare_manifest(
+        manifest, storage, on_invalid=on_invalid, defaults=defaults, logical_date=logical_date
+    )
+    if store is None:
+        return prepared, []
+    done = [
+        w.request.item_id
+        for w in prepared.work
+        if store.done_record(w.request.item_id, w.request.fingerprint())
+    ]
+    return prepared, done
 
 
 def lanes_to_run(
