@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_banana.batch.harvest import harvest_and_rescue
 from airflow_banana.batch.report import record_job_turnaround
-from airflow_banana.batch.wait import ended_event, final_snapshot
+from airflow_banana.batch.wait import ended_event, final_snapshot, settle_limits
 
 if TYPE_CHECKING:
-    from airflow_banana.batch.harvest import Rescue
     from airflow_banana.batch.jobs import JobControl, JobSnapshot
     from airflow_banana.batch.lifecycle import BatchRun
+    from airflow_banana.batch.rescue import RealtimeRescue
     from airflow_banana.batch.state import BatchJobRecord
     from airflow_banana.storage.report import ItemOutcome
 
@@ -59,18 +59,27 @@ class JobEnding:
             return self.snapshot.state.value
         return str(self.event.get("state") or "")
 
-    def settle(self, jobs: JobControl, *, end_time_means: str, settle: tuple[float, float]) -> None:
-        """Read the job as it ended; at its end time cancel it and wait until it has (``final_snapshot``)."""
-        ended_at = self.ended_at.isoformat(timespec="seconds")
+    def settle(self, jobs: JobControl, *, rescuing: bool, margin: timedelta, poll_interval_s: float) -> None:
+        """Read the job as it ended; at its end time (its rescue point when ``rescuing``, else the
+        earliest deadline or job timeout) cancel it and wait until it has ended (``final_snapshot``,
+        at most half the rescue ``margin``)."""
         self.snapshot, ending = final_snapshot(
-            jobs, self.job_name, self.event, end_time_means=end_time_means, ended_at=ended_at, settle=settle
+            jobs,
+            self.job_name,
+            self.event,
+            end_time_means="its rescue point" if rescuing else "the earliest deadline or job_timeout",
+            ended_at=self.ended_at.isoformat(timespec="seconds"),
+            settle=settle_limits(margin.total_seconds(), poll_interval_s),
         )
         self.story = {"ending": ending}
 
-    def harvest(self, jobs: JobControl, run: BatchRun, record: BatchJobRecord, rescue: Rescue | None) -> None:
-        """Harvest the settled job line by line and rescue what it did not deliver."""
+    def harvest(
+        self, jobs: JobControl, run: BatchRun, record: BatchJobRecord, rescue: RealtimeRescue | None
+    ) -> None:
+        """Harvest the settled job line by line and rescue what it did not deliver (``rescue``)."""
         assert self.snapshot is not None, "settle() first"
-        self.outcomes = harvest_and_rescue(jobs, self.snapshot, record, run, self.story, rescue=rescue)
+        step = rescue.for_run(run) if rescue is not None else None
+        self.outcomes = harvest_and_rescue(jobs, self.snapshot, record, run, self.story, rescue=step)
 
 
 @contextmanager

@@ -18,10 +18,9 @@ this task instance, but a retry after a forced job was harvested starts another 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_banana.batch.state import (
     HARVESTED,
@@ -68,21 +67,9 @@ class BatchRun:
 
 
 def open_run(
-    storage: Storage,
-    output_prefix: str,
-    manifest: str,
-    *,
-    identity: RunIdentity,
-    logical_date: datetime,
-    on_invalid: Any = "reject",
-    defaults: Mapping[str, Any] | None = None,
+    storage: Storage, output_prefix: str, prepared: PreparedManifest, identity: RunIdentity
 ) -> BatchRun:
-    """Prepare the manifest (every check before spend) and open the run's output and job record."""
-    from airflow_banana.manifests.prepare import prepare_manifest
-
-    prepared = prepare_manifest(
-        manifest, storage, on_invalid=on_invalid, defaults=defaults, logical_date=logical_date
-    )
+    """The run of a prepared manifest: its output and its job record."""
     return BatchRun(
         identity=identity,
         store=OutputStore(storage, output_prefix),

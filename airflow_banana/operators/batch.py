@@ -28,7 +28,7 @@ from airflow.sdk import conf
 from airflow_banana.batch.poll import PollPolicy, poll_policy
 from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy, job_end_time
 from airflow_banana.hooks.channel import load_channel_configs
-from airflow_banana.operators._common import logical_date_of, realtime_rescue, skip_without_manifest
+from airflow_banana.operators._common import realtime_rescue, skip_without_manifest
 from airflow_banana.operators.lane import ManifestLaneOperator
 from airflow_banana.operators.publish import BatchJobLink, GalleryLink, push_link
 from airflow_banana.planning.inputs import DEFAULT_RESCUE_MARGIN
@@ -144,15 +144,9 @@ class BatchImageOperator(ManifestLaneOperator):
         from airflow_banana.hooks.storage import storage_for
         from airflow_banana.identity import RunIdentity
 
-        return open_run(
-            storage_for(self.output_prefix, self.gcp_conn_id),
-            self.output_prefix,
-            self.manifest,
-            identity=RunIdentity.from_context(context),
-            logical_date=logical_date_of(context),
-            on_invalid=self.on_invalid,
-            defaults=self.defaults,
-        )
+        storage = storage_for(self.output_prefix, self.gcp_conn_id)
+        identity = RunIdentity.from_context(context)
+        return open_run(storage, self.output_prefix, self.prepare(context, storage), identity)
 
     def _jobs(self) -> JobControl:
         from airflow_banana.batch import job_control_for
@@ -192,7 +186,7 @@ class BatchImageOperator(ManifestLaneOperator):
             assert record.job_name is not None
             self.console_url = jobs.console_url(record.job_name)
             push_link(context, BatchJobLink(), self.console_url, log=self.log)
-            end_time = job_end_time(record, run, job_timeout=self.job_timeout, rescue=self._rescue())
+            end_time = job_end_time(record, run, job_timeout=self.job_timeout, rescue=rescue)
             _rescue, poll = self._policies(end_time)
             self._running_job = (self.channel, record.job_name)
             if self.deferrable:
@@ -207,21 +201,18 @@ class BatchImageOperator(ManifestLaneOperator):
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: harvest what the job delivered, rescue the rest, report."""
         from airflow_banana.batch.ending import JobEnding, turnaround_recorded
-        from airflow_banana.batch.wait import settle_limits
 
         policy, poll = self._policies()
         ending = JobEnding.from_event(event, what=self.task_id)
         run = self._open_run(context)
         record = run.state.require(ending.job_name, what=self.task_id)
-        point = "its rescue point" if self.rescue_channels else "the earliest deadline or job_timeout"
-        settle = settle_limits(policy.margin.total_seconds(), poll.interval_s)
         # The turnaround is recorded also when the harvest or the failed-items check raises.
         with turnaround_recorded(ending, run, record, enabled=self.record_turnaround):
             with closing(self._jobs()) as jobs:
                 self.console_url = jobs.console_url(ending.job_name)
-                ending.settle(jobs, end_time_means=point, settle=settle)
-                rescue = self._rescue()
-                ending.harvest(jobs, run, record, rescue.for_run(run) if rescue is not None else None)
+                rescuing = bool(self.rescue_channels)
+                ending.settle(jobs, rescuing=rescuing, margin=policy.margin, poll_interval_s=poll.interval_s)
+                ending.harvest(jobs, run, record, self._rescue())
             run.state.mark_harvested(record, ending.final_state)
             self._running_job = None
             return self._finish(context, run, record, ending)

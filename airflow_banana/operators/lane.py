@@ -1,7 +1,8 @@
 """``ManifestLaneOperator``: what every image lane operator shares — a manifest in, an output prefix out.
 
 The realtime and batch operators take the same manifest and output arguments, check them the
-same way and publish the same run (gallery, Asset event, failure limits). One base class keeps
+same way, prepare the manifest the same way and publish the same run (gallery, Asset event,
+failure limits). One base class keeps
 them alike, so each lane operator's own file holds only its lane's arguments and lifecycle.
 """
 
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_banana.exceptions import ConfigurationError
-from airflow_banana.operators._common import checked_max_rejected
+from airflow_banana.operators._common import checked_max_rejected, logical_date_of
 from airflow_banana.operators.publish import add_output_outlet, finish_run
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_banana.manifests.prepare import PreparedManifest
+    from airflow_banana.storage.objects import Storage
     from airflow_banana.storage.outputs import OutputStore
     from airflow_banana.storage.report import ItemOutcome
 
@@ -79,6 +81,18 @@ class ManifestLaneOperator(BaseOperator):
             raise ConfigurationError(
                 f"{self.task_id}: on_invalid must be 'reject' or 'quarantine', got {on_invalid!r}"
             )
+
+    def prepare(self, context: Context, storage: Storage) -> PreparedManifest:
+        """The manifest read and checked, reference images loaded: every check before spend."""
+        from airflow_banana.manifests.prepare import prepare_manifest
+
+        return prepare_manifest(
+            self.manifest,
+            storage,
+            on_invalid=self.on_invalid,  # type: ignore[arg-type]
+            defaults=self.defaults,
+            logical_date=logical_date_of(context),
+        )
 
     def finish_run(
         self,

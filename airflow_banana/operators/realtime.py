@@ -19,7 +19,6 @@ from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
 from airflow_banana.operators._common import (
     budget_from,
-    logical_date_of,
     run_deadline,
     run_realtime_lane,
     skip_without_manifest,
@@ -120,7 +119,6 @@ class RealtimeImageOperator(ManifestLaneOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.manifests.prepare import prepare_manifest
         from airflow_banana.routing.eligibility import require_servable
         from airflow_banana.storage.outputs import OutputStore
         from airflow_banana.storage.report import build_report
@@ -135,13 +133,7 @@ class RealtimeImageOperator(ManifestLaneOperator):
         configs = load_channel_configs(self.channels, task_id=self.task_id)
         storage = storage_for(self.output_prefix, self.gcp_conn_id)
         store = OutputStore(storage, self.output_prefix)
-        prepared = prepare_manifest(
-            self.manifest,
-            storage,
-            on_invalid=self.on_invalid,  # type: ignore[arg-type]
-            defaults=self.defaults,
-            logical_date=logical_date_of(context),
-        )
+        prepared = self.prepare(context, storage)
         if prepared.rejects_jsonl:
             store.write_rejects(identity.run_key, prepared.rejects_jsonl)
         # an official-only or grounded item that no channel may carry fails the task now, unpaid
