@@ -139,7 +139,7 @@ async def _run_engine(
 ) -> dict[str, Any]:
     from airflow_banana.channels import build_channel
     from airflow_banana.models import ImageRequest
-    from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, WorkItem
+    from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, WorkItem
     from airflow_banana.routing import BreakerConfig, RetryBudgetConfig, RouterConfig, SystemClock, router_for
     from airflow_banana.storage.objects import open_storage
     from airflow_banana.storage.outputs import OutputStore
@@ -201,7 +201,7 @@ def run_worker(spec_path: str) -> int:
     else:
         inner = InMemoryStateBackend(random.Random(spec.get("seed")))
     backend = RecordingBackend(inner)
-    import airflow_banana.realtime  # noqa: F401  (pay the imports before the start line)
+    import airflow_banana.realtime.engine  # noqa: F401  (pay the imports before the start line)
 
     _warm_up(spec)
     configs = _channel_configs(spec)

@@ -24,7 +24,7 @@ from airflow_banana.storage.objects import Storage
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.state import BatchJobRecord
-    from airflow_banana.realtime import WorkItem
+    from airflow_banana.realtime.engine import WorkItem
     from airflow_banana.storage.report import ItemOutcome
 
 log = logging.getLogger(__name__)

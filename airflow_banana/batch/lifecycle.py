@@ -41,7 +41,7 @@ from airflow_banana.storage.outputs import OutputStore
 if TYPE_CHECKING:
     from airflow_banana.batch.jobs import JobControl
     from airflow_banana.manifests.prepare import PreparedManifest
-    from airflow_banana.realtime import WorkItem
+    from airflow_banana.realtime.engine import WorkItem
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from airflow_banana.manifests.prepare import PreparedManifest
     from airflow_banana.models import ImageRequest
     from airflow_banana.planning.planner import LaneCapacity
-    from airflow_banana.realtime import RunResult, WorkItem
+    from airflow_banana.realtime.engine import RunResult, WorkItem
     from airflow_banana.storage.objects import Storage
     from airflow_banana.storage.report import ItemOutcome
 

@@ -24,7 +24,7 @@ from airflow_banana.manifests import (
     read_manifest,
 )
 from airflow_banana.manifests.packed import PackedItems
-from airflow_banana.realtime import WorkItem
+from airflow_banana.realtime.engine import WorkItem
 from airflow_banana.storage.objects import Storage
 
 log = logging.getLogger(__name__)

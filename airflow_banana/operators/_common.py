@@ -17,7 +17,7 @@ from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestE
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
     from airflow_banana.batch.rescue import RealtimeRescue, RescuePolicy
-    from airflow_banana.realtime import RealtimeSettings, RunResult, WorkItem
+    from airflow_banana.realtime.engine import RealtimeSettings, RunResult, WorkItem
     from airflow_banana.routing import ChannelStateBackend, RouterConfig
     from airflow_banana.storage.outputs import OutputStore
 
@@ -54,8 +54,8 @@ async def run_realtime_lane(
     Channels whose free preflight call says they cannot work are left out (``preflight``).
     """
     from airflow_banana.channels import build_channel
-    from airflow_banana.preflight import unusable_channels
-    from airflow_banana.realtime import RealtimeEngine
+    from airflow_banana.realtime.engine import RealtimeEngine
+    from airflow_banana.realtime.preflight import unusable_channels
     from airflow_banana.routing import SystemClock, router_for
 
     rng = random.Random()
@@ -98,7 +98,7 @@ def realtime_rescue(
     ``run_realtime_lane``; the connections are read when the rescue first needs them."""
     from airflow_banana.batch.rescue import RealtimeRescue
     from airflow_banana.hooks.channel import load_channel_configs
-    from airflow_banana.realtime import RealtimeSettings
+    from airflow_banana.realtime.engine import RealtimeSettings
 
     settings = RealtimeSettings(lane="batch-rescue", force=force)
 

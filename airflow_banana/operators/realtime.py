@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_banana.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
@@ -25,11 +24,12 @@ from airflow_banana.operators._common import (
 )
 from airflow_banana.operators.lane import ManifestLaneOperator
 from airflow_banana.operators.publish import GalleryLink
+from airflow_banana.realtime.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_banana.realtime import RealtimeSettings
+    from airflow_banana.realtime.engine import RealtimeSettings
 
 
 class RealtimeImageOperator(ManifestLaneOperator):
@@ -195,7 +195,7 @@ class RealtimeImageOperator(ManifestLaneOperator):
         )
 
     def _settings(self, context: Context) -> RealtimeSettings:
-        from airflow_banana.realtime import RealtimeSettings
+        from airflow_banana.realtime.engine import RealtimeSettings
 
         return RealtimeSettings(
             force=self.force,

@@ -5,7 +5,7 @@ I/O around them on one asyncio loop: it calls channels, validates the image, com
 the ``OutputStore`` and logs progress. Because no ``await`` happens inside a router call, every
 decision is atomic with respect to the other items in flight.
 
-Before an item's first call the engine takes the item's claim (``airflow_banana.claims``); when
+Before an item's first call the engine takes the item's claim (``airflow_banana.realtime.claims``); when
 another worker holds it, the item waits outside the concurrency slots for that worker's result
 instead of paying for its own, and is skipped when that result lands.
 """
@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from airflow_banana.channels.base import Channel
-from airflow_banana.claims import DEFAULT_TTL_S as CLAIM_TTL_S
-from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import ChannelError, ErrorClass, ImageValidationError, StorageError
 from airflow_banana.imaging import ImageInfo, inspect_image
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
 from airflow_banana.pricing import attempt_cost
+from airflow_banana.realtime.claims import DEFAULT_TTL_S as CLAIM_TTL_S
+from airflow_banana.realtime.claims import ClaimHeld, ItemClaims
 from airflow_banana.routing import Attempt as AttemptDecision
 from airflow_banana.routing import (
     AttemptRecord,
@@ -81,7 +81,7 @@ class RealtimeSettings:
     max_in_flight: int | None = None
     progress_interval_s: float = 30.0
     on_failover_alert: Callable[[Mapping[str, Any]], None] | None = None
-    # Claims (see airflow_banana.claims): off only when nothing else can generate these items.
+    # Claims (see airflow_banana.realtime.claims): off only when nothing else can generate these items.
     claims: bool = True
     claim_ttl_s: float = CLAIM_TTL_S
     claim_poll_s: float = 10.0  # how often an item held by another worker checks for its result

@@ -4,7 +4,7 @@ Layout under an output prefix::
 
     images/{id}.{png|jpg}        the image, stored with its TRUE type (sniffed, not declared)
     metadata/{id}.json           the commit record: request fingerprint, attempts, cost, image facts
-    claims/{id}.json             who is generating the item right now (``airflow_banana.claims``)
+    claims/{id}.json             who is generating the item right now (``airflow_banana.realtime.claims``)
     runs/{run_key}/report.json   the run report (+ report.md, rejects.jsonl)
 
 The metadata object is the commit record: an item counts as done only when its metadata says

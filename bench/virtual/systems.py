@@ -76,8 +76,8 @@ def quiet() -> None:
 
 
 async def _ours(scenario: Scenario, clock: VirtualClock, ledger: Ledger, counter: list[int]) -> None:
-    from airflow_banana.claims import ItemClaims
-    from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, WorkItem
+    from airflow_banana.realtime.claims import ItemClaims
+    from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, WorkItem
     from airflow_banana.routing import RouterConfig, router_for
     from airflow_banana.storage.outputs import OutputStore
     from bench.virtual.storage import MemoryStorage

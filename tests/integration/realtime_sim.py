@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.models import ImageRequest
-from airflow_banana.realtime import WorkItem
+from airflow_banana.realtime.engine import WorkItem
 from airflow_banana.routing import BreakerConfig, ThrottleConfig
 from airflow_banana.testing.connections import channel_connection
 from airflow_banana.testing.server import Simulator

@@ -25,7 +25,7 @@ from airflow_banana.batch.requests import jsonl_line
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
 from airflow_banana.models import ImageRequest
-from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
+from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.routing import RouterConfig, SystemClock, router_for
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore

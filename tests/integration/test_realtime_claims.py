@@ -33,9 +33,9 @@ from realtime_sim import (
 )
 
 from airflow_banana.channels import build_channel
-from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import PreconditionFailedError
-from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
+from airflow_banana.realtime.claims import ClaimHeld, ItemClaims
+from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.routing import RouterConfig, SystemClock, router_for
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore
@@ -134,7 +134,7 @@ def test_two_overlapping_runs_split_the_items_and_pay_for_each_once(rsim, tmp_pa
     # Few slots per run, so each run must move on to other items while the other one works:
     # an item waiting for the other run does not hold a slot.
     runs = {"run-a": settings(max_in_flight=3), "run-b": settings(max_in_flight=3)}
-    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
+    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime.engine"):
         results = run_engines(rsim, tmp_path, runs, work)
 
     store = OutputStore(open_storage(), str(tmp_path))
@@ -200,7 +200,7 @@ def test_a_dead_attempt_of_the_same_run_key_is_retaken_at_once(rsim, tmp_path, c
     plant_claims(tmp_path, work, owner="run-a", ttl_s=900.0)
     started = time.monotonic()
     # a long poll: had any item waited for its own dead claim, this test would take 30 s+
-    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
+    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime.engine"):
         results = run_engines(rsim, tmp_path, {"run-a": settings(claim_poll_s=30.0)}, work)
 
     assert time.monotonic() - started < 10.0

@@ -49,7 +49,7 @@ from realtime_sim import (
 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
+from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, router_for
 from airflow_banana.routing.clock import next_daily_reset
 from airflow_banana.storage.objects import open_storage
@@ -509,7 +509,7 @@ def test_r14_primary_flaps_served_by_others_then_back_on_the_primary(rsim, tmp_p
         vertex={"max_concurrency": 2, "rpm": 600},
     )
     settings = RealtimeSettings(progress_interval_s=0.3)
-    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime"):
+    with caplog.at_level(logging.INFO, logger="airflow_banana.realtime.engine"):
         # "fastest": served by the others at once (cost-first waits out a short outage when the
         # deadline allows: tests/unit/test_router_scenarios.py R14 covers both)
         run = run_engine(
@@ -566,7 +566,7 @@ def test_failover_alert_fires_above_threshold_and_a_failing_callback_does_not_fa
     faults(rsim, RELAY, overload_rate=1.0)
     calls: list[Mapping[str, Any]] = []
     settings = _alerting_settings(calls, raises=raises)
-    with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime"):
+    with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime.engine"):
         run = run_engine(
             rsim, three_channels(rsim), work_items(8), tmp_path, settings=settings,
             router={"failover_alert_threshold": 2, "objective": "fastest"},
@@ -695,9 +695,9 @@ def test_operator_under_faults_returns_a_small_summary_and_pays_once(rsim, tmp_p
 def test_operator_waits_for_another_runs_claim_and_claim_ttl_none_turns_claims_off(
     rsim, tmp_path, monkeypatch
 ):
-    from airflow_banana.claims import ItemClaims
     from airflow_banana.exceptions import BananaError, ConfigurationError
     from airflow_banana.operators import RealtimeImageOperator
+    from airflow_banana.realtime.claims import ItemClaims
     from airflow_banana.storage.outputs import OutputStore
 
     rows = [{"id": f"p{i}", "prompt": f"product {i}", "deadline": "PT2S"} for i in range(3)]

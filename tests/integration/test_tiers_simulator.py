@@ -22,7 +22,7 @@ from realtime_sim import FAST_BREAKER, FAST_ROUTER, FAST_THROTTLE, GENERATION_RO
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.config import ChannelConfig, parse_channels
 from airflow_banana.models import FLASH_IMAGE_MODEL, ImageRequest
-from airflow_banana.realtime import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
+from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.routing import RouterConfig, SystemClock, router_for
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_banana.claims import ClaimHeld, ItemClaims
 from airflow_banana.exceptions import PreconditionFailedError
+from airflow_banana.realtime.claims import ClaimHeld, ItemClaims
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore
 
@@ -97,7 +97,7 @@ def test_renew_after_a_take_over_logs_and_does_not_raise(
     claims.take("a", FP, owner="run-1", ttl_s=TTL)
     now.t += TTL + 1
     assert claims.take("a", FP, owner="run-2", ttl_s=TTL) is None
-    with caplog.at_level(logging.WARNING, logger="airflow_banana.claims"):
+    with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime.claims"):
         assert claims.renew("a", owner="run-1", ttl_s=TTL) is None
     assert stored(store)["owner"] == "run-2"  # not stolen back
     assert any("no longer ours" in r.getMessage() and "run-2" in r.getMessage() for r in caplog.records)
@@ -106,7 +106,7 @@ def test_renew_after_a_take_over_logs_and_does_not_raise(
 def test_renew_of_a_vanished_claim_logs_and_does_not_raise(
     claims: ItemClaims, caplog: pytest.LogCaptureFixture
 ):
-    with caplog.at_level(logging.WARNING, logger="airflow_banana.claims"):
+    with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime.claims"):
         assert claims.renew("a", owner="run-1", ttl_s=TTL) is None
     assert any("no longer ours" in r.getMessage() for r in caplog.records)
 
@@ -136,7 +136,7 @@ def test_release_storage_error_is_logged_not_raised(
         raise StorageError(f"deleting {uri} failed (503)")
 
     monkeypatch.setattr(store.storage, "delete", broken)
-    with caplog.at_level(logging.WARNING, logger="airflow_banana.claims"):
+    with caplog.at_level(logging.WARNING, logger="airflow_banana.realtime.claims"):
         claims.release("a", owner="run-1")
     assert any("releasing its claim failed" in r.getMessage() for r in caplog.records)
 

@@ -18,7 +18,7 @@ from airflow_banana.models import ImageRequest
 from airflow_banana.operators.batch import BatchImageOperator
 from airflow_banana.planning.history import batch_backend_for_protocol
 from airflow_banana.planning.inputs import realtime_capacities, rescue_point
-from airflow_banana.realtime import WorkItem
+from airflow_banana.realtime.engine import WorkItem
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore
 from airflow_banana.testing.connections import channel_connection, conn_env_var
