@@ -103,7 +103,7 @@ def batch_report(
     manifest: str,
     output_prefix: str,
 ) -> tuple[dict[str, Any], list[ItemOutcome]]:
-    """The run report (``report.build_report`` with the job's ``batch_job`` section) and the
+    """The run report (``storage.report.build_report`` with the job's ``batch_job`` section) and the
     outcome of every item; ``record``/``ending`` None: nothing was submitted."""
     snapshot, story = (ending.snapshot, ending.story) if ending is not None else (None, None)
     items = every_item(run, ending.outcomes if ending is not None else {})

@@ -51,7 +51,7 @@ async def run_realtime_lane(
 
     With a Redis connection (the operator's ``redis_conn_id`` or a channel's extra) breakers,
     limits and quotas are shared by every worker; that needs a clock all workers agree on.
-    Channels whose free preflight call says they cannot work are left out (``preflight``).
+    Channels whose free preflight call says they cannot work are left out (``realtime.preflight``).
     """
     from airflow_banana.channels import build_channel
     from airflow_banana.realtime.engine import RealtimeEngine

@@ -3,7 +3,7 @@
 Half the realtime price, asynchronous. Orchestration only: each step of the lifecycle has its
 module, and ``execute`` / ``execute_complete`` read as the lifecycle.
 
-1. prepare the manifest, every check before spend                     ``prepare``
+1. prepare the manifest, every check before spend                     ``manifests.prepare``
 2. submit, or reattach to this task instance's job (FAULTS.md B1)      ``batch.lifecycle``
 3. the end time: job timeout, rescue point or earliest deadline       ``batch.rescue``
 4. wait in the triggerer (``BatchJobTrigger``) or in the worker        ``batch.wait``

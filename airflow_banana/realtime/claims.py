@@ -1,6 +1,6 @@
 """Item claims: one worker generates an item at a time, so nobody pays twice for one image.
 
-The commit protocol in ``outputs`` stops two workers from both *writing* an item, but by then
+The commit protocol in ``storage.outputs`` stops two workers from both *writing* an item, but by then
 both have already paid the model. Tasks whose manifests overlap (a backfill next to the
 scheduled run, two mapped shards sharing an id, a re-trigger while the first run still goes)
 would each see "not done" and each call a channel. A claim is taken *before* the first call:
