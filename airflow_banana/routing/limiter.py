@@ -3,13 +3,23 @@
 Our own traffic must never be the cause of a 429 (FAULTS.md R5), and the engine must know
 exactly how long to sleep for the next slot. Each limit (requests per minute, images per
 minute) is a Generic Cell Rate Algorithm cell: the theoretical arrival time ``tat`` plus the
-send times of the last window. With emission interval ``T = 60 / per_minute`` and ``burst`` ``b``:
+send times of the last window. With emission interval ``T = 60 / per_minute``, ``n =
+ceil(per_minute)`` and burst ``b <= n``:
 
 * a request costing ``c`` units (``c <= b``) conforms at ``t`` iff ``t >= tat + (c - b) * T``
-  and the last window holds at most ``n - c`` units (``n = ceil(per_minute) + b - 1``), so the
-  next free slot is exactly the later of the two times;
+  and the last window holds at most ``n - c`` units, so the next free slot is exactly the
+  later of the two times (the window log is the provider's own rule: at most its cap in any
+  minute; a burst never adds to it);
 * on acceptance ``tat = tat + c * T`` when the request is less than one interval late for its
   slot, else ``now + c * T``.
+
+The burst is a choice between learning and time. ``b = 1`` spaces calls by ``T``: each answer
+is known before many more calls go out, so the first 429 or 503 of an incident costs one call.
+``b = n`` sends a whole window at once when the channel is idle: nothing is held back that the
+provider would take. The router (``policy_for``) spaces where a failed call is billed (a call
+sent into an incident is money) and bursts where failures are free (a call sent into an
+incident costs nothing, holding it back costs its deadline: 14 items on a 15 rpm channel with
+spacing take 52 s to start, bursting they all start at once).
 
 Catch-up: a request sent late for its slot (a worker's event loop woke late, a Redis round
 trip, a busy CPU) keeps the schedule instead of pushing every later slot back by its lateness.
@@ -17,8 +27,7 @@ Plain GCRA (``tat = max(tat, now) + T``) loses every such delay for good; in the
 (issue 14: 4 Airflow workers sharing three channels through Redis, 2 busy cores) that was 6-9 %
 of the cap. With catch-up two requests can be closer than ``T``, so the window log is what
 bounds a window: no window of ``60 + guard_s`` seconds of send times ever holds more than
-``n`` units (the configured rate with the default ``b = 1``), and a saturated channel runs at
-its cap. A larger burst trades some of that for latency.
+``n`` units, whatever the burst, and a saturated channel runs at its cap.
 
 Transit jitter: the provider counts a request when it *arrives*, we space them when we *send*.
 If one request is delayed by ``d`` in transit and the one ``rate`` places later is not, both
@@ -61,7 +70,8 @@ class LimitConfig:
     ipm: float | None = None
     burst: int = 1
     max_concurrency: int = 4
-    guard_s: float = 0.0  # added to the 60 s window: absorbs transit jitter (see the docstring)
+    guard_s: float = 0.0  # added to the minute: absorbs transit jitter (see the docstring)
+    minute_s: float = 60.0  # the provider's minute (a compressed one in the time-compressed simulator)
     cold_start_s: float = 0.0  # first window: sends count this much later (see the docstring)
 
     def __post_init__(self) -> None:
@@ -71,14 +81,18 @@ class LimitConfig:
                 raise ConfigurationError(f"rate limit {name} must be positive, got {value}")
         if self.burst < 1 or self.max_concurrency < 1:
             raise ConfigurationError(f"burst and max_concurrency must be >= 1: {self}")
-        if not 0.0 <= self.guard_s < 60.0:
-            raise ConfigurationError(f"rate guard_s must be in [0, 60), got {self.guard_s}")
-        if not 0.0 <= self.cold_start_s < 60.0:
-            raise ConfigurationError(f"rate cold_start_s must be in [0, 60), got {self.cold_start_s}")
+        if not self.minute_s > 0:
+            raise ConfigurationError(f"rate minute_s must be positive, got {self.minute_s}")
+        if not 0.0 <= self.guard_s < self.minute_s:
+            raise ConfigurationError(f"rate guard_s must be in [0, {self.minute_s}), got {self.guard_s}")
+        if not 0.0 <= self.cold_start_s < self.minute_s:
+            raise ConfigurationError(
+                f"rate cold_start_s must be in [0, {self.minute_s}), got {self.cold_start_s}"
+            )
 
     @property
     def window_s(self) -> float:
-        return 60.0 + self.guard_s
+        return self.minute_s + self.guard_s
 
     def interval_s(self) -> float:
         """Seconds between two requests at the tightest configured rate (0 when unlimited)."""
@@ -101,9 +115,9 @@ def interval(per_minute: float, window_s: float = 60.0) -> float:
     return window_s / per_minute
 
 
-def window_units(per_minute: float, burst: int) -> int:
-    """The most units any window may hold: the rate (rounded up) plus what the burst adds."""
-    return math.ceil(per_minute - 1e-9) + burst - 1
+def window_units(per_minute: float) -> int:
+    """The most units any window may hold: the rate, rounded up (a burst never adds to it)."""
+    return math.ceil(per_minute - 1e-9)
 
 
 def gcra_earliest(
@@ -112,9 +126,11 @@ def gcra_earliest(
     """Earliest time a request of ``cost`` units conforms (``<= now`` means: now)."""
     if cost > burst:
         raise ConfigurationError(f"a request of {cost} units can never fit a burst of {burst}")
+    units = window_units(per_minute)
+    burst = min(burst, units)
     earliest = max(now, record.tat + (cost - burst) * interval(per_minute, window_s))
     live = [t for t in record.sent if t > now - window_s]
-    over = len(live) + cost - window_units(per_minute, burst)
+    over = len(live) + cost - units
     if over > 0:  # the window is full: the oldest units that must leave it first
         earliest = max(earliest, live[over - 1] + window_s)
     return earliest

@@ -78,10 +78,12 @@ blocked, as long as waiting still leaves time to finish on the next channel::
     start(c)  = now if c can give a permit now, else next-available(c) + ahead(c) * T(c)
     ahead(c)  = items already queued for c in front of this one (earliest deadline first,
                 then arrival: a late newcomer never pushes an urgent item off c)
-    need(c)   = L(c) + max(deadline_margin_s, L of the fastest channel with p >= 0.9 when
-                p(c) < reliable_success_rate (0.9)): a try on a channel that fails often
-                leaves room for the call that rescues it (and, on its last attempt but one,
-                is no candidate: the rescue needs an attempt too)
+    need(c)   = learn(c) + max(deadline_margin_s, L of the fastest channel with p >= 0.9 when
+                p(c) < reliable_success_rate (0.9) or c hangs): a try on a channel that fails
+                often leaves room for the call that rescues it (and, on its last attempt but
+                one, is no candidate: the rescue needs an attempt too)
+    learn(c)  = L(c), or c's attempt timeout when c left a call unanswered within the last
+                ``stats_half_life_s`` ("c hangs"): a hung call is known only at its timeout
     fits(c)   = start(c) + need(c) <= deadline
 
 In cost order: a fitting channel that is free now gets the attempt. A blocked channel is waited
@@ -210,6 +212,9 @@ class RouterConfig:
     reliable_success_rate: float = 0.9
     default_deadline_s: float = DEFAULT_DEADLINE_S  # soft horizon for items without a deadline
     rate_guard_s: float = 0.5  # limiter window 60 s + this: no 429 from transit jitter at the cap
+    # The provider's rate minute: ``rpm``/``ipm`` count per this many seconds (a compressed minute
+    # for the time-compressed simulator, as ``quota_day_length_s`` is a compressed day).
+    rate_minute_s: float = 60.0
     rate_cold_start_s: float = 5.0  # first window of a channel: sends count 5 s late (routing/limiter.py)
 
     def __post_init__(self) -> None:
@@ -384,6 +389,7 @@ def policy_for(
 ) -> ChannelPolicy:
     """A channel's backend policy from its connection settings (rpm/ipm/concurrency/timeout)."""
     ttl = channel.attempt_timeout_s + config.timeout_grace_s
+    rates = [r for r in (channel.rpm, channel.ipm) if r is not None]
     # Where failed calls are free (Google bills only images) riding out a 45 % storm is cheaper
     # than routing around it; a channel that bills failures trips at the stricter defaults.
     base = breaker or (BreakerConfig() if channel.billed_on_failure else BreakerConfig.tolerant())
@@ -391,10 +397,12 @@ def policy_for(
         breaker=replace(base, probe_lease_s=ttl),
         limits=LimitConfig(
             rpm=channel.rpm,
+            burst=1 if channel.billed_on_failure or not rates else math.ceil(min(rates)),
             ipm=channel.ipm,
             max_concurrency=channel.max_concurrency,
             guard_s=config.rate_guard_s,
             cold_start_s=config.rate_cold_start_s,
+            minute_s=config.rate_minute_s,
         ),
         throttle=throttle or ThrottleConfig(),
         permit_ttl_s=ttl,
@@ -458,6 +466,8 @@ class Router:
         # When the latest call that produced an image on each channel started: a channel that
         # answered a call started after an item's timed-out one was not silent, only slow for it.
         self._answered_call_at: dict[str, float] = {}
+        # When each channel last left a call unanswered (a timeout): plans on it allow for a hang.
+        self._timed_out_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ views
 
@@ -677,24 +687,33 @@ class Router:
         nominal = max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
         return nominal / self._hints[ranked.channel].open_share(now)
 
-    def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel]) -> float:
+    def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel], now: float) -> float:
         """Seconds an attempt started on ``ranked`` needs before the deadline.
 
-        A p95-ish call plus ``deadline_margin_s``; on a channel that fails often (success rate
-        below ``reliable_success_rate``) a p95-ish call there and then one on the fastest
-        reliable alternative, so an item whose last cheap try fails can still be rescued in
-        time. Two p95s in a row already hold more slack than the margin (both calls running
-        to their p95 is rare), so the larger of the margin and that rescue call is added.
+        The time until the item knows how the attempt went, plus ``deadline_margin_s``. That
+        time is a p95-ish call -- or, on a channel that has left a call unanswered within the
+        last ``stats_half_life_s``, its attempt timeout: a hung call is only known at the
+        timeout, and cutting it earlier could abandon a slow call that still bills (paid
+        twice). Where the attempt may well fail (success rate below ``reliable_success_rate``,
+        or hangs) the margin is at least one p95-ish call on the fastest reliable alternative,
+        so an item whose try fails can still be rescued in time. Two p95s in a row already hold
+        more slack than the margin (both calls running to their p95 is rare), so the larger of
+        the margin and that rescue call is added.
         """
-        margin = self.config.deadline_margin_s
-        if ranked.success_rate < self.config.reliable_success_rate:
+        cfg = self.config
+        margin = cfg.deadline_margin_s
+        learn = self.expected_latency(ranked)
+        hangs = now - self._timed_out_at.get(ranked.channel, -math.inf) < cfg.stats_half_life_s
+        if hangs:
+            learn = max(learn, self.channels[ranked.channel].attempt_timeout_s)
+        if hangs or ranked.success_rate < cfg.reliable_success_rate:
             rescues = [
                 self.expected_latency(r)
                 for r in candidates
-                if r.channel != ranked.channel and r.success_rate >= self.config.reliable_success_rate
+                if r.channel != ranked.channel and r.success_rate >= cfg.reliable_success_rate
             ]
             margin = max(margin, min(rescues, default=0.0))
-        return self.expected_latency(ranked) + margin
+        return learn + margin
 
     def queued(self, channel: str) -> int:
         """How many items wait in ``channel``'s queue (deadline-aware path)."""
@@ -781,7 +800,7 @@ class Router:
         cfg = self.config
         deadline = item.deadline
         assert deadline is not None
-        need = {r.channel: self.finish_need(r, candidates) for r in candidates}
+        need = {r.channel: self.finish_need(r, candidates, now) for r in candidates}
         # Attempts are spent like time: a try on a channel that fails often must leave one
         # attempt for the call that rescues it.
         attempts_left = cfg.max_attempts_per_item - sum(1 for a in item.attempts if not a.cancelled)
@@ -1082,6 +1101,8 @@ class Router:
     ) -> tuple[ChannelEvent, ...]:
         """The attempt got no answer within its timeout (the engine abandoned it)."""
         now = self.clock.now() if now is None else now
+        if permit.permit_id in self._open:
+            self._timed_out_at[permit.channel] = now
         error = ChannelError(
             f"no answer within {now - permit.acquired_at:.1f} s; failing over",
             channel=permit.channel,

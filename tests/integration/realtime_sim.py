@@ -41,10 +41,12 @@ FAST_ROUTER = {
     "timeout_grace_s": 0.5,
     "stats_half_life_s": 5.0,
     "deadline_margin_s": 0.2,
-    # The limiter spaces requests over 60 s + guard of OUR minute; here the provider's minute is
-    # 1 s while transit jitter is not compressed (~25 ms on a busy loopback), so the guard is
-    # 0.1 s of the 1 s minute (loopback stalls on 2 busy cores reach that), in 60 s units.
-    "rate_guard_s": 0.1 * 60 / MINUTE_S,
+    # The provider's minute is the simulator's (1 s), so the limiter counts ``rpm`` per 1 s;
+    # transit jitter is not compressed (~25 ms on a busy loopback, stalls on 2 busy cores reach
+    # 0.1 s), so the guard and the cold start stay in real seconds.
+    "rate_minute_s": MINUTE_S,
+    "rate_guard_s": 0.1,
+    "rate_cold_start_s": 0.1,
 }
 FAST_BREAKER = BreakerConfig(
     window_s=3.0,

@@ -305,10 +305,10 @@ def test_r4_daily_quota_benches_the_channel_until_the_reset(rsim, tmp_path):
 
 
 def test_r5_client_side_limits_keep_us_under_the_providers_rpm(rsim, tmp_path):
-    sim_rpm = 8  # per simulator minute (1 s): 480 per real minute
+    sim_rpm = 8  # per simulator minute (1 s)
     for name in (RELAY, GEMINI, VERTEX):
         faults(rsim, name, rpm=sim_rpm, latency_ms=(5.0, 15.0))
-    ours = sim_rpm * 60 / MINUTE_S  # configured AT the provider's cap: rpm = ipm = cap
+    ours = sim_rpm  # per the simulator's minute (FAST_ROUTER's rate_minute_s): AT the cap
     configs = three_channels(
         rsim, **{n: {"rpm": ours, "ipm": ours, "max_concurrency": 4} for n in (RELAY, GEMINI, VERTEX)}
     )
@@ -319,7 +319,7 @@ def test_r5_client_side_limits_keep_us_under_the_providers_rpm(rsim, tmp_path):
     assert 429 not in statuses, "our own rate caused a 429"
     assert len(run.by_status("succeeded")) == 48
     assert set(channels_used(run)) == {RELAY, GEMINI, VERTEX}
-    sum_of_caps = 3 * ours / 60.0
+    sum_of_caps = 3 * ours / MINUTE_S
     assert 48 / run.elapsed_s >= 0.6 * sum_of_caps
     assert_nothing_lost_nor_paid_twice(rsim, run)
 
@@ -328,7 +328,7 @@ def test_r5_cost_first_runs_the_cheap_channel_at_its_cap_without_a_429(rsim, tmp
     sim_rpm = 8
     for name in (RELAY, GEMINI, VERTEX):
         faults(rsim, name, rpm=sim_rpm, latency_ms=(5.0, 15.0))
-    ours = sim_rpm * 60 / MINUTE_S
+    ours = sim_rpm
     configs = three_channels(
         rsim, **{n: {"rpm": ours, "ipm": ours, "max_concurrency": 4} for n in (RELAY, GEMINI, VERTEX)}
     )
@@ -338,7 +338,7 @@ def test_r5_cost_first_runs_the_cheap_channel_at_its_cap_without_a_429(rsim, tmp
     assert 429 not in statuses, "our own rate caused a 429"
     assert len(run.by_status("succeeded")) == 24
     assert set(channels_used(run)) == {RELAY}  # the cheap one alone, at its cap
-    assert 24 / run.elapsed_s >= 0.6 * ours / 60.0
+    assert 24 / run.elapsed_s >= 0.6 * ours / MINUTE_S
     assert_nothing_lost_nor_paid_twice(rsim, run)
 
 
@@ -504,9 +504,9 @@ def test_r14_primary_flaps_served_by_others_then_back_on_the_primary(rsim, tmp_p
     # the cheap primary also has the most capacity, as a flat-price relay typically does
     configs = three_channels(
         rsim,
-        relay={"max_concurrency": 4, "rpm": 1200},
-        gemini={"max_concurrency": 2, "rpm": 600},
-        vertex={"max_concurrency": 2, "rpm": 600},
+        relay={"max_concurrency": 4, "rpm": 20},  # per simulator minute (1 s)
+        gemini={"max_concurrency": 2, "rpm": 10},
+        vertex={"max_concurrency": 2, "rpm": 10},
     )
     settings = RealtimeSettings(progress_interval_s=0.3)
     with caplog.at_level(logging.INFO, logger="airflow_banana.realtime.engine"):

@@ -42,6 +42,17 @@ def test_burst_allows_b_back_to_back_then_spacing() -> None:
     assert gcra_earliest(record, 60, 3, 50.0) == pytest.approx(51.0)
 
 
+def test_a_whole_window_burst_sends_the_cap_at_once_then_waits_for_the_oldest_to_leave() -> None:
+    record, sent = GcraRecord(), []
+    for _ in range(15):
+        assert gcra_earliest(record, 15, 15, 20.0, window_s=60.5) == 20.0
+        gcra_commit(record, 15, 20.0, window_s=60.5)
+        sent.append(20.0)
+    # the 16th: when the first send leaves the 60.5 s window, not one interval later
+    assert gcra_earliest(record, 15, 15, 20.0, window_s=60.5) == pytest.approx(80.5)
+    assert gcra_earliest(record, 15, 15, 80.5, window_s=60.5) == pytest.approx(80.5)
+
+
 def test_cost_counts_units_and_cannot_exceed_burst() -> None:
     record = GcraRecord()
     gcra_commit(record, 60, 10.0, cost=2)
@@ -51,10 +62,12 @@ def test_cost_counts_units_and_cannot_exceed_burst() -> None:
         gcra_earliest(record, 60, 1, 10.0, cost=2)
 
 
-@pytest.mark.parametrize(("per_minute", "burst"), [(10, 1), (50, 1), (100, 1), (7.5, 1), (60, 5)])
-def test_no_sixty_second_window_exceeds_rate_plus_burst(per_minute: float, burst: int) -> None:
+@pytest.mark.parametrize(
+    ("per_minute", "burst"), [(10, 1), (50, 1), (100, 1), (7.5, 1), (60, 5), (15, 15), (7.5, 8), (30, 99)]
+)
+def test_no_sixty_second_window_exceeds_the_rate_whatever_the_burst(per_minute: float, burst: int) -> None:
     sent = run_saturated(per_minute, burst, 1_000.0, 600.0)
-    limit = math.ceil(per_minute) + burst - 1
+    limit = math.ceil(per_minute)
     for i, t in enumerate(sent):
         in_window = sum(1 for u in sent[i:] if u < t + 60.0 - 1e-6)  # float drift of sums of 0.6
         assert in_window <= limit

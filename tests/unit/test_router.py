@@ -456,7 +456,7 @@ def test_concurrency_block_waits_for_a_release() -> None:
 
 
 def test_client_rate_limit_waits_for_the_cheaper_slot_by_default_and_fails_over_when_fastest() -> None:
-    relay = chan("relay", "openai", rpm=30.0)
+    relay = chan("relay", "openai", rpm=30.0, billed_on_failure=True)  # spaced: see the next test
     router, _clock = make_router([relay, DIRECT])
     assert attempt(router, ItemProgress("a")).channel == "relay"
     assert attempt(router, ItemProgress("b")).channel == "direct"  # fastest: use every channel
@@ -466,6 +466,22 @@ def test_client_rate_limit_waits_for_the_cheaper_slot_by_default_and_fails_over_
     slot = 60.5 / 30.0  # the limiter spaces over 60 s + rate_guard_s (0.5 s)
     assert isinstance(decision, Wait) and decision.until == pytest.approx(clock2.now() + slot)
     assert attempt(patient, ItemProgress("b"), clock2.now() + slot).channel == "relay"
+
+
+def test_a_channel_with_free_failures_sends_its_window_at_once_one_that_bills_them_spaces() -> None:
+    free = chan("free", "gemini", rpm=6.0, max_concurrency=10)
+    router, clock = make_router([free], objective="cheapest")
+    started = [attempt(router, ItemProgress(f"f{i}")).channel for i in range(6)]
+    assert started == ["free"] * 6  # no call held back that the provider would take
+    seventh = router.next_action(ItemProgress("f6"))
+    # the oldest send leaves the window: 60.5 s, plus the 5 s of a channel's first window
+    assert isinstance(seventh, Wait) and seventh.until == pytest.approx(clock.now() + 60.5 + 5.0)
+    billed = chan("billed", "openai", rpm=6.0, max_concurrency=10, billed_on_failure=True)
+    spaced, clock2 = make_router([billed], objective="cheapest")
+    assert attempt(spaced, ItemProgress("b0")).channel == "billed"
+    second = spaced.next_action(ItemProgress("b1"))
+    # one interval: the first answer (a 429, a 503: paid here) is known before more go out
+    assert isinstance(second, Wait) and second.until == pytest.approx(clock2.now() + 60.5 / 6)
 
 
 def test_budget_reserves_in_flight_attempts_and_stops_before_exceeding() -> None:

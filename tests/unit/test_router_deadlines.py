@@ -34,6 +34,8 @@ from airflow_banana.routing.state import Outcome, Permit
 from airflow_banana.secrets import Secret
 
 L, MARGIN = 60.0, 10.0
+# Rate-limited channels below bill their failures, so the limiter spaces their calls by
+# 60.5 s / rpm (routing/limiter.py): the queue arithmetic these tests check counts such slots.
 
 
 def chan(name: str, protocol: str = "gemini", **kwargs: object) -> ChannelConfig:
@@ -195,7 +197,7 @@ def test_default_deadline_is_relative_to_the_run_start() -> None:
 
 
 def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> None:
-    relay = chan("relay", "openai", rpm=6.0)  # one call per 60.5 / 6 = 10.08 s
+    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)  # one call per 60.5 / 6 = 10.08 s
     router, clock = make([relay, DIRECT], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 6.0
@@ -225,7 +227,7 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
 
 
 def test_a_waiting_item_keeps_its_place_and_forget_frees_it() -> None:
-    relay = chan("relay", "openai", rpm=6.0)
+    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)
     router, clock = make([relay, DIRECT])
     deadline = clock.now() + 400.0
     decide(router, ItemProgress("busy", deadline=deadline))
@@ -275,7 +277,9 @@ def test_nothing_fits_falls_back_to_best_effort() -> None:
 
 def run_all(objective: str, *, n: int = 200, horizon: float = 150.0) -> tuple[Router, dict[str, float]]:
     """Every item starts at t=0 with one shared deadline; calls take exactly 4 s."""
-    relay = chan("relay", "openai", rpm=60.0, max_concurrency=4, attempt_timeout_s=30.0)
+    relay = chan(
+        "relay", "openai", billed_on_failure=True, rpm=60.0, max_concurrency=4, attempt_timeout_s=30.0
+    )
     direct = chan("direct", max_concurrency=8, attempt_timeout_s=30.0)
     clock = FakeClock(0.0)
     router = router_for(
@@ -340,7 +344,9 @@ def test_deadline_aware_run_is_cheaper_and_every_item_is_on_time() -> None:
 
 # ----------------------------------------------------------------------------- fleet-level spill
 
-FAST_RELAY = chan("relay", "openai", rpm=60.0, max_concurrency=100)  # one call per 60.5 / 60 s
+FAST_RELAY = chan(
+    "relay", "openai", billed_on_failure=True, rpm=60.0, max_concurrency=100
+)  # one call per 60.5 / 60 s
 WIDE_DIRECT = chan("direct", max_concurrency=100)  # free now for everyone: a pure fallback
 
 
@@ -395,7 +401,9 @@ def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> N
 
 
 def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order() -> None:
-    direct = chan("direct", rpm=60.0, max_concurrency=100)  # dearer, same rate as the relay
+    direct = chan(
+        "direct", billed_on_failure=True, rpm=60.0, max_concurrency=100
+    )  # dearer, same rate as the relay
     router, clock = make([FAST_RELAY, direct], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 60.0
@@ -420,7 +428,9 @@ def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order()
 
 
 def test_waiters_reserve_the_fallback_for_the_items_ahead_so_spills_spread() -> None:
-    direct = chan("direct", rpm=12.0, max_concurrency=100)  # one call per 60.5 / 12 = 5.04 s
+    direct = chan(
+        "direct", billed_on_failure=True, rpm=12.0, max_concurrency=100
+    )  # one call per 60.5 / 12 = 5.04 s
     router, clock = make([FAST_RELAY, direct], rate_guard_s=0.5)
     t0 = clock.now()
     hint(router, "relay", 30.0)  # the relay is closed for 30 s
@@ -529,3 +539,28 @@ def test_after_an_outage_the_cheap_primary_gets_its_probe_first_and_is_cheap_aga
     assert snap.breaker == "closed"
     assert (snap.recent_successes, snap.recent_failures) == (1.0, 0.0)  # the outage is forgotten
     assert router.rank("1K")[0].channel == "relay"
+
+
+def test_a_channel_that_left_a_call_unanswered_is_planned_with_its_timeout_and_a_rescue() -> None:
+    relay = chan("relay", "openai", attempt_timeout_s=100.0)
+    router, clock = make([relay, DIRECT], stats_half_life_s=300.0)
+    t0 = clock.now()
+    # relay fits by a p95 call: 60 + 10 <= 100 -> the cheap channel
+    assert decide(router, ItemProgress("before", deadline=t0 + 100.0)).channel == "relay"  # type: ignore[union-attr]
+    hung = ItemProgress("hung", deadline=t0 + 1000.0)
+    attempt = decide(router, hung)
+    assert isinstance(attempt, Attempt) and attempt.channel == "relay"
+    clock.set(t0 + 100.0)
+    router.report_timeout(hung, attempt.permit)
+    # now a call there is only known to have failed at its timeout (100 s), and the rescue on
+    # direct needs a p95 call (60 s): 100 + 60 > 150, so an item due in 150 s goes to direct
+    spilled = decide(router, ItemProgress("tight", deadline=t0 + 250.0))
+    assert isinstance(spilled, Attempt) and spilled.channel == "direct"
+    roomy = decide(router, ItemProgress("roomy", deadline=t0 + 100.0 + 100.0 + 60.0))
+    assert isinstance(roomy, Attempt) and roomy.channel == "relay"
+    # a half-life after the timeout it is planned by its calls again: a p95 call (2 x the latency
+    # EWMA the timeout raised to 44 s) plus the rescue its lower success rate asks for
+    # (88 + 60 = 148 s <= 155 s; planned with the timeout: 100 + 60 = 160 s)
+    clock.set(t0 + 100.0 + 300.0)
+    later = decide(router, ItemProgress("later", deadline=t0 + 400.0 + 155.0))
+    assert isinstance(later, Attempt) and later.channel == "relay"
