@@ -1,12 +1,12 @@
 """Run-wide budgets: how many retries a task may make, and how many dollars it may spend.
 
 Retry budget (per task run, in process): a retry is allowed only while
-``retries + 1 <= ratio * first_attempts + min_retries``. Per-call retry caps multiply load by
-the cap during a storm; a run-wide ratio bounds total load at ``(1 + ratio)`` times the items.
-The default ratio is 1.0, not the 0.1-0.5 often quoted: FAULTS.md R1 has the cheapest channel
-failing 45 % of calls at peak, which needs about ``0.45 / 0.55 ~ 0.82`` retries per item when
-traffic stays on it, and those failed calls are free on Google. ``min_retries`` (10) lets small
-runs retry at all.
+``retries + 1 <= ratio * first_attempts + min_retries``. Per-call retry caps multiply spend by
+the cap during a storm; a run-wide ratio bounds it. Only retries after a failure that was paid
+for (billed) or may have been (a timeout) count: a retry after a free failure (a 503 or 429 on
+Google) costs time, which the item's deadline bounds, and load, which each channel's limiter,
+breaker and adaptive throttle bound. The default ratio is 1.0 paid retries per item;
+``min_retries`` (10) lets small runs retry at all.
 
 Spend budget: "stop before exceeding it". Every attempt reserves its full price when it is
 dispatched; the reservation becomes ``spent`` (billed) or ``uncertain`` (a timeout or

@@ -53,8 +53,9 @@ Item lifecycle (``next_action``), in order:
    failover: the same model sits behind every channel;
 2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
 3. ``max_attempts_per_item`` reached, or a hard deadline passed -> give up;
-4. a retry with the run's retry budget spent -> give up (a retry after a 429 is not counted:
-   the channel's closing already paces it);
+4. a retry after a failure that was paid for (billed, or a timeout: maybe billed) with the
+   run's retry budget spent -> give up (a retry after a free failure costs time, which the
+   deadline bounds, and load, which the channel's limiter, breaker and throttle bound);
 5. candidates = channels the item allows (``routing.eligibility``: an ``official_only`` item
    only official Google channels, a grounded one only channels carrying the Search tool),
    not disabled for the run and on which this item has not timed out (a silent channel is
@@ -601,10 +602,14 @@ class Router:
                 f"item '{item.item_id}': deadline passed after {len(attempts)} attempts",
                 last.error_class if last else None,
             )
-        # The budget bounds the load a storm of retries adds; a retry after a 429 is paced by the
-        # channel's closing (the hint, or default_retry_after_s), so it draws nothing from it.
-        retry = bool(attempts) and not (last is not None and last.error_class is ErrorClass.RATE_LIMITED)
-        if retry and not self.retry_budget.can_retry():
+        # The budget bounds what a storm of retries can cost: a retry draws on it only when the
+        # failure before it was paid for, or may have been (a timeout). After a free failure
+        # (a 503 or 429 on Google) a retry costs time, which the deadline bounds, and load, which
+        # the channel's limiter, breaker and throttle bound; counting it gave up on items of a
+        # run whose cheap channel failed more than half its calls, with hours of slack left.
+        retry = bool(attempts)
+        budgeted = last is not None and (last.billed or last.error_class is ErrorClass.TIMEOUT)
+        if budgeted and not self.retry_budget.can_retry():
             budget = self.retry_budget
             return GiveUp(
                 GiveUpReason.RETRY_BUDGET,
@@ -638,14 +643,18 @@ class Router:
             )
 
         if cfg.objective is Objective.CHEAPEST and item.deadline is not None and now < item.deadline:
-            planned = self._deadline_plan(item, candidates, now, previous_place, retry=retry, last=last)
+            planned = self._deadline_plan(
+                item, candidates, now, previous_place, retry=retry, budgeted=budgeted, last=last
+            )
             if planned is not None:
                 return planned
         denials: list[Denial] = []
         for ranked_channel in candidates:
             result = self._try(item, ranked_channel, now)
             if isinstance(result, Permit):
-                return self._dispatch(item, ranked_channel, result, now, retry=retry, last=last)
+                return self._dispatch(
+                    item, ranked_channel, result, now, retry=retry, budgeted=budgeted, last=last
+                )
             denials.append(result)
         return self._wait_or_give_up(item, denials, now, last)
 
@@ -794,6 +803,7 @@ class Router:
         previous: tuple[str, int] | None,
         *,
         retry: bool,
+        budgeted: bool,
         last: AttemptRecord | None,
     ) -> Decision | None:
         """The cheapest channel that still meets the deadline, now or after a safe wait; None: none."""
@@ -844,7 +854,9 @@ class Router:
             if denial is None:
                 result = self._try(item, ranked, now)
                 if isinstance(result, Permit):
-                    return self._dispatch(item, ranked, result, now, retry=retry, last=last)
+                    return self._dispatch(
+                        item, ranked, result, now, retry=retry, budgeted=budgeted, last=last
+                    )
                 denials.append(result)
                 if result.retry_at is None or result.reason is DenialReason.UNAFFORDABLE:
                     continue  # money, or lost the race for the last slot: the next channel
@@ -925,13 +937,16 @@ class Router:
         now: float,
         *,
         retry: bool,
+        budgeted: bool,
         last: AttemptRecord | None,
     ) -> Attempt:
         self.spend.reserve(permit.permit_id, ranked.price_usd)  # affordability checked in _try
         # a half-open probe is the breaker measuring the channel, one call per open period, not a
         # retry storm: it does not draw on the run's retry budget
-        if not (retry and permit.probe):
-            self.retry_budget.record(retry=retry)
+        if not retry:
+            self.retry_budget.record(retry=False)
+        elif budgeted and not permit.probe:
+            self.retry_budget.record(retry=True)
         self._open[permit.permit_id] = _Open(ranked.price_usd, permit.probe)
         timeout = self.channels[ranked.channel].attempt_timeout_s
         hard_deadline = self._hard_deadline(item)

@@ -519,27 +519,29 @@ def test_billed_failures_and_timeouts_count_against_the_budget() -> None:
     assert lenient.spend.committed_usd == 0.0
 
 
-def test_retry_budget_stops_retry_storms() -> None:
+def test_retry_budget_stops_retry_storms_of_paid_failures() -> None:
     router, _clock = make_router([RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
     item = ItemProgress("x")
-    fail(router, item, ErrorClass.RETRYABLE)
-    fail(router, item, ErrorClass.RETRYABLE)  # the one allowed retry
+    fail(router, item, ErrorClass.RETRYABLE, billed=True)
+    fail(router, item, ErrorClass.RETRYABLE, billed=True)  # the one allowed retry
     decision = router.next_action(item)
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.RETRY_BUDGET
     assert "1 retries for 1 first attempts" in decision.detail
     assert isinstance(router.next_action(ItemProgress("fresh")), Attempt)  # first attempts still go
 
 
-def test_a_retry_after_a_429_does_not_draw_on_the_retry_budget() -> None:
-    """The 429's closing paces the retry; the budget is for storms of unpaced retries."""
+def test_a_retry_after_a_free_failure_does_not_draw_on_the_retry_budget() -> None:
+    """A free 429 or 503 costs the retry time and load, which deadline and limits bound."""
     router, clock = make_router([RELAY, DIRECT], retry_budget=RetryBudgetConfig(ratio=0.0, min_retries=1))
     item = ItemProgress("x")
-    for _ in range(3):
-        fail(router, item, ErrorClass.RATE_LIMITED, retry_after=1.0)
-        clock.advance(2)
-    assert router.retry_budget.retries == 0
-    fail(router, item, ErrorClass.RETRYABLE)  # the retry after this 429 was free
-    fail(router, item, ErrorClass.RETRYABLE)  # the one budgeted retry
+    for error_class in (ErrorClass.RATE_LIMITED, ErrorClass.RETRYABLE) * 3:
+        fail(router, item, error_class, retry_after=1.0)
+        clock.advance(31)  # past the 429's closing and the item's backoff
+    assert (router.retry_budget.retries, router.retry_budget.first_attempts) == (0, 1)
+    action = attempt(router, item)  # a timeout may have been billed: the retry after it counts
+    router.report_timeout(item, action.permit)
+    fail(router, item, ErrorClass.RETRYABLE, billed=True)  # the one budgeted retry
+    assert router.retry_budget.retries == 1
     decision = router.next_action(item)
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.RETRY_BUDGET
 
