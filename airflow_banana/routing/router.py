@@ -84,7 +84,8 @@ blocked, as long as waiting still leaves time to finish on the next channel::
                 often leaves room for the call that rescues it (and, on its last attempt but
                 one, is no candidate: the rescue needs an attempt too)
     learn(c)  = L(c), or c's attempt timeout when c left a call unanswered within the last
-                ``stats_half_life_s`` ("c hangs"): a hung call is known only at its timeout
+                ``stats_half_life_s`` or two of its calls are overdue with no answer since
+                ("c hangs"): a hung call is known only at its timeout
     fits(c)   = start(c) + need(c) <= deadline
 
 In cost order: a fitting channel that is free now gets the attempt. A blocked channel is waited
@@ -469,6 +470,10 @@ class Router:
         self._answered_call_at: dict[str, float] = {}
         # When each channel last left a call unanswered (a timeout): plans on it allow for a hang.
         self._timed_out_at: dict[str, float] = {}
+        # Calls in flight per channel (permit id -> start) and when each channel last answered
+        # anything: a channel whose calls are overdue with no answer since has gone quiet.
+        self._in_flight: dict[str, dict[str, float]] = {name: {} for name in self.channels}
+        self._heard_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ views
 
@@ -669,6 +674,19 @@ class Router:
             return False
         return self._answered_call_at.get(attempt.channel, -math.inf) <= attempt.started_at
 
+    def _gone_quiet(self, ranked: RankedChannel, now: float) -> bool:
+        """Two calls on the channel are overdue (each past a p95-ish call) and nothing has come
+        back since the first started: it has likely stopped answering (FAULTS R6, seen long
+        before a timeout). One overdue call is a slow call one time in twenty; two are not.
+
+        Its calls in flight are left to their timeout (cutting one that is only slow would pay
+        twice); ``finish_need`` plans new calls there as calls that may hang.
+        """
+        heard = self._heard_at.get(ranked.channel, -math.inf)
+        overdue = now - self.expected_latency(ranked)
+        late = sum(1 for t in self._in_flight[ranked.channel].values() if heard < t < overdue)
+        return late >= 2
+
     def _allowed_for(self, item: ItemProgress, ranked: list[RankedChannel]) -> list[RankedChannel]:
         """The per-item candidate filter (``routing.eligibility``): a filter, never a ranking rule.
 
@@ -700,10 +718,11 @@ class Router:
         """Seconds an attempt started on ``ranked`` needs before the deadline.
 
         The time until the item knows how the attempt went, plus ``deadline_margin_s``. That
-        time is a p95-ish call -- or, on a channel that has left a call unanswered within the
-        last ``stats_half_life_s``, its attempt timeout: a hung call is only known at the
-        timeout, and cutting it earlier could abandon a slow call that still bills (paid
-        twice). Where the attempt may well fail (success rate below ``reliable_success_rate``,
+        time is a p95-ish call -- or, on a channel that hangs (it left a call unanswered within
+        the last ``stats_half_life_s``, or has gone quiet now: ``_gone_quiet``), its attempt
+        timeout: a hung call is only known at the timeout, and cutting it earlier could abandon
+        a slow call that still bills (paid twice). So a hanging channel still takes the items
+        that have the time (a hang is free), and the others go where they can be rescued. Where the attempt may well fail (success rate below ``reliable_success_rate``,
         or hangs) the margin is at least one p95-ish call on the fastest reliable alternative,
         so an item whose try fails can still be rescued in time. Two p95s in a row already hold
         more slack than the margin (both calls running to their p95 is rare), so the larger of
@@ -712,7 +731,9 @@ class Router:
         cfg = self.config
         margin = cfg.deadline_margin_s
         learn = self.expected_latency(ranked)
-        hangs = now - self._timed_out_at.get(ranked.channel, -math.inf) < cfg.stats_half_life_s
+        hangs = now - self._timed_out_at.get(
+            ranked.channel, -math.inf
+        ) < cfg.stats_half_life_s or self._gone_quiet(ranked, now)
         if hangs:
             learn = max(learn, self.channels[ranked.channel].attempt_timeout_s)
         if hangs or ranked.success_rate < cfg.reliable_success_rate:
@@ -948,6 +969,7 @@ class Router:
         elif budgeted and not permit.probe:
             self.retry_budget.record(retry=True)
         self._open[permit.permit_id] = _Open(ranked.price_usd, permit.probe)
+        self._in_flight[ranked.channel][permit.permit_id] = permit.acquired_at
         timeout = self.channels[ranked.channel].attempt_timeout_s
         hard_deadline = self._hard_deadline(item)
         if hard_deadline is not None:
@@ -1003,6 +1025,9 @@ class Router:
         opened = self._open.pop(permit.permit_id, None)
         if opened is None:
             return ()  # reported before: one attempt is recorded once
+        self._in_flight[permit.channel].pop(permit.permit_id, None)
+        if not outcome.cancelled and outcome.error_class is not ErrorClass.TIMEOUT:
+            self._heard_at[permit.channel] = now
         events = self.backend.record(permit, outcome, now)
         self._wake_head(permit.channel)  # a slot came back, or the channel's state changed
         if outcome.error_class is ErrorClass.RATE_LIMITED and outcome.closed_until is not None:

@@ -546,10 +546,14 @@ def test_a_channel_that_left_a_call_unanswered_is_planned_with_its_timeout_and_a
     router, clock = make([relay, DIRECT], stats_half_life_s=300.0)
     t0 = clock.now()
     # relay fits by a p95 call: 60 + 10 <= 100 -> the cheap channel
-    assert decide(router, ItemProgress("before", deadline=t0 + 100.0)).channel == "relay"  # type: ignore[union-attr]
+    before = ItemProgress("before", deadline=t0 + 100.0)
+    answered = decide(router, before)
+    assert isinstance(answered, Attempt) and answered.channel == "relay"
     hung = ItemProgress("hung", deadline=t0 + 1000.0)
     attempt = decide(router, hung)
     assert isinstance(attempt, Attempt) and attempt.channel == "relay"
+    clock.set(t0 + 30.0)
+    router.report_success(before, answered.permit)
     clock.set(t0 + 100.0)
     router.report_timeout(hung, attempt.permit)
     # now a call there is only known to have failed at its timeout (100 s), and the rescue on
@@ -564,3 +568,26 @@ def test_a_channel_that_left_a_call_unanswered_is_planned_with_its_timeout_and_a
     clock.set(t0 + 100.0 + 300.0)
     later = decide(router, ItemProgress("later", deadline=t0 + 400.0 + 155.0))
     assert isinstance(later, Attempt) and later.channel == "relay"
+
+
+def test_a_channel_with_two_overdue_calls_and_no_answer_since_is_planned_as_one_that_hangs() -> None:
+    router, clock = make([RELAY, DIRECT])  # latency EWMA 30 s: a call is overdue after 60 s
+    t0 = clock.now()
+    first, second = ItemProgress("first"), ItemProgress("second")
+    a1 = decide(router, first)
+    clock.set(t0 + 5.0)
+    a2 = decide(router, second)
+    assert isinstance(a1, Attempt) and isinstance(a2, Attempt) and a1.channel == a2.channel == "relay"
+    due = 60.0 + 60.0  # a p95 call there and the rescue's p95 on direct fit; its timeout (120 s) does not
+    clock.set(t0 + 61.0)  # one overdue call is a slow call: the cheap channel still gets the item
+    one = decide(router, ItemProgress("one", deadline=clock.now() + due))
+    assert isinstance(one, Attempt) and one.channel == "relay"
+    clock.set(t0 + 66.0)  # two overdue, nothing heard since the first started: it may hang
+    elsewhere = decide(router, ItemProgress("elsewhere", deadline=clock.now() + due))
+    assert isinstance(elsewhere, Attempt) and elsewhere.channel == "direct"
+    roomy = decide(router, ItemProgress("roomy"))  # the hour's horizon has room for a hang (free)
+    assert isinstance(roomy, Attempt) and roomy.channel == "relay"
+    assert a1.timeout_s == RELAY.attempt_timeout_s  # the quiet calls are left to their timeout
+    router.report_success(second, a2.permit)  # it answers again
+    back = decide(router, ItemProgress("back", deadline=clock.now() + due))
+    assert isinstance(back, Attempt) and back.channel == "relay"
