@@ -722,8 +722,9 @@ class Router:
         the last ``stats_half_life_s``, or has gone quiet now: ``_gone_quiet``), its attempt
         timeout: a hung call is only known at the timeout, and cutting it earlier could abandon
         a slow call that still bills (paid twice). So a hanging channel still takes the items
-        that have the time (a hang is free), and the others go where they can be rescued. Where the attempt may well fail (success rate below ``reliable_success_rate``,
-        or hangs) the margin is at least one p95-ish call on the fastest reliable alternative,
+        that have the time (a hang is free), and the others go where they can be rescued.
+        Where the attempt may well fail (success rate below ``reliable_success_rate``, or
+        hangs) the margin is at least one p95-ish call on the fastest reliable alternative,
         so an item whose try fails can still be rescued in time. Two p95s in a row already hold
         more slack than the margin (both calls running to their p95 is rare), so the larger of
         the margin and that rescue call is added.
