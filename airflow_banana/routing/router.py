@@ -52,7 +52,9 @@ Item lifecycle (``next_action``), in order:
 1. the last attempt was ITEM_TERMINAL (400, blocked prompt, IMAGE_SAFETY) -> give up, no
    failover: the same model sits behind every channel;
 2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
-3. ``max_attempts_per_item`` reached, or a hard deadline passed -> give up;
+3. ``max_attempts_per_item`` reached, or a hard deadline passed, or closer than a typical call
+   (latency EWMA) on every candidate -> give up: a call that would more likely than not outlive
+   the deadline is billed all the same;
 4. a retry after a failure that was paid for (billed, or a timeout: maybe billed) with the
    run's retry budget spent -> give up (a retry after a free failure costs time, which the
    deadline bounds, and load, which the channel's limiter, breaker and throttle bound);
@@ -646,6 +648,17 @@ class Router:
                 f"item '{item.item_id}': timed out on every usable channel ({sorted(timed_out)})",
                 ErrorClass.TIMEOUT,
             )
+        if hard_deadline is not None:
+            # A call more likely than not to outlive the deadline is not started: the provider
+            # bills an image it finishes after we stopped waiting, and the item fails anyway.
+            candidates = [r for r in candidates if now + r.latency_s <= hard_deadline]
+            if not candidates:
+                return GiveUp(
+                    GiveUpReason.DEADLINE,
+                    f"item '{item.item_id}': {hard_deadline - now:.1f}s to the deadline, less than "
+                    f"a typical call on any usable channel; not sent ({len(attempts)} attempts made)",
+                    last.error_class if last else None,
+                )
 
         if cfg.objective is Objective.CHEAPEST and item.deadline is not None and now < item.deadline:
             planned = self._deadline_plan(

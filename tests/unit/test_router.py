@@ -419,7 +419,7 @@ def test_daily_quota_day_can_be_compressed_for_the_simulator() -> None:
 def test_deadline_passed_gives_up_and_nothing_before_the_deadline_gives_up_early() -> None:
     router, clock = make_router([RELAY])
     t0 = clock.now()
-    item = ItemProgress("x", deadline=t0 + 10)
+    item = ItemProgress("x", deadline=t0 + 20)
     fail(router, item, ErrorClass.RATE_LIMITED, retry_after=60.0)
     decision = router.next_action(item)
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.DEADLINE
@@ -427,6 +427,16 @@ def test_deadline_passed_gives_up_and_nothing_before_the_deadline_gives_up_early
     late = ItemProgress("late", deadline=t0)
     decision = router.next_action(late)
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.DEADLINE
+
+
+def test_no_call_is_started_that_would_more_likely_than_not_outlive_the_deadline() -> None:
+    router, clock = make_router([RELAY, DIRECT])  # no answer yet: a typical call is 12 s
+    t0 = clock.now()
+    assert attempt(router, ItemProgress("fits", deadline=t0 + 12.0)).channel == "relay"
+    decision = router.next_action(ItemProgress("short", deadline=t0 + 11.9))
+    assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.DEADLINE
+    assert "less than a typical call" in decision.detail
+    assert router.spend.reserved_usd == pytest.approx(0.05)  # only the call that fits
 
 
 def test_wait_until_the_earliest_channel_frees() -> None:
