@@ -100,7 +100,8 @@ the fallback one by one instead of all at the last moment (never pushing an item
 it still fits). A blocked channel cheaper than every fitting one is waited for the same way even
 when the estimate says it will not make it: while the next fitting channel can still be started
 later, spilling now would commit money on an estimate that the next answers may change (the
-latency prior before a channel's first success). While the first success of a channel in the
+latency prior before a channel's first success) -- unless its queue alone, at any latency, runs
+past the deadline: the rate is known, and an item far back would only spill at the last moment. While the first success of a channel in the
 plan is in flight (the waited-for channel or a fallback), waits also end on every permit
 release and leave out the reservation: one real answer is worth more than the prior, and the
 first item to spill onto an unmeasured fallback measures it for the others. When that moment
@@ -860,11 +861,15 @@ class Router:
             start, ahead, denial, base = estimate
             fits = start + need[ranked.channel] <= deadline
             # Not fitting by the estimate, but the estimate rests on the latency prior (no answer
-            # yet): worth waiting for unless it opens too late even with an empty queue.
+            # yet): worth waiting for unless it opens too late for a call even with an empty
+            # queue, or its queue alone runs past the deadline (the rate is known, only the
+            # latency is not: an item far back would only spill at the last moment, onto
+            # fallbacks in whatever state they are in by then).
             hopeful = (
                 denial is not None
                 and ranked.snapshot.latency_ewma_s is None
                 and base + need[ranked.channel] <= deadline
+                and start + cfg.deadline_margin_s <= deadline
             )
             plans.append((ranked, start, ahead, denial, fits, fits or hopeful))
         if not any(p[4] for p in plans):

@@ -591,3 +591,15 @@ def test_a_channel_with_two_overdue_calls_and_no_answer_since_is_planned_as_one_
     router.report_success(second, a2.permit)  # it answers again
     back = decide(router, ItemProgress("back", deadline=clock.now() + due))
     assert isinstance(back, Attempt) and back.channel == "relay"
+
+
+def test_an_unmeasured_channel_is_not_waited_for_by_an_item_its_queue_alone_makes_late() -> None:
+    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)  # one call per 10.08 s
+    router, clock = make([relay, DIRECT], answered=False, rate_guard_s=0.5)
+    t0 = clock.now()
+    deadline = t0 + 150.0  # relay opens at once, a call and a rescue fit: 60 + 60 <= 150
+    assert decide(router, ItemProgress("first", deadline=deadline)).channel == "relay"  # type: ignore[union-attr]
+    waiting = [decide(router, ItemProgress(f"w{i}", deadline=deadline)) for i in range(13)]
+    assert all(isinstance(w, Wait) for w in waiting)  # 13 x 10.08 + 10 <= 150: worth the wait
+    far_back = decide(router, ItemProgress("far", deadline=deadline))  # 13 ahead: 151 s to its slot
+    assert isinstance(far_back, Attempt) and far_back.channel == "direct"
