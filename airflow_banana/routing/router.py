@@ -102,9 +102,10 @@ when the estimate says it will not make it: while the next fitting channel can s
 later, spilling now would commit money on an estimate that the next answers may change (the
 latency prior before a channel's first success) -- unless its queue alone, at any latency, runs
 past the deadline: the rate is known, and an item far back would only spill at the last moment.
-While the first success of a channel in the plan is in flight (the waited-for channel or a fallback), waits also end on every permit
-release and leave out the reservation: one real answer is worth more than the prior, and the
-first item to spill onto an unmeasured fallback measures it for the others. When that moment
+While the first success of a channel in the plan is in flight (the waited-for channel or a
+fallback), waits also end on every permit release and leave out the reservation: one real
+answer is worth more than the prior, and the first item to spill onto an unmeasured fallback
+measures it for the others. When that moment
 comes and ``c`` is still blocked, the item spills to the next channel. When no channel fits,
 the item falls back to rule 7 (best effort: whatever is open, cheapest first). Queue positions
 spread wake-ups (the head also wakes on a release), so N waiting items cost O(N) router calls
