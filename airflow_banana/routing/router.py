@@ -53,8 +53,8 @@ Item lifecycle (``next_action``), in order:
    failover: the same model sits behind every channel;
 2. more than ``max_no_image_retries`` (2) NO_IMAGE answers -> give up;
 3. ``max_attempts_per_item`` reached, or a hard deadline passed, or closer than a typical call
-   (latency EWMA) on every candidate -> give up: a call that would more likely than not outlive
-   the deadline is billed all the same;
+   (the measured latency EWMA) on every candidate -> give up: a call that would more likely
+   than not outlive the deadline is billed all the same;
 4. a retry after a failure that was paid for (billed, or a timeout: maybe billed) with the
    run's retry budget spent -> give up (a retry after a free failure costs time, which the
    deadline bounds, and load, which the channel's limiter, breaker and throttle bound);
@@ -653,7 +653,13 @@ class Router:
         if hard_deadline is not None:
             # A call more likely than not to outlive the deadline is not started: the provider
             # bills an image it finishes after we stopped waiting, and the item fails anyway.
-            candidates = [r for r in candidates if now + r.latency_s <= hard_deadline]
+            # Judged on measured calls only: before a channel's first answer its latency is the
+            # prior, a guess that must not turn away a channel answering in milliseconds.
+            candidates = [
+                r
+                for r in candidates
+                if r.snapshot.latency_ewma_s is None or now + r.latency_s <= hard_deadline
+            ]
             if not candidates:
                 return GiveUp(
                     GiveUpReason.DEADLINE,

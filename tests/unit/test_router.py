@@ -430,13 +430,18 @@ def test_deadline_passed_gives_up_and_nothing_before_the_deadline_gives_up_early
 
 
 def test_no_call_is_started_that_would_more_likely_than_not_outlive_the_deadline() -> None:
-    router, clock = make_router([RELAY, DIRECT])  # no answer yet: a typical call is 12 s
+    router, clock = make_router([RELAY, DIRECT])
     t0 = clock.now()
-    assert attempt(router, ItemProgress("fits", deadline=t0 + 12.0)).channel == "relay"
-    decision = router.next_action(ItemProgress("short", deadline=t0 + 11.9))
+    # before any answer the 12 s latency is a prior: it turns nothing away
+    assert attempt(router, ItemProgress("unmeasured", deadline=t0 + 1.0)).channel == "relay"
+    for name in ("relay", "direct"):  # as a run of 12 s answers would set it
+        router.backend._records[name].stats.latency_ewma_s = 12.0  # type: ignore[attr-defined]
+    reserved = router.spend.reserved_usd
+    assert attempt(router, ItemProgress("fits", deadline=clock.now() + 12.0)).channel == "relay"
+    decision = router.next_action(ItemProgress("short", deadline=clock.now() + 11.9))
     assert isinstance(decision, GiveUp) and decision.reason is GiveUpReason.DEADLINE
     assert "less than a typical call" in decision.detail
-    assert router.spend.reserved_usd == pytest.approx(0.05)  # only the call that fits
+    assert router.spend.reserved_usd == pytest.approx(reserved + 0.05)  # only the call that fits
 
 
 def test_wait_until_the_earliest_channel_frees() -> None:
