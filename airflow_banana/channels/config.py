@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from airflow_banana.exceptions import ConfigurationError, InsecureBaseUrlError
 from airflow_banana.models import DEFAULT_MODEL, model_id
 from airflow_banana.pricing import price_table
+from airflow_banana.routing.terms import ChannelTerms
 from airflow_banana.secrets import Secret
 
 PROTOCOLS = ("gemini", "vertex", "openai")
@@ -91,6 +92,22 @@ class ChannelConfig:
     @property
     def conn_id(self) -> str:
         return self.connection or self.name
+
+    def terms(self) -> ChannelTerms:
+        """What the router needs of this connection: prices (the protocol's table with this
+        connection's overrides), billing, timeout, limits and what it may carry."""
+        return ChannelTerms(
+            name=self.name,
+            prices={**price_table(self.protocol), **self.prices},
+            billed_on_failure=self.billed_on_failure,
+            attempt_timeout_s=self.attempt_timeout_s,
+            rpm=self.rpm,
+            ipm=self.ipm,
+            max_concurrency=self.max_concurrency,
+            official=self.official,
+            grounding=self.grounding,
+            model=self.model,
+        )
 
 
 def _number(extra: Mapping[str, Any], key: str, channel: str, *, integer: bool = False) -> Any:

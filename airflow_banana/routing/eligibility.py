@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import NoEligibleChannelError
 from airflow_banana.models import (
     DEFAULT_DATA_POLICY,
@@ -39,6 +38,25 @@ from airflow_banana.models import (
 
 # Items named in the error message; the exception carries every id.
 _MAX_NAMED = 10
+
+
+class Carrier(Protocol):
+    """What a channel offers an item (``ChannelTerms``, or a connection's ``ChannelConfig``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def official(self) -> bool: ...
+
+    @property
+    def grounding(self) -> bool: ...
+
+    @property
+    def model(self) -> str: ...
+
+
+C = TypeVar("C", bound=Carrier)
 
 
 class Needs(Protocol):
@@ -81,7 +99,7 @@ def allowed_models(needs: Needs) -> tuple[str, ...]:
     return tuple(dict.fromkeys(model_id(m) for m in (needs.model, *needs.fallback_models)))
 
 
-def _model_refusal(channel: ChannelConfig, needs: Needs) -> str | None:
+def _model_refusal(channel: Carrier, needs: Needs) -> str | None:
     wanted = allowed_models(needs)
     if not wanted:
         return None
@@ -93,7 +111,7 @@ def _model_refusal(channel: ChannelConfig, needs: Needs) -> str | None:
     return None
 
 
-def refusal(channel: ChannelConfig, needs: Needs) -> str | None:
+def refusal(channel: Carrier, needs: Needs) -> str | None:
     """Why ``channel`` may not carry an item with ``needs``, or None when it may."""
     reasons = []
     if needs.data_policy == OFFICIAL_ONLY and not channel.official:
@@ -106,7 +124,7 @@ def refusal(channel: ChannelConfig, needs: Needs) -> str | None:
     return "; ".join(reasons) or None
 
 
-def allowed(channels: Iterable[ChannelConfig], needs: Needs) -> list[ChannelConfig]:
+def allowed(channels: Iterable[C], needs: Needs) -> list[C]:
     """The channels that may carry an item with ``needs``, in the given order."""
     return [c for c in channels if refusal(c, needs) is None]
 
@@ -131,7 +149,7 @@ def describe(needs: Needs) -> str:
 
 
 def require_servable(
-    items: Iterable[tuple[str, Needs]], channels: Sequence[ChannelConfig], *, who: str, lane: str
+    items: Iterable[tuple[str, Needs]], channels: Sequence[Carrier], *, who: str, lane: str
 ) -> None:
     """Raise ``NoEligibleChannelError`` naming every item that no channel of ``channels`` may take.
 

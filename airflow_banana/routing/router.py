@@ -128,10 +128,8 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.models import DEFAULT_DATA_POLICY, IMAGE_SIZES, ImageRequest
-from airflow_banana.pricing import price_table
 from airflow_banana.routing.availability import HintHistory
 from airflow_banana.routing.breaker import BreakerConfig, BreakerState
 from airflow_banana.routing.budget import RetryBudget, RetryBudgetConfig, SpendBudget
@@ -151,6 +149,7 @@ from airflow_banana.routing.state import (
     Outcome,
     Permit,
 )
+from airflow_banana.routing.terms import ChannelTerms, HasTerms, terms_of
 from airflow_banana.routing.throttle import ThrottleConfig
 
 _BACKOFF_CLASSES = (ErrorClass.RETRYABLE, ErrorClass.NO_IMAGE)
@@ -387,13 +386,14 @@ class _Open:
 
 
 def policy_for(
-    channel: ChannelConfig,
+    channel: ChannelTerms | HasTerms,
     config: RouterConfig,
     *,
     breaker: BreakerConfig | None = None,
     throttle: ThrottleConfig | None = None,
 ) -> ChannelPolicy:
     """A channel's backend policy from its connection settings (rpm/ipm/concurrency/timeout)."""
+    channel = terms_of(channel)
     ttl = channel.attempt_timeout_s + config.timeout_grace_s
     rates = [r for r in (channel.rpm, channel.ipm) if r is not None]
     # Where failed calls are free (Google bills only images) riding out a 45 % storm is cheaper
@@ -421,7 +421,7 @@ class Router:
 
     def __init__(
         self,
-        channels: Sequence[ChannelConfig],
+        channels: Sequence[ChannelTerms | HasTerms],
         *,
         clock: Clock,
         rng: random.Random,
@@ -433,7 +433,8 @@ class Router:
     ) -> None:
         if not channels:
             raise ConfigurationError("the router needs at least one channel")
-        names = [c.name for c in channels]
+        terms = [terms_of(c) for c in channels]
+        names = [c.name for c in terms]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"channel names must be unique, got {names}")
         self.config = config or RouterConfig()
@@ -444,12 +445,9 @@ class Router:
         self.wall_clock: WallClock = wall_clock or (clock if isinstance(clock, WallClock) else SystemClock())
         self.rng = rng
         self.backend = backend
-        self.channels: dict[str, ChannelConfig] = {c.name: c for c in channels}
-        self._prices: dict[str, dict[str, float]] = {
-            c.name: {**price_table(c.protocol), **c.prices} for c in channels
-        }
+        self.channels: dict[str, ChannelTerms] = {c.name: c for c in terms}
         self._policies: dict[str, ChannelPolicy] = {}
-        for channel in channels:
+        for channel in terms:
             policy = policy_for(channel, self.config, breaker=breaker, throttle=throttle)
             self._policies[channel.name] = policy
             backend.register(channel.name, policy)
@@ -484,7 +482,7 @@ class Router:
     def price(self, channel: str, image_size: str) -> float:
         if image_size not in IMAGE_SIZES:
             raise ConfigurationError(f"unknown image size {image_size!r}; use one of {IMAGE_SIZES}")
-        return self._prices[channel][image_size]
+        return self.channels[channel].prices[image_size]
 
     def rank(self, image_size: str, now: float | None = None) -> list[RankedChannel]:
         """Every channel in preference order, each with its availability."""
@@ -1192,7 +1190,7 @@ class Router:
 
 
 def router_for(
-    channels: Iterable[ChannelConfig],
+    channels: Iterable[ChannelTerms | HasTerms],
     clock: Clock,
     rng: random.Random,
     backend: ChannelStateBackend | None = None,
