@@ -733,6 +733,13 @@ class Router:
         nominal = max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
         return nominal / self._hints[ranked.channel].open_share(now)
 
+    def _rate_interval(self, ranked: RankedChannel, now: float) -> float:
+        """Seconds per call the channel's configured rate allows, stretched by its retry hints:
+        the part of ``service_interval`` that does not rest on its latency (0 without a rate)."""
+        return self._policies[ranked.channel].limits.interval_s() / self._hints[ranked.channel].open_share(
+            now
+        )
+
     def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel], now: float) -> float:
         """Seconds an attempt started on ``ranked`` needs before the deadline.
 
@@ -867,14 +874,14 @@ class Router:
             fits = start + need[ranked.channel] <= deadline
             # Not fitting by the estimate, but the estimate rests on the latency prior (no answer
             # yet): worth waiting for unless it opens too late for a call even with an empty
-            # queue, or its queue alone runs past the deadline (the rate is known, only the
-            # latency is not: an item far back would only spill at the last moment, onto
-            # fallbacks in whatever state they are in by then).
+            # queue, or its queue at the channel's rate limit alone runs past the deadline (the
+            # rate is configured, only the latency is unknown: an item that far back would only
+            # spill at the last moment, onto fallbacks in whatever state they are in by then).
             hopeful = (
                 denial is not None
                 and ranked.snapshot.latency_ewma_s is None
                 and base + need[ranked.channel] <= deadline
-                and start + cfg.deadline_margin_s <= deadline
+                and base + ahead * self._rate_interval(ranked, now) + cfg.deadline_margin_s <= deadline
             )
             plans.append((ranked, start, ahead, denial, fits, fits or hopeful))
         if not any(p[4] for p in plans):

@@ -603,3 +603,15 @@ def test_an_unmeasured_channel_is_not_waited_for_by_an_item_its_queue_alone_make
     assert all(isinstance(w, Wait) for w in waiting)  # 13 x 10.08 + 10 <= 150: worth the wait
     far_back = decide(router, ItemProgress("far", deadline=deadline))  # 13 ahead: 151 s to its slot
     assert isinstance(far_back, Attempt) and far_back.channel == "direct"
+
+
+def test_an_unmeasured_channel_without_a_rate_is_waited_for_whatever_its_queue() -> None:
+    """Without ``rpm`` its pace is latency / concurrency: the very prior the first answer corrects
+    (the issue-11 incidents: 10 ms calls planned at 12 s until the first one came back)."""
+    relay = chan("relay", "openai", max_concurrency=1)
+    router, clock = make([relay, DIRECT], answered=False, default_latency_s=12.0)
+    deadline = clock.now() + 90.0
+    first = decide(router, ItemProgress("first", deadline=deadline))
+    assert isinstance(first, Attempt) and first.channel == "relay"  # its answer will measure it
+    waits = [decide(router, ItemProgress(f"w{i}", deadline=deadline)) for i in range(30)]
+    assert all(isinstance(w, Wait) and w.on_release for w in waits)  # 30 x 12 s of queue by the prior
