@@ -694,15 +694,18 @@ class Router:
         return self._answered_call_at.get(attempt.channel, -math.inf) <= attempt.started_at
 
     def _gone_quiet(self, ranked: RankedChannel, now: float) -> bool:
-        """Two calls on the channel are overdue (each past a p95-ish call) and nothing has come
-        back since the first started: it has likely stopped answering (FAULTS R6, seen long
-        before a timeout). One overdue call is a slow call one time in twenty; two are not.
+        """Two calls on the channel are overdue (each past a p95-ish call plus ``deadline_margin_s``)
+        and nothing has come back since the first started: it has likely stopped answering
+        (FAULTS R6, seen long before a timeout). One overdue call is a slow call one time in
+        twenty; two are not.
 
         Its calls in flight are left to their timeout (cutting one that is only slow would pay
         twice); ``finish_need`` plans new calls there as calls that may hang.
         """
         heard = self._heard_at.get(ranked.channel, -math.inf)
-        overdue = now - self.expected_latency(ranked)
+        # past a p95-ish call and the plan's margin: a busy event loop delays answers of 10 ms
+        # calls by more than their p95, and that is no silence
+        overdue = now - self.expected_latency(ranked) - self.config.deadline_margin_s
         late = sum(1 for t in self._in_flight[ranked.channel].values() if heard < t < overdue)
         return late >= 2
 

@@ -571,7 +571,7 @@ def test_a_channel_that_left_a_call_unanswered_is_planned_with_its_timeout_and_a
 
 
 def test_a_channel_with_two_overdue_calls_and_no_answer_since_is_planned_as_one_that_hangs() -> None:
-    router, clock = make([RELAY, DIRECT])  # latency EWMA 30 s: a call is overdue after 60 s
+    router, clock = make([RELAY, DIRECT])  # latency EWMA 30 s: overdue after 60 + 10 s
     t0 = clock.now()
     first, second = ItemProgress("first"), ItemProgress("second")
     a1 = decide(router, first)
@@ -579,10 +579,10 @@ def test_a_channel_with_two_overdue_calls_and_no_answer_since_is_planned_as_one_
     a2 = decide(router, second)
     assert isinstance(a1, Attempt) and isinstance(a2, Attempt) and a1.channel == a2.channel == "relay"
     due = 60.0 + 60.0  # a p95 call there and the rescue's p95 on direct fit; its timeout (120 s) does not
-    clock.set(t0 + 61.0)  # one overdue call is a slow call: the cheap channel still gets the item
+    clock.set(t0 + 71.0)  # one overdue call is a slow call: the cheap channel still gets the item
     one = decide(router, ItemProgress("one", deadline=clock.now() + due))
     assert isinstance(one, Attempt) and one.channel == "relay"
-    clock.set(t0 + 66.0)  # two overdue, nothing heard since the first started: it may hang
+    clock.set(t0 + 76.0)  # two overdue, nothing heard since the first started: it may hang
     elsewhere = decide(router, ItemProgress("elsewhere", deadline=clock.now() + due))
     assert isinstance(elsewhere, Attempt) and elsewhere.channel == "direct"
     roomy = decide(router, ItemProgress("roomy"))  # the hour's horizon has room for a hang (free)
