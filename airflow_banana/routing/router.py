@@ -100,8 +100,9 @@ the fallback one by one instead of all at the last moment (never pushing an item
 it still fits). A blocked channel cheaper than every fitting one is waited for the same way even
 when the estimate says it will not make it: while the next fitting channel can still be started
 later, spilling now would commit money on an estimate that the next answers may change (the
-latency prior before a channel's first success) -- unless its queue alone, at any latency, runs
-past the deadline: the rate is known, and an item far back would only spill at the last moment.
+latency prior before a channel's first success) -- unless its queue at its configured rate
+alone runs past the deadline: that rate is known, and an item so far back would only spill at
+the last moment (without ``rpm`` the pace is latency / concurrency, the prior itself).
 While the first success of a channel in the plan is in flight (the waited-for channel or a
 fallback), waits also end on every permit release and leave out the reservation: one real
 answer is worth more than the prior, and the first item to spill onto an unmeasured fallback
@@ -761,9 +762,8 @@ class Router:
         cfg = self.config
         margin = cfg.deadline_margin_s
         learn = self.expected_latency(ranked)
-        hangs = now - self._timed_out_at.get(
-            ranked.channel, -math.inf
-        ) < cfg.stats_half_life_s or self._gone_quiet(ranked, now)
+        timed_out_at = self._timed_out_at.get(ranked.channel, -math.inf)
+        hangs = now - timed_out_at < cfg.stats_half_life_s or self._gone_quiet(ranked, now)
         if hangs:
             learn = max(learn, self.channels[ranked.channel].attempt_timeout_s)
         if hangs or ranked.success_rate < cfg.reliable_success_rate:
