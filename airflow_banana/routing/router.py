@@ -733,16 +733,15 @@ class Router:
     def service_interval(self, ranked: RankedChannel, now: float) -> float:
         """Seconds per call the channel really takes: its limits (rate or concurrency bound),
         stretched by the share of time and answers lost to retry hints (``HintHistory``)."""
-        limits = self._policies[ranked.channel].limits
-        nominal = max(limits.interval_s(), ranked.latency_s / limits.max_concurrency)
-        return nominal / self._hints[ranked.channel].open_share(now)
+        concurrency = self._policies[ranked.channel].limits.max_concurrency
+        paced = ranked.latency_s / concurrency / self._hints[ranked.channel].open_share(now)
+        return max(self._rate_interval(ranked, now), paced)
 
     def _rate_interval(self, ranked: RankedChannel, now: float) -> float:
         """Seconds per call the channel's configured rate allows, stretched by its retry hints:
         the part of ``service_interval`` that does not rest on its latency (0 without a rate)."""
-        return self._policies[ranked.channel].limits.interval_s() / self._hints[ranked.channel].open_share(
-            now
-        )
+        share = self._hints[ranked.channel].open_share(now)
+        return self._policies[ranked.channel].limits.interval_s() / share
 
     def finish_need(self, ranked: RankedChannel, candidates: Sequence[RankedChannel], now: float) -> float:
         """Seconds an attempt started on ``ranked`` needs before the deadline.

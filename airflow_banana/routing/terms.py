@@ -10,7 +10,7 @@ hold connection configs pass them as they are.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from airflow_banana.models import DEFAULT_MODEL
@@ -21,12 +21,12 @@ class ChannelTerms:
     """One router channel as the decisions see it (no secrets, no endpoint)."""
 
     name: str
-    prices: Mapping[str, float] = field(default_factory=dict)  # per image size, complete
+    prices: Mapping[str, float]  # per image size, complete
+    attempt_timeout_s: float
+    max_concurrency: int
     billed_on_failure: bool = False
-    attempt_timeout_s: float = 120.0
     rpm: float | None = None
     ipm: float | None = None
-    max_concurrency: int = 4
     official: bool = False  # operated by Google: prompts and images stay with Google
     grounding: bool = False  # carries Gemini's Search tool
     model: str = DEFAULT_MODEL

@@ -59,7 +59,7 @@ def test_combined_rate_stays_under_the_cap_without_self_inflicted_429s(
     cap = 8  # per simulated minute (1 s)
     sim.set_faults("fleet-rate", FaultProfile(name="rate", rpm=cap, latency_ms=(20.0, 60.0)))
     # every worker is configured with (a little under) the whole cap, as each would be in Airflow;
-    # the limiter counts per the simulator's minute (guard and cold start stay in real seconds)
+    # the limiter counts per the simulator's minute (SIM_ROUTER)
     channel = {"name": "gemini_direct", "key": "fleet-rate", "rpm": 0.75 * cap, "max_concurrency": 4}
     fleet = fleet_mod.start_fleet(
         tmp_path,
@@ -68,7 +68,7 @@ def test_combined_rate_stays_under_the_cap_without_self_inflicted_429s(
         shards=_shards(4, 6, "rate"),
         redis_url=redis_url,
         namespace="rate",
-        router={"rate_minute_s": 1.0, "rate_guard_s": 0.1, "rate_cold_start_s": 0.1},
+        router=fleet_mod.SIM_ROUTER,
     )
     started = fleet.go()
     results = fleet.wait(timeout_s=90)
