@@ -65,9 +65,7 @@ class VertexJobControl(GenaiJobControl):
         model = model_of(requests, self.config)
         input_uri = join_uri(staging_uri, "input.jsonl")
         dest_uri = join_uri(staging_uri, "output") + "/"
-        storage.write_text(
-            input_uri, "".join(jsonl_lines(requests)), content_type="application/x-ndjson"
-        )
+        storage.write_text(input_uri, "".join(jsonl_lines(requests)), content_type="application/x-ndjson")
         try:
             job = self.client.batches.create(
                 model=model, src=input_uri, config={"display_name": display_name, "dest": dest_uri}

@@ -21,9 +21,20 @@ channel. Here:
 * After ``open_until`` the breaker is HALF_OPEN: exactly one caller gets a probe lease
   (``probe_id``), valid ``probe_lease_s`` so a crashed prober cannot wedge the channel; after the
   lease expires the next caller gets a fresh lease and the old one is void.
-* The current probe's success -> CLOSED (window and consecutive count reset); its failure ->
-  OPEN for ``d(n)`` with the incremented ``n``. A neutral probe outcome (429, cancelled) only
-  returns the lease.
+* A probe round: any probe's success -> CLOSED (window and consecutive count reset). A failed
+  probe ends the round only once ``k`` probes in a row have failed, where ``k`` is the fewest
+  failures the channel, failing at its rate from before the outage, would produce in a row less
+  than ``false_alarm`` (5 %) of the time: ``k = ceil(log(false_alarm) / log(f))``, at most
+  ``max_probes``: 1 by default, for a channel that bills failed calls pays for every probe;
+  ``consecutive_failures`` in the tolerant preset (free failures), the evidence that tripped it.
+  Then OPEN again for ``d`` with the outage older; until then the lease is handed back and the
+  next caller probes at once. Why: a channel that fails half its calls and trips on an unlucky run
+  would otherwise fail a single probe half the time, and each failure doubles the next opening, so
+  the cheapest channel stayed shut for most of a run (the virtual bench's s11-199: a $0.05 relay
+  at 52 % 503 shut for 9 of 13 minutes). A channel that was healthy before the outage (``f`` near
+  0) still gets one probe per round. ``f`` counts the window at the trip without the run of
+  failures that tripped it, with half a failure as prior (a channel with no history reads 0.5). A
+  neutral probe outcome (429, cancelled) only returns the lease.
 * Outcomes of ordinary calls that were in flight when the breaker opened are ignored: they say
   nothing about the channel now.
 
@@ -38,6 +49,7 @@ same transitions in Lua.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -70,6 +82,8 @@ class BreakerConfig:
     max_open_s: float = 300.0
     jitter: float = 0.2
     probe_lease_s: float = 130.0
+    false_alarm: float = 0.05  # how often a probe round may fail a channel that is merely as flaky as before
+    max_probes: int = 1  # failed probes that end a round at most (see ``probes_per_round``)
 
     @classmethod
     def tolerant(cls, **overrides: float) -> BreakerConfig:
@@ -91,18 +105,23 @@ class BreakerConfig:
             "failure_rate_threshold": 0.8,
             "minimum_calls": 20,
             "consecutive_failures": 12,
+            "max_probes": 12,
         }
         return cls(**{**settings, **overrides})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if not 0 < self.failure_rate_threshold <= 1:
             raise ConfigurationError(f"breaker failure_rate_threshold must be in (0, 1], got {self}")
-        if self.minimum_calls < 1 or self.consecutive_failures < 1:
-            raise ConfigurationError(f"breaker minimum_calls and consecutive_failures must be >= 1: {self}")
+        if min(self.minimum_calls, self.consecutive_failures, self.max_probes) < 1:
+            raise ConfigurationError(
+                f"breaker minimum_calls, consecutive_failures and max_probes must be >= 1: {self}"
+            )
         if min(self.window_s, self.bucket_s, self.base_open_s, self.probe_lease_s) <= 0:
             raise ConfigurationError(f"breaker durations must be positive: {self}")
         if self.max_open_s < self.base_open_s or not 0 <= self.jitter < 1:
             raise ConfigurationError(f"breaker needs max_open_s >= base_open_s and 0 <= jitter < 1: {self}")
+        if not 0 < self.false_alarm < 1:
+            raise ConfigurationError(f"breaker false_alarm must be in (0, 1), got {self}")
 
 
 @dataclass
@@ -111,7 +130,9 @@ class BreakerRecord:
     window: WindowCounts = field(default_factory=lambda: WindowCounts(arity=2))
     consecutive_failures: int = 0
     open_until: float = 0.0
-    reopen_count: int = 0  # failed probes in the current outage
+    reopen_count: int = 0  # failed probe rounds in the current outage
+    probe_failures: int = 0  # failed probes in the current round
+    base_failure_rate: float = 0.5  # the channel's failure rate before the outage (set at the trip)
     closed_at: float | None = None
     failing_since: float | None = None  # first failure after the last healthy answer
     probe_id: int = 0  # id of the latest lease granted
@@ -132,6 +153,20 @@ def open_duration(config: BreakerConfig, age_s: float, rng: random.Random) -> fl
     """``min(max_open_s, max(base_open_s, age) * (1 + jitter * U(-1, 1)))``; ``age``: the outage so far."""
     raw = max(config.base_open_s, age_s) * (1.0 + config.jitter * rng.uniform(-1.0, 1.0))
     return min(config.max_open_s, raw)
+
+
+def base_failure_rate(calls: int, failures: int, run: int) -> float:
+    """The failure rate before the outage: the window's counts without the run that tripped it."""
+    before_calls, before_failures = max(0, calls - run), max(0, failures - run)
+    return (before_failures + 0.5) / (before_calls + 1.0)
+
+
+def probes_per_round(record: BreakerRecord, config: BreakerConfig) -> int:
+    """``k``: failed probes in a row that end a round (see the module docstring)."""
+    f = min(max(record.base_failure_rate, 1e-9), 1.0)
+    if f >= 1.0:
+        return config.max_probes
+    return max(1, min(config.max_probes, math.ceil(math.log(config.false_alarm) / math.log(f))))
 
 
 def refresh(record: BreakerRecord, now: float) -> BreakerState:
@@ -169,6 +204,11 @@ def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
 
 def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
     since = record.failing_since if record.failing_since is not None else now
+    if count == 0:  # the trip: what the channel was like before this outage
+        window = {"bucket_s": config.bucket_s, "window_s": config.window_s}
+        calls, failures = window_totals(record.window, now, **window)
+        record.base_failure_rate = base_failure_rate(calls, failures, record.consecutive_failures)
+    record.probe_failures = 0
     record.state = BreakerState.OPEN
     record.open_until = now + open_duration(config, now - since, rng)
     record.reopen_count = count
@@ -196,9 +236,14 @@ def record_result(
         if probe_id is None or probe_id != record.probe_id or state is not BreakerState.HALF_OPEN:
             return None  # a late ordinary result, or a stale probe whose lease was replaced
         if failure:
+            record.probe_failures += 1
+            if record.probe_failures < probes_per_round(record, config):
+                record.probe_lease_until = None  # the round goes on: the next caller probes
+                return None
             _open(record, config, now, rng, record.reopen_count + 1)
             return BreakerEvent.REOPENED
         record.state = BreakerState.CLOSED
+        record.probe_failures = 0
         record.closed_at = now
         record.probe_lease_until = None
         record.consecutive_failures = 0

@@ -788,6 +788,8 @@ def test_a_task_log_has_the_providers_lines_not_one_sdk_line_per_call(rsim, tmp_
     assert ours, "the provider's own lines were not captured"
     # at most one line per attempt, plus the run's own start, progress, report and finish lines
     assert len(ours) <= len(calls) + 10, [r.getMessage() for r in ours]
+
+
 def test_operator_refuses_a_50_mb_line_and_an_over_limit_prompt_before_any_request(
     rsim, tmp_path, monkeypatch
 ):

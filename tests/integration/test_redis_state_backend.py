@@ -94,6 +94,7 @@ def test_record_round_trips_through_json() -> None:
     permits = [acquire("a", record, policy, T0 + i * 2, rng) for i in range(3)]
     apply_outcome(record, policy, permits[0], FAIL, T0 + 5, rng)  # type: ignore[arg-type]
     apply_outcome(record, policy, permits[1], OK, T0 + 6, rng)  # type: ignore[arg-type]
+    record.breaker.probe_failures, record.breaker.base_failure_rate = 2, 0.31  # a probe round under way
     assert record_from_dict(record_to_dict(record)) == record
     assert record_to_dict(record_from_dict(record_to_dict(record))) == record_to_dict(record)
 

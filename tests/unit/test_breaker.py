@@ -13,8 +13,10 @@ from airflow_banana.routing.breaker import (
     BreakerEvent,
     BreakerRecord,
     BreakerState,
+    base_failure_rate,
     gate,
     open_duration,
+    probes_per_round,
     record_result,
     release_probe,
     take_probe,
@@ -264,8 +266,105 @@ def test_the_outage_starts_at_the_first_failure_after_the_last_healthy_call() ->
         {"base_open_s": 20.0, "max_open_s": 10.0},
         {"jitter": 1.0},
         {"probe_lease_s": -1.0},
+        {"false_alarm": 0.0},
+        {"false_alarm": 1.0},
+        {"max_probes": 0},
     ],
 )
 def test_invalid_breaker_config_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         BreakerConfig(**kwargs)
+
+
+TOLERANT = BreakerConfig.tolerant(jitter=0.0)
+
+
+def test_the_base_failure_rate_leaves_out_the_run_that_tripped() -> None:
+    assert base_failure_rate(calls=32, failures=12, run=12) == pytest.approx(0.5 / 21)  # healthy, then down
+    assert base_failure_rate(calls=112, failures=62, run=12) == pytest.approx(50.5 / 101)  # flaky all along
+    assert base_failure_rate(calls=12, failures=12, run=12) == 0.5  # no history: as likely as not
+    assert base_failure_rate(calls=5, failures=5, run=30) == 0.5  # the run outlived the window
+
+
+@pytest.mark.parametrize(
+    ("rate", "tolerant", "default"),
+    [(0.01, 1, 1), (0.2, 2, 1), (0.5, 5, 1), (0.52, 5, 1), (0.8, 12, 1), (0.99, 12, 1), (1.0, 12, 1)],
+)
+def test_a_probe_round_is_as_long_as_a_flaky_channel_needs(rate: float, tolerant: int, default: int) -> None:
+    """k = ceil(log 0.05 / log f): a channel failing at f before the outage fails k in a row < 5 %
+    of the time; capped by max_probes (1 where failed probes are billed)."""
+    record = BreakerRecord(base_failure_rate=rate)
+    assert probes_per_round(record, TOLERANT) == tolerant
+    assert probes_per_round(record, BreakerConfig()) == default
+
+
+def _flaky_trip(record: BreakerRecord, now: float) -> float:
+    """Half the calls fail for a minute, then an unlucky run of 12 trips the tolerant breaker."""
+    events, now = feed(record, "SF" * 50, now, TOLERANT, step=0.5)
+    assert events == [] and record.state is BreakerState.CLOSED
+    events, now = feed(record, "F" * 12, now, TOLERANT, step=0.5)
+    assert events == [BreakerEvent.OPENED]
+    return now
+
+
+def test_a_flaky_channel_gets_a_round_of_probes_before_it_is_shut_again() -> None:
+    record = BreakerRecord()
+    now = _flaky_trip(record, 100.0)
+    k = probes_per_round(record, TOLERANT)
+    assert k == 5  # the window before the run failed about half its calls
+    now = record.open_until
+    for i in range(k):
+        verdict = gate(record, now)
+        assert verdict.allowed and verdict.probe  # the next caller probes at once
+        probe = take_probe(record, TOLERANT, now)
+        now += 1.0
+        event = record_result(record, TOLERANT, now, failure=True, probe_id=probe, rng=RNG)
+        if i < k - 1:
+            assert event is None and record.state is BreakerState.HALF_OPEN and record.probe_failures == i + 1
+    assert event is BreakerEvent.REOPENED and record.reopen_count == 1 and record.probe_failures == 0
+    assert record.base_failure_rate == pytest.approx(0.5, abs=0.02)  # kept for the outage's later rounds
+    now = record.open_until
+    gate(record, now)
+    probe = take_probe(record, TOLERANT, now)
+    assert record_result(record, TOLERANT, now + 1, failure=True, probe_id=probe, rng=RNG) is None
+    probe = take_probe(record, TOLERANT, now + 1)
+    closed = record_result(record, TOLERANT, now + 2, failure=False, probe_id=probe, rng=RNG)
+    assert closed is BreakerEvent.CLOSED
+    assert record.probe_failures == 0 and record.reopen_count == 0
+
+
+def test_a_channel_healthy_before_the_outage_is_probed_once_per_round() -> None:
+    record = BreakerRecord()
+    feed(record, "S" * 20, 100.0, TOLERANT, step=0.5)
+    events, now = feed(record, "F" * 12, 110.0, TOLERANT, step=0.1)
+    assert events == [BreakerEvent.OPENED] and probes_per_round(record, TOLERANT) == 1
+    now = record.open_until
+    gate(record, now)
+    probe = take_probe(record, TOLERANT, now)
+    reopened = record_result(record, TOLERANT, now + 0.1, failure=True, probe_id=probe, rng=RNG)
+    assert reopened is BreakerEvent.REOPENED
+
+
+def _open_share(cfg: BreakerConfig, failure_rate: float, seed: int) -> float:
+    """One call every 0.6 s for an hour to a channel failing at random: the share of time it is shut."""
+    rng, record, now, shut, step = random.Random(seed), BreakerRecord(), 0.0, 0.0, 0.6
+    while now < 3600.0:
+        verdict = gate(record, now)
+        if not verdict.allowed:
+            assert verdict.retry_at is not None
+            shut += verdict.retry_at - now
+            now = verdict.retry_at
+            continue
+        probe = take_probe(record, cfg, now) if verdict.probe else None
+        record_result(record, cfg, now, failure=rng.random() < failure_rate, probe_id=probe, rng=rng)
+        now += step
+    return shut / now
+
+
+def test_a_channel_failing_half_its_calls_stays_open_for_traffic() -> None:
+    """The virtual bench's s11-199 in miniature: with one probe per round the tolerant breaker kept
+    a 52 % flaky relay shut for a large share of the hour (each failed probe doubling the wait)."""
+    rounds = [_open_share(TOLERANT, 0.52, seed) for seed in range(20)]
+    single = [_open_share(BreakerConfig.tolerant(jitter=0.0, max_probes=1), 0.52, seed) for seed in range(20)]
+    assert sum(rounds) / len(rounds) < 0.02
+    assert sum(single) / len(single) > 3 * sum(rounds) / len(rounds)
