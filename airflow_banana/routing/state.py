@@ -381,6 +381,8 @@ def apply_outcome(
             failure=rule.breaker_failure,
             probe_id=permit.probe_id,
             rng=rng,
+            # one channel's permits share a lease length: an expiry no later is a call sent no later
+            older_in_flight=any(now < e <= permit.expires_at for e in record.in_flight.values()),
         )
         if transition is not None:
             events.append(ChannelEvent(transition.value))

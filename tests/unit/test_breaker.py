@@ -368,3 +368,21 @@ def test_a_channel_failing_half_its_calls_stays_open_for_traffic() -> None:
     single = [_open_share(BreakerConfig.tolerant(jitter=0.0, max_probes=1), 0.52, seed) for seed in range(20)]
     assert sum(rounds) / len(rounds) < 0.02
     assert sum(single) / len(single) > 3 * sum(rounds) / len(rounds)
+
+
+def test_a_failure_with_an_older_call_out_counts_but_cannot_trip() -> None:
+    record = BreakerRecord()
+    for _ in range(12):
+        event = record_result(
+            record, TOLERANT, 100.0, failure=True, probe_id=None, rng=RNG, older_in_flight=True
+        )
+        assert event is None
+    assert record.state is BreakerState.CLOSED and record.consecutive_failures == 12
+    event = record_result(record, TOLERANT, 101.0, failure=True, probe_id=None, rng=RNG)
+    assert event is BreakerEvent.OPENED  # the older call failed too: the run stands
+    billed = BreakerRecord()
+    events = [
+        record_result(billed, CFG, 100.0, failure=True, probe_id=None, rng=RNG, older_in_flight=True)
+        for _ in range(5)
+    ]
+    assert events[-1] is BreakerEvent.OPENED  # not in send order where failures are billed

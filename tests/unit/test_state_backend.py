@@ -364,3 +364,30 @@ def test_outcomes_that_close_a_channel_need_a_time() -> None:
         Outcome(ErrorClass.RATE_LIMITED)
     with pytest.raises(ConfigurationError):
         ChannelPolicy(permit_ttl_s=0)
+
+
+def test_a_tolerant_breaker_judges_a_run_in_send_order(make: Callable[..., ChannelStateBackend]) -> None:
+    """A minute's slots sent together: the 503s answer in a second, the images in ten, so a
+    channel failing half its calls returns a dozen failures "in a row" while it is up."""
+    tolerant = BreakerConfig.tolerant(jitter=0.0)
+    backend = make(pol(breaker=tolerant, limits=LimitConfig(max_concurrency=64)))
+    burst = [permit(backend.try_acquire("a", T0)) for _ in range(20)]
+    for p in burst[:12]:  # the fast failures come back first
+        assert backend.record(p, FAIL, T0 + 1) == ()
+    assert backend.snapshot("a", T0 + 1).breaker is BreakerState.CLOSED  # images sent with them are out
+    assert backend.record(burst[12], OK, T0 + 10) == ()  # and one of them breaks the run
+    later = [permit(backend.try_acquire("a", T0 + 11)) for _ in range(12)]
+    for p in burst[13:]:
+        backend.record(p, OK, T0 + 12)
+    events = [backend.record(p, FAIL, T0 + 13) for p in later]  # nothing older is out now
+    assert events[-1] == (ChannelEvent.BREAKER_OPENED,) and all(e == () for e in events[:-1])
+
+
+def test_a_breaker_on_billed_failures_trips_on_arrival_order(
+    make: Callable[..., ChannelStateBackend],
+) -> None:
+    """Where every failure is billed, waiting for an older call's answer pays for the outage."""
+    backend = make(pol(limits=LimitConfig(max_concurrency=64)))
+    burst = [permit(backend.try_acquire("a", T0)) for _ in range(10)]
+    events = [backend.record(p, FAIL, T0 + 1) for p in burst[:5]]
+    assert events[-1] == (ChannelEvent.BREAKER_OPENED,)
