@@ -34,7 +34,7 @@ channel. Here:
   failures the channel, failing at its rate from before the outage, would produce in a row less
   than ``false_alarm`` (5 %) of the time: ``k = ceil(log(false_alarm) / log(f))``, at most
   ``max_probes``: 1 by default, for a channel that bills failed calls pays for every probe;
-  ``consecutive_failures`` in the tolerant preset (free failures), the evidence that tripped it.
+  12 in the tolerant preset (free failures), as many failures in a row as trip it.
   Then OPEN again for ``d`` with the outage older; until then the lease is handed back and the
   next caller probes at once. Why: a channel that fails half its calls and trips on an unlucky run
   would otherwise fail a single probe half the time, and each failure doubles the next opening, so
@@ -173,10 +173,10 @@ def base_failure_rate(calls: int, failures: int, run: int) -> float:
 
 def probes_per_round(record: BreakerRecord, config: BreakerConfig) -> int:
     """``k``: failed probes in a row that end a round (see the module docstring)."""
-    f = min(max(record.base_failure_rate, 1e-9), 1.0)
-    if f >= 1.0:
+    if record.base_failure_rate >= 1.0:  # base_failure_rate() is below 1; a hand-set record may not be
         return config.max_probes
-    return max(1, min(config.max_probes, math.ceil(math.log(config.false_alarm) / math.log(f))))
+    k = math.ceil(math.log(config.false_alarm) / math.log(record.base_failure_rate))
+    return max(1, min(config.max_probes, k))
 
 
 def refresh(record: BreakerRecord, now: float) -> BreakerState:
@@ -215,8 +215,9 @@ def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
 def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
     since = record.failing_since if record.failing_since is not None else now
     if count == 0:  # the trip: what the channel was like before this outage
-        window = {"bucket_s": config.bucket_s, "window_s": config.window_s}
-        calls, failures = window_totals(record.window, now, **window)
+        calls, failures = window_totals(
+            record.window, now, bucket_s=config.bucket_s, window_s=config.window_s
+        )
         record.base_failure_rate = base_failure_rate(calls, failures, record.consecutive_failures)
     record.probe_failures = 0
     record.state = BreakerState.OPEN
