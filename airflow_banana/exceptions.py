@@ -16,7 +16,8 @@ the narrowest class they can act on; the router decides failover purely from ``E
     ├── ImageValidationError          the bytes are not a decodable image
     ├── BudgetExceededError           the task's USD budget would be exceeded
     ├── SignatureError                an edit history lacks a required thought signature
-    └── BatchJobError                 a batch job ended badly or cannot be reattached
+    ├── BatchJobError                 a batch job ended badly or cannot be reattached
+    └── RoutingStateConflictError     workers raced too often for one channel's shared state
 """
 
 from __future__ import annotations
@@ -138,3 +139,7 @@ class SignatureError(BananaError):
 
 class BatchJobError(BananaError):
     """A batch job failed, expired, was cancelled, or cannot be reattached."""
+
+
+class RoutingStateConflictError(BananaError):
+    """Too many workers raced for one channel's shared state (Redis); the caller asks again later."""

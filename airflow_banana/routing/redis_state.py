@@ -61,7 +61,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.exceptions import ConfigurationError, RoutingStateConflictError
 from airflow_banana.routing.breaker import BreakerRecord, BreakerState
 from airflow_banana.routing.limiter import GcraRecord
 from airflow_banana.routing.state import (
@@ -94,10 +94,6 @@ redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
-
-
-class RoutingStateConflictError(BananaError):
-    """Too many workers raced for one channel's state; the caller asks again later."""
 
 
 # ---------------------------------------------------------------- (de)serialization
