@@ -50,8 +50,8 @@ What is a failure is decided by the caller (``state.breaker_verdict``): RETRYABL
 NO_IMAGE are failures; a success or ITEM_TERMINAL answer is a healthy call; 429s are handled by
 the retry-hint/bench closures and CHANNEL_FATAL disables the channel outright.
 
-The record is a flat dataclass so a Redis backend can hold the same fields in a hash and run the
-same transitions in Lua.
+The record is a flat dataclass so the Redis backend can hold the same fields and run these same
+Python transitions on them (``routing/redis_state.py``: only the versioned write is a Lua step).
 """
 
 from __future__ import annotations

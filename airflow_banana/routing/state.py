@@ -47,8 +47,8 @@ Statistics decay exponentially: ``x(t) = x(t0) * 0.5 ** ((t - t0) / half_life)``
 (``alpha = 0.2``) of successful and timed-out calls.
 
 The in-memory backend keeps one ``ChannelRecord`` per channel and applies the pure functions
-below. A Redis backend (issue 7) stores the same fields (a hash per channel, sorted set of
-permit expiries, TTLs) and runs the same transitions in Lua; ``tests/unit/test_state_backend.py``
+below. The Redis backend (``routing/redis_state.py``) stores the same fields per channel and runs
+the same pure transitions, committing each with a versioned Lua write; ``tests/unit/test_state_backend.py``
 is the behaviour suite every backend must pass. A shared backend needs a shared timebase: give
 the router ``SystemClock(shared=True)`` (epoch seconds) or use the server's clock.
 """
