@@ -55,6 +55,10 @@ _EVENT_NEXT = {
 }
 
 
+class _SilentCut(TimeoutError):
+    """The router judged a silent call hung (``Router.silence_cut_at``): abandoned before its timeout."""
+
+
 class Metrics(Protocol):
     """What the engine emits; the operator adapts Airflow's Stats. Failures here never fail a run."""
 
@@ -129,6 +133,7 @@ class RealtimeEngine:
         # Each waiting item sleeps on its own event: set when its Wait asked to wake on a permit
         # release and one came back, or when the router says the queue it heads moved.
         self._wakers: dict[str, asyncio.Event] = {}
+        self._sent: dict[str, asyncio.Event] = {}  # per channel: set at its next send (_call)
         self._on_release: set[str] = set()
         self._done = 0
         self._skipped_at_start = 0  # found done in storage: not part of the generation rate
@@ -499,9 +504,20 @@ class RealtimeEngine:
         if action.alert_failovers:
             self._alert(action.channel)
         events: tuple[ChannelEvent, ...] = ()
+        started = self.clock.now()
         try:
-            result = await asyncio.wait_for(channel.generate(request), timeout=action.timeout_s)
+            result = await self._call(channel, item, request, action)
             info = await asyncio.to_thread(self._validate, request, result)
+        except _SilentCut:
+            log.warning(
+                "item '%s': channel '%s' silent for %.1f s, as a hung channel is and a healthy one "
+                "almost never; abandoned before its timeout so a rescue still meets the deadline",
+                request.item_id,
+                action.channel,
+                self.clock.now() - started,
+            )
+            events = self.router.report_timeout(item, action.permit)
+            return None
         except TimeoutError:
             log.warning(
                 "item '%s': channel '%s' gave no answer within %.1f s; failing over",
@@ -530,6 +546,44 @@ class RealtimeEngine:
         self._after_report(action.channel, events)
         self._spent += result.cost_usd
         return result, info
+
+    async def _call(
+        self, channel: Channel, item: ItemProgress, request: ImageRequest, action: AttemptDecision
+    ) -> GenerationResult:
+        """The channel's answer; TimeoutError at ``action.timeout_s``, ``_SilentCut`` earlier
+        when the router judges the call hung while a rescue still fits (``silence_cut_at``)."""
+        call = asyncio.ensure_future(channel.generate(request))
+        ends = self.clock.now() + action.timeout_s
+        # A call sent on the channel is more silence to judge by: wake the calls that wait on it.
+        sent = self._sent.pop(action.channel, None)
+        if sent is not None:
+            sent.set()
+        try:
+            while True:
+                now = self.clock.now()
+                if now >= ends:
+                    raise TimeoutError
+                cut = self.router.silence_cut_at(item, action.permit, now)
+                if cut is not None and cut <= now:
+                    raise _SilentCut
+                if cut is None:  # the timeout leaves time for a rescue: nothing to judge
+                    await asyncio.wait({call}, timeout=ends - now)
+                else:  # asked again at the cut (an answer may move it later) or at the next send
+                    next_send = self._sent.setdefault(action.channel, asyncio.Event())
+                    more = asyncio.ensure_future(next_send.wait())
+                    try:
+                        await asyncio.wait(
+                            {call, more}, timeout=min(ends, cut) - now, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        more.cancel()
+                if call.done():
+                    return call.result()
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
 
     def _validate(self, request: ImageRequest, result: GenerationResult) -> ImageInfo:
         """Never store what does not decode (FAULTS R8/R12); a wrong size is recorded, not fatal."""

@@ -139,6 +139,7 @@ from airflow_banana.routing.eligibility import describe as describe_needs
 from airflow_banana.routing.eligibility import refusal
 from airflow_banana.routing.failover import FailoverCounter
 from airflow_banana.routing.limiter import LimitConfig
+from airflow_banana.routing.silence import DEFAULT_FALSE_ALARM, CallTimes, cut_at
 from airflow_banana.routing.state import (
     ChannelEvent,
     ChannelPolicy,
@@ -222,6 +223,10 @@ class RouterConfig:
     # for the time-compressed simulator, as ``quota_day_length_s`` is a compressed day).
     rate_minute_s: float = 60.0
     rate_cold_start_s: float = 5.0  # first window of a channel: sends count 5 s late (routing/limiter.py)
+    # A silent call near a hard deadline is cut (and the item rescued) once a healthy channel
+    # would be this silent at most this share of the time: the share of cuts that may pay twice
+    # (routing/silence.py; one in ten thousand).
+    silence_false_alarm: float = DEFAULT_FALSE_ALARM
 
     def __post_init__(self) -> None:
         if self.prior_successes <= 0 or self.prior_failures <= 0:
@@ -249,6 +254,8 @@ class RouterConfig:
             )
         if not self.default_deadline_s > 0:
             raise ConfigurationError(f"router default_deadline_s must be positive: {self}")
+        if not 0 < self.silence_false_alarm < 1:
+            raise ConfigurationError(f"router silence_false_alarm must be in (0, 1): {self}")
         try:
             object.__setattr__(self, "objective", Objective(self.objective))
         except ValueError as err:
@@ -477,6 +484,7 @@ class Router:
         # anything: a channel whose calls are overdue with no answer since has gone quiet.
         self._in_flight: dict[str, dict[str, float]] = {name: {} for name in self.channels}
         self._heard_at: dict[str, float] = {}
+        self._call_times = {name: CallTimes() for name in self.channels}  # the spread, for cut_at
 
     # ------------------------------------------------------------ views
 
@@ -709,6 +717,48 @@ class Router:
         overdue = now - self.expected_latency(ranked) - self.config.deadline_margin_s
         late = sum(1 for t in self._in_flight[ranked.channel].values() if heard < t < overdue)
         return late >= 2
+
+    def silence_cut_at(self, item: ItemProgress, permit: Permit, now: float | None = None) -> float | None:
+        """When the engine should abandon this attempt as hung if its channel answers nothing
+        first (``now`` or earlier: cut it now; ``inf``: not on the calls out now, ask again when
+        the channel is sent another); None: let it run to its timeout.
+
+        Only where the timeout would leave no time to rescue the item before its hard deadline
+        (a call on the fastest other candidate, p95-ish, plus ``deadline_margin_s``): elsewhere
+        the timeout itself still lets a rescue in, and waiting for it cannot pay twice. Then the
+        cut comes when the channel's calls sent since it last answered (this one included) are
+        silent beyond ``silence_false_alarm`` for a healthy channel (``routing.silence``), and
+        not later than that rescue's latest start (after it, the call is the item's best chance).
+        """
+        now = self.clock.now() if now is None else now
+        deadline = self._hard_deadline(item)
+        if deadline is None or permit.permit_id not in self._open:
+            return None
+        channel = permit.channel
+        ranked = self.rank(item.image_size, now)
+        rescues = [
+            self.expected_latency(r)
+            for r in self._allowed_for(item, ranked)
+            if r.channel != channel and not r.snapshot.disabled
+        ]
+        if not rescues:
+            return None  # nowhere to rescue it: the call is the item's only chance
+        latest = deadline - self.config.deadline_margin_s - min(rescues)
+        if permit.acquired_at + self.channels[channel].attempt_timeout_s <= latest:
+            return None
+        if latest < now:
+            return None  # too late for a rescue: the call is the item's best chance
+        heard = self._heard_at.get(channel, -math.inf)
+        silent = [t for pid, t in self._in_flight[channel].items() if t > heard and pid != permit.permit_id]
+        cut = cut_at(
+            [permit.acquired_at, *silent],
+            self._call_times[channel],
+            self.prior_latency(channel),
+            now=now,
+            latest=latest,
+            false_alarm=self.config.silence_false_alarm,
+        )
+        return math.inf if cut is None else cut  # not silent enough yet: ask again at the next send
 
     def _allowed_for(self, item: ItemProgress, ranked: list[RankedChannel]) -> list[RankedChannel]:
         """The per-item candidate filter (``routing.eligibility``): a filter, never a ranking rule.
@@ -1106,6 +1156,7 @@ class Router:
         if cost_usd is not None and price > 0:
             self._learn_bill(permit.channel, cost_usd / price)
         latency = now - permit.acquired_at if latency_s is None else latency_s
+        self._call_times[permit.channel].observe(latency)
         answered = self._answered_call_at.get(permit.channel, -math.inf)
         self._answered_call_at[permit.channel] = max(answered, permit.acquired_at)
         return self._close(item, permit, Outcome(None, latency, cost), now, billed=cost > 0)

@@ -364,6 +364,25 @@ def test_r6_silent_channel_abandoned_after_the_first_timeout(rsim, tmp_path):
     assert_nothing_lost_nor_paid_twice(rsim, run)
 
 
+def test_r6_calls_sent_into_a_hang_near_the_deadline_are_cut_and_rescued_in_time(rsim, tmp_path):
+    """Every item due in 6 s; the cheap relay takes them all and hangs. Its 8 s timeout would
+    end past the deadline (before this rule the items failed there); the calls are cut once a
+    healthy relay (prior call 2 s) would almost never be that silent, and the items rescued."""
+    faults(rsim, RELAY, hang_rate=1.0)
+    configs = three_channels(
+        rsim, relay={"timeout": 8, "max_concurrency": 12}, gemini={"timeout": 2}, vertex={"timeout": 2}
+    )
+    run = run_engine(rsim, configs, work_items(12, deadline_s=6.0), tmp_path)
+
+    assert run.by_status("succeeded") == [w.request.item_id for w in run.work]
+    for w in run.work:
+        attempts = run.meta(w.request.item_id)["attempts"]
+        assert attempts[0]["channel"] == RELAY and attempts[0]["outcome"] == "timeout"
+        assert attempts[-1]["channel"] != RELAY
+    assert run.elapsed_s < 6.0
+    assert_nothing_lost_nor_paid_twice(rsim, run)
+
+
 # ----------------------------------------------------------------------------- R7, R8
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 
 import pytest
@@ -615,3 +616,47 @@ def test_an_unmeasured_channel_without_a_rate_is_waited_for_whatever_its_queue()
     assert isinstance(first, Attempt) and first.channel == "relay"  # its answer will measure it
     waits = [decide(router, ItemProgress(f"w{i}", deadline=deadline)) for i in range(30)]
     assert all(isinstance(w, Wait) and w.on_release for w in waits)  # 30 x 12 s of queue by the prior
+
+
+def test_silent_calls_near_a_hard_deadline_are_cut_in_time_for_a_rescue() -> None:
+    """``silence_cut_at``: a burst of calls sent into a hang, due before their timeout (120 s)
+    could leave room for a rescue on direct (p95 60 s + margin 10 s before the deadline)."""
+    relay = chan("relay", "openai", max_concurrency=8)
+    router, clock = make([relay, DIRECT])  # 30 s calls: a healthy relay answers in ~30-70 s
+    t0 = clock.now()
+    deadline = t0 + 180.0  # latest rescue start: 180 - 10 - 60 = 110 s, before the 120 s timeout
+    items = [ItemProgress(f"i{k}", deadline=deadline) for k in range(6)]
+    attempts = []
+    for k, item in enumerate(items):
+        clock.set(t0 + k)
+        attempt = decide(router, item)
+        assert isinstance(attempt, Attempt) and attempt.channel == "relay"
+        attempts.append(attempt)
+    first, permit = items[0], attempts[0].permit
+    cut = router.silence_cut_at(first, permit)
+    assert cut is not None and t0 + 60.0 < cut <= t0 + 110.0  # past a p95 call, before the rescue's latest
+    clock.set(cut)
+    assert router.silence_cut_at(first, permit) == pytest.approx(cut)  # still nothing heard: now
+    # the relay answers one of them: the others were slow, not hung; no cut on what is out now
+    # (inf: the engine asks again when the relay is sent another call)
+    router.report_success(items[5], attempts[5].permit, latency_s=cut - (t0 + 5))
+    assert router.silence_cut_at(first, permit) == math.inf
+    router.report_timeout(first, permit)  # the engine cut it: a timeout, the item goes elsewhere
+    rescue = decide(router, first)
+    assert isinstance(rescue, Attempt) and rescue.channel == "direct"
+
+
+def test_no_silence_cut_where_the_timeout_leaves_room_or_nothing_can_rescue() -> None:
+    router, clock = make([RELAY, DIRECT])
+    t0 = clock.now()
+    roomy = ItemProgress("roomy", deadline=t0 + 300.0)  # 120 s timeout <= 300 - 10 - 60
+    soft = ItemProgress("soft")  # the hour's soft horizon: never cut
+    attempts = [decide(router, roomy), decide(router, soft)]
+    assert all(isinstance(a, Attempt) and a.channel == "relay" for a in attempts)
+    assert router.silence_cut_at(roomy, attempts[0].permit, t0 + 100) is None  # type: ignore[union-attr]
+    assert router.silence_cut_at(soft, attempts[1].permit, t0 + 100) is None  # type: ignore[union-attr]
+    alone, clock = make([RELAY])
+    only = ItemProgress("only", deadline=clock.now() + 150.0)
+    attempt = decide(alone, only)
+    assert isinstance(attempt, Attempt)
+    assert alone.silence_cut_at(only, attempt.permit, clock.now() + 140) is None  # its only chance
