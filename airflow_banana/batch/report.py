@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_banana.exceptions import BananaError
 from airflow_banana.planning.history import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
-from airflow_banana.storage.outputs import utcnow_iso
+from airflow_banana.storage.objects import utcnow_iso
 from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
 
 if TYPE_CHECKING:

@@ -35,7 +35,6 @@ from airflow_banana.editing.session import (
     TurnRecord,
     image_part,
     text_part,
-    utcnow_iso,
 )
 from airflow_banana.editing.turns import (
     DENIED,
@@ -62,7 +61,7 @@ from airflow_banana.exceptions import (
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import INPUT_IMAGE_TOKENS, GenerationResult, ImageRequest, ReferenceImage
 from airflow_banana.routing.state import ChannelStateBackend, Denial, Outcome, Permit
-from airflow_banana.storage.objects import join_uri
+from airflow_banana.storage.objects import join_uri, utcnow_iso
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from airflow_banana.routing import (
     Wait,
     describe,
 )
-from airflow_banana.storage.outputs import ItemCheck, OutputStore, utcnow_iso
+from airflow_banana.storage.objects import utcnow_iso
+from airflow_banana.storage.outputs import ItemCheck, OutputStore
 from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
 
 log = logging.getLogger(__name__)
