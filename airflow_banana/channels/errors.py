@@ -99,8 +99,12 @@ class Classification:
 # ----------------------------------------------------------------------------- helpers
 
 
-def parse_duration(value: Any) -> float | None:
-    """Seconds from a protobuf Duration as JSON ("26s", "1.5s") or a {"seconds","nanos"} dict."""
+def protobuf_seconds(value: Any) -> float | None:
+    """Seconds from a protobuf Duration as JSON ("26s", "1.5s") or a {"seconds","nanos"} dict.
+
+    A wire format (Google's ``RetryInfo.retryDelay``, a relay's ``retry_after_seconds``), not a
+    duration a user writes: those are ``manifests.parse_duration`` / ``planning.inputs.duration_of``.
+    """
     if value is None:
         return None
     if isinstance(value, Mapping):
@@ -162,7 +166,7 @@ def _details(envelope: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _relay_retry_after(envelope: Mapping[str, Any]) -> float | None:
     metadata = envelope.get("metadata")
     if isinstance(metadata, Mapping):
-        return parse_duration(metadata.get("retry_after_seconds"))
+        return protobuf_seconds(metadata.get("retry_after_seconds"))
     return None
 
 
@@ -174,7 +178,7 @@ def retry_delay(body: Any) -> float | None:
     """``RetryInfo.retryDelay`` in seconds from a Google error body, if any."""
     for detail in _details(error_envelope(body)):
         if _detail_type(detail).endswith("RetryInfo"):
-            delay = parse_duration(detail.get("retryDelay", detail.get("retry_delay")))
+            delay = protobuf_seconds(detail.get("retryDelay", detail.get("retry_delay")))
             if delay is not None:
                 return delay
     return None

@@ -15,8 +15,8 @@ from airflow_banana.channels.errors import (
     classify_outcome,
     config_secrets,
     malformed,
-    parse_duration,
     parse_retry_after_header,
+    protobuf_seconds,
     quota_ids,
     retry_delay,
     scrub,
@@ -58,8 +58,8 @@ def quota_failure(quota_id: str) -> dict:
         (True, None),
     ],
 )
-def test_parse_duration(value: object, expected: float | None) -> None:
-    assert parse_duration(value) == expected
+def test_protobuf_seconds(value: object, expected: float | None) -> None:
+    assert protobuf_seconds(value) == expected
 
 
 @pytest.mark.parametrize(
