@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_banana.batch.poll import JobState
-from airflow_banana.channels.config import ChannelConfig
-from airflow_banana.channels.errors import config_secrets, scrub, scrub_exception
+from airflow_banana.channels.config import ChannelConfig, config_secrets
 from airflow_banana.exceptions import BatchJobError, ConfigurationError
 from airflow_banana.models import ImageRequest
+from airflow_banana.secrets import scrub, scrub_exception
 
 if TYPE_CHECKING:
     from airflow_banana.storage.objects import Storage

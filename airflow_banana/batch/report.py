@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_banana.exceptions import BananaError
 from airflow_banana.planning.history import TurnaroundRecord, batch_backend_for_protocol, record_turnaround
-from airflow_banana.storage.outputs import utcnow_iso
-from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, ItemOutcome, build_report
+from airflow_banana.storage.objects import utcnow_iso
+from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, ItemOutcome, build_report, skipped_outcome
 
 if TYPE_CHECKING:
     from airflow_banana.batch.ending import JobEnding
@@ -43,16 +43,7 @@ def every_item(run: BatchRun, outcomes: Mapping[str, ItemOutcome]) -> list[ItemO
         if check.conflict is not None:
             items.append(ItemOutcome(request.item_id, FAILED, request.image_size, reason=check.conflict))
         elif done is not None:
-            items.append(
-                ItemOutcome(
-                    request.item_id,
-                    SKIPPED,
-                    request.image_size,
-                    image_uri=(done.get("image") or {}).get("uri"),
-                    channel=done.get("channel"),
-                    reason="already done with the same request fingerprint",
-                )
-            )
+            items.append(skipped_outcome(request.item_id, request.image_size, done))
         else:
             items.append(
                 ItemOutcome(

@@ -293,7 +293,7 @@ def http_lines(
     """
     import httpx
 
-    from airflow_banana.channels.errors import scrub
+    from airflow_banana.secrets import scrub
 
     where = url.split("?")[0]
     try:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow_banana.exceptions import BatchJobError, PreconditionFailedError
 from airflow_banana.identity import RunIdentity
-from airflow_banana.storage.objects import Storage, join_uri
+from airflow_banana.storage.objects import Storage, join_uri, utcnow_iso
 
 STATE_FILE = "batch_job.json"
 RECORD_VERSION = 1
@@ -35,10 +34,6 @@ SUBMITTED = "submitted"
 HARVESTED = "harvested"
 DISPLAY_PREFIX = "banana-"
 _DISPLAY_NAME_MAX = 128  # Vertex's limit; the Developer API allows more
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def job_key(identity: RunIdentity, fingerprint: str) -> str:
@@ -74,7 +69,7 @@ class BatchJobRecord:
     input_uri: str | None = None  # Files API name or gs:// JSONL
     dest_uri: str | None = None  # Vertex output prefix
     final_state: str | None = None
-    created_at: str = field(default_factory=_now)
+    created_at: str = field(default_factory=utcnow_iso)
     submitted_at: str | None = None
     harvested_at: str | None = None
     version: int = RECORD_VERSION
@@ -155,10 +150,12 @@ class JobStateStore:
 
     def mark_submitted(self, record: BatchJobRecord, job_name: str, **changes: Any) -> BatchJobRecord:
         return self._write(
-            replace(record, status=SUBMITTED, job_name=job_name, submitted_at=_now(), **changes), create=False
+            replace(record, status=SUBMITTED, job_name=job_name, submitted_at=utcnow_iso(), **changes),
+            create=False,
         )
 
     def mark_harvested(self, record: BatchJobRecord, final_state: str) -> BatchJobRecord:
         return self._write(
-            replace(record, status=HARVESTED, final_state=final_state, harvested_at=_now()), create=False
+            replace(record, status=HARVESTED, final_state=final_state, harvested_at=utcnow_iso()),
+            create=False,
         )

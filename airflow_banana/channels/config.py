@@ -328,3 +328,18 @@ def _spelled(primary: ChannelConfig, model: str) -> str:
         namespace = primary.model.split("/", 1)[0] if "/" in primary.model else "google"
         return f"{namespace}/{model}"
     return model
+
+
+def config_secrets(config: ChannelConfig) -> list[str]:
+    """Every string that must never be shown: the key/token and the key file's private parts."""
+    values = [config.api_key.reveal()]
+    if config.credentials_info is not None:
+        raw = config.credentials_info.reveal()
+        values.append(raw)
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = None
+        if isinstance(info, dict):
+            values.extend(str(info[k]) for k in ("private_key", "private_key_id") if info.get(k))
+    return [v for v in values if v]

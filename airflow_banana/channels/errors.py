@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ChannelError, ErrorClass
+from airflow_banana.secrets import scrub
 
 # finishReason values that mean "the model will not draw this": the same model sits behind every
 # channel, so failing over would only pay again for the same refusal (FAULTS.md R10).
@@ -99,8 +99,12 @@ class Classification:
 # ----------------------------------------------------------------------------- helpers
 
 
-def parse_duration(value: Any) -> float | None:
-    """Seconds from a protobuf Duration as JSON ("26s", "1.5s") or a {"seconds","nanos"} dict."""
+def protobuf_seconds(value: Any) -> float | None:
+    """Seconds from a protobuf Duration as JSON ("26s", "1.5s") or a {"seconds","nanos"} dict.
+
+    A wire format (Google's ``RetryInfo.retryDelay``, a relay's ``retry_after_seconds``), not a
+    duration a user writes: those are ``manifests.parse_duration`` / ``planning.inputs.duration_of``.
+    """
     if value is None:
         return None
     if isinstance(value, Mapping):
@@ -162,7 +166,7 @@ def _details(envelope: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _relay_retry_after(envelope: Mapping[str, Any]) -> float | None:
     metadata = envelope.get("metadata")
     if isinstance(metadata, Mapping):
-        return parse_duration(metadata.get("retry_after_seconds"))
+        return protobuf_seconds(metadata.get("retry_after_seconds"))
     return None
 
 
@@ -174,7 +178,7 @@ def retry_delay(body: Any) -> float | None:
     """``RetryInfo.retryDelay`` in seconds from a Google error body, if any."""
     for detail in _details(error_envelope(body)):
         if _detail_type(detail).endswith("RetryInfo"):
-            delay = parse_duration(detail.get("retryDelay", detail.get("retry_delay")))
+            delay = protobuf_seconds(detail.get("retryDelay", detail.get("retry_delay")))
             if delay is not None:
                 return delay
     return None
@@ -338,69 +342,6 @@ def classify_outcome(
     return Classification(
         ErrorClass.NO_IMAGE, f"response has no image (finishReason {reason or 'missing'})", 200
     )
-
-
-# ----------------------------------------------------------------------------- secrets
-
-_KEY_PATTERNS = (
-    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),  # Google API keys
-    re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-    re.compile(r"(?i)((?:api[_-]?key|key|access_token|token)=)[^&\s\"',]+"),
-    re.compile(r"(?i)(x-goog-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"),
-    re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),  # OpenAI/OpenRouter-style keys
-)
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret and anything shaped like a credential replaced by ***.
-
-    Defensive: relays have echoed keys in error messages, and URLs may carry ``?key=``.
-    """
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-            quoted = json.dumps(secret)[1:-1]
-            if quoted != secret:
-                text = text.replace(quoted, "***")
-    for pattern in _KEY_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
-    return text
-
-
-def config_secrets(config: ChannelConfig) -> list[str]:
-    """Every string that must never be shown: the key/token and the key file's private parts."""
-    values = [config.api_key.reveal()]
-    if config.credentials_info is not None:
-        raw = config.credentials_info.reveal()
-        values.append(raw)
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            info = None
-        if isinstance(info, dict):
-            values.extend(str(info[k]) for k in ("private_key", "private_key_id") if info.get(k))
-    return [v for v in values if v]
-
-
-def scrub_exception(err: BaseException, secrets: Iterable[str]) -> None:
-    """Scrub an exception's args/message in place before it is chained as a ``__cause__``.
-
-    Tracebacks print the cause, so a key echoed into an SDK exception would otherwise leak.
-    """
-    secrets = [s for s in secrets if s]
-    try:
-        err.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in err.args)
-        for attr in ("message", "details"):
-            value = getattr(err, attr, None)
-            if isinstance(value, str):
-                setattr(err, attr, scrub(value, secrets))
-            elif isinstance(value, Mapping | list):
-                dumped = json.dumps(value, default=str)
-                cleaned = scrub(dumped, secrets)
-                if cleaned != dumped:
-                    setattr(err, attr, json.loads(cleaned))
-    except Exception:  # an exotic exception type must never turn a scrub into a new failure
-        pass
 
 
 def to_channel_error(

@@ -21,33 +21,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_banana.channels.config import ChannelConfig
+from airflow_banana.channels.clients import (
+    build_genai_client,
+    require_genai_protocol,
+    service_account_credentials,
+    vertex_credentials,
+)
+from airflow_banana.channels.config import ChannelConfig, config_secrets
 from airflow_banana.channels.errors import (
     Classification,
     classify_exception,
     classify_http,
     classify_outcome,
-    config_secrets,
     malformed,
-    scrub,
-    scrub_exception,
     to_channel_error,
 )
 from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.imaging import sniff_mime
 from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage, model_id
 from airflow_banana.pricing import attempt_cost
+from airflow_banana.secrets import scrub, scrub_exception
 
 log = logging.getLogger(__name__)
 
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # The hard cap on one attempt sits just above the SDK's own timeout: the SDK's httpx timeout is
 # per read, so a server trickling bytes forever would otherwise never time out (FAULTS.md R6).
 _HARD_CAP_MARGIN_S = 1.0
@@ -301,22 +303,20 @@ def result_from_parsed(
 class GeminiChannel:
     """A ``Channel`` over google-genai's async client, for the ``gemini`` and ``vertex`` protocols.
 
-    The SDK client is built in ``__init__`` (so no attempt pays the SDK import) and kept in an
-    attribute (a temporary client is closed under the caller's feet); ``aclose()`` closes it.
+    The SDK client (``channels.clients``, the one construction every lane shares) is built in
+    ``__init__`` (so no attempt pays the SDK import) and kept in an attribute (a temporary client
+    is closed under the caller's feet); ``aclose()`` closes it.
     """
 
     def __init__(self, config: ChannelConfig, *, clock: Callable[[], float] = time.monotonic):
-        if config.protocol not in ("gemini", "vertex"):
-            raise ConfigurationError(
-                f"channel '{config.name}': GeminiChannel serves gemini/vertex, not {config.protocol!r}"
-            )
+        require_genai_protocol(config)
         self.config = config
         self._clock = clock
         self._client: Any = None
         # A broken service-account JSON is a configuration error: surface it when the channel is
         # built (with the other connection checks), not as a failed attempt mid-run.
         self._service_account: Any = (
-            self._service_account_credentials() if config.credentials_info is not None else None
+            service_account_credentials(config) if config.credentials_info is not None else None
         )
         # Built now, not in the first generate(): importing google-genai and building the client
         # takes ~0.5 s of CPU on the event loop, which would stall every item in flight and eat
@@ -345,62 +345,14 @@ class GeminiChannel:
 
     # -- client ---------------------------------------------------------------------------
 
-    def _service_account_credentials(self) -> Any:
-        from google.oauth2 import service_account
-
-        config = self.config
-        assert config.credentials_info is not None
-        try:
-            info = json.loads(config.credentials_info.reveal())
-            return service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM_SCOPE])
-        except (ValueError, KeyError, TypeError) as err:
-            # The error text of a bad key file might quote it: report the type, scrub the cause.
-            scrub_exception(err, config_secrets(config))
-            raise ConfigurationError(
-                f"channel '{config.name}': extra.credentials is not a usable service-account JSON "
-                f"({type(err).__name__}); fix the connection, nothing was sent"
-            ) from err
-
     def _credentials(self) -> Any:
         """Vertex credentials: service-account JSON, else the password as a static OAuth token, else ADC."""
-        if self._service_account is not None:
-            return self._service_account
-        if self.config.api_key:
-            from google.oauth2.credentials import Credentials
-
-            return Credentials(token=self.config.api_key.reveal())
-        import google.auth
-
-        credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-        return credentials
+        return vertex_credentials(self.config, self._service_account)
 
     def get_client(self) -> Any:
         """The google-genai client this channel sends through (built once, closed by aclose)."""
-        if self._client is not None:
-            return self._client
-        from google import genai
-        from google.genai import types
-
-        config = self.config
-        http_options = types.HttpOptions(
-            base_url=config.base_url or None,
-            timeout=max(1, int(config.attempt_timeout_s * 1000)),
-            # One attempt, said explicitly: with ``retry_options=None`` the SDK's aiohttp transport
-            # (chosen whenever aiohttp is installed, as it is beside many providers) silently
-            # retries a reset or refused connection after sleeping 1-10 s, inside our attempt
-            # timeout, so the router saw a TIMEOUT where httpx reports a RETRYABLE at once.
-            retry_options=types.HttpRetryOptions(attempts=1),
-        )
-        if config.protocol == "vertex":
-            self._client = genai.Client(
-                vertexai=True,
-                project=config.project,
-                location=config.location,
-                credentials=self._credentials(),
-                http_options=http_options,
-            )
-        else:
-            self._client = genai.Client(api_key=config.api_key.reveal(), http_options=http_options)
+        if self._client is None:
+            self._client = build_genai_client(self.config, self._service_account)
         return self._client
 
     async def aclose(self) -> None:

@@ -28,21 +28,20 @@ from typing import Any
 
 import httpx
 
-from airflow_banana.channels.config import ChannelConfig, check_base_url
+from airflow_banana.channels.config import ChannelConfig, check_base_url, config_secrets
 from airflow_banana.channels.errors import (
     Classification,
     classify_exception,
     classify_http,
     classify_outcome,
-    config_secrets,
     malformed,
-    scrub_exception,
     to_channel_error,
 )
 from airflow_banana.exceptions import ChannelError, ConfigurationError, ErrorClass
 from airflow_banana.imaging import sniff_mime
 from airflow_banana.models import DEFAULT_MODEL, GenerationResult, ImageRequest, Usage, model_id
 from airflow_banana.pricing import attempt_cost
+from airflow_banana.secrets import scrub_exception
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,10 @@
 """Multi-turn image editing with thought signatures: session document, audit, turn engine.
 
+The modules, in the order a run uses them: ``prepare`` (every check before spend: the session,
+its settings, each turn's images and key), ``engine`` (``run_turns``: channels, one
+``EditEngine`` turn after another, the run's summary), ``turns`` (the pure decision of one
+turn), ``audit`` (the signatures a history must carry), ``session`` (the stored document).
+
 Import from here: ``EditSession``, ``SessionStore``, ``audit_history``, ``EditEngine``,
 ``TurnSpec``, ``TurnPolicy``. The engine imports the Google channel lazily (only when used), so
 importing this package stays cheap.

@@ -35,7 +35,6 @@ from airflow_banana.editing.session import (
     TurnRecord,
     image_part,
     text_part,
-    utcnow_iso,
 )
 from airflow_banana.editing.turns import (
     DENIED,
@@ -62,7 +61,7 @@ from airflow_banana.exceptions import (
 from airflow_banana.imaging import inspect_image
 from airflow_banana.models import INPUT_IMAGE_TOKENS, GenerationResult, ImageRequest, ReferenceImage
 from airflow_banana.routing.state import ChannelStateBackend, Denial, Outcome, Permit
-from airflow_banana.storage.objects import join_uri
+from airflow_banana.storage.objects import join_uri, utcnow_iso
 
 log = logging.getLogger(__name__)
 
@@ -445,3 +444,79 @@ class EditEngine:
             error_class=error_class,
             item_id=None,
         )
+
+
+async def run_turns(
+    session: EditSession,
+    specs: Sequence[TurnSpec],
+    configs: Sequence[ChannelConfig],
+    *,
+    store: SessionStore,
+    output_prefix: str,
+    budget_usd: float | None,
+    max_attempts: int,
+    max_wait_s: float,
+    state_for: Callable[[], ChannelStateBackend | None] = lambda: None,
+    who: str,
+) -> dict[str, Any]:
+    """Apply ``specs`` to ``session`` in order through ``configs`` (checked, filtered, ordered):
+    the channels are built here and closed at the end; the answer is the run's XCom summary.
+
+    ``state_for`` answers the fleet-wide channel state (e.g. Redis), or None for per-process
+    state; it is called once the turn policy is checked. With such a state each channel is
+    registered with the realtime lane's policy, so edit turns and realtime items share breakers,
+    limits and 429 closures; that needs the clock every worker agrees on
+    (``SystemClock(shared=True)``).
+    """
+    from airflow_banana.channels import build_channel
+    from airflow_banana.routing import RouterConfig, SystemClock, policy_for
+
+    channels: dict[str, HistoryChannel] = {c.name: build_channel(c) for c in configs}  # type: ignore[misc]
+    try:
+        policy = TurnPolicy(tuple(channels), max_attempts=int(max_attempts), max_wait_s=float(max_wait_s))
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"{who}: {err}; nothing was sent") from err
+    state = state_for()
+    if state is not None:
+        router_config = RouterConfig()
+        for config in configs:
+            state.register(config.name, policy_for(config, router_config))
+    engine = EditEngine(
+        channels=channels,
+        store=store,
+        output_prefix=output_prefix,
+        policy=policy,
+        budget_usd=budget_usd,
+        state=state,
+        state_clock=SystemClock(shared=True).now,
+    )
+    applied: list[dict[str, Any]] = []
+    try:
+        for spec in specs:
+            session, outcome = await engine.run_turn(session, spec)
+            applied.append(
+                {
+                    "turn": outcome.record.index,
+                    "skipped": outcome.skipped,
+                    "channel": outcome.record.channel,
+                    "image_uri": outcome.record.image["uri"],
+                    "cost_usd": 0.0 if outcome.skipped else outcome.record.cost_usd,
+                    "metadata_uri": outcome.metadata_uri,
+                }
+            )
+    finally:
+        for channel in channels.values():
+            try:
+                await channel.aclose()
+            except BananaError:
+                log.debug("closing channel %s failed", channel.name, exc_info=True)
+    latest = session.turns[-1].image["uri"] if session.turns else None
+    return {
+        "session_id": session.session_id,
+        "session_uri": session.uri,
+        "turns": len(session.turns),
+        "applied": applied,
+        "spent_usd": round(engine.spent_usd, 6),
+        "session_spent_usd": session.spent_usd,
+        "latest_image_uri": latest,
+    }

@@ -33,7 +33,6 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow_banana.exceptions import (
@@ -44,7 +43,7 @@ from airflow_banana.exceptions import (
 )
 from airflow_banana.imaging import EXTENSIONS, sniff_mime
 from airflow_banana.models import ASPECT_RATIOS, DATA_POLICIES, DEFAULT_DATA_POLICY, IMAGE_SIZES
-from airflow_banana.storage.objects import Storage, join_uri, parent_uri
+from airflow_banana.storage.objects import Storage, join_uri, parent_uri, utcnow_iso
 
 SESSION_FORMAT = "airflow-banana/edit-session"
 SESSION_VERSION = 1
@@ -62,12 +61,7 @@ __all__ = [
     "image_part",
     "session_uri_for",
     "text_part",
-    "utcnow_iso",
 ]
-
-
-def utcnow_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def canonical_json(value: Any) -> str:

@@ -20,10 +20,10 @@ from airflow.sdk import BaseHook
 
 from airflow_banana.channels import build_channel
 from airflow_banana.channels.base import Channel
-from airflow_banana.channels.config import ChannelConfig, parse_channel, parse_channels
-from airflow_banana.channels.errors import config_secrets, scrub
+from airflow_banana.channels.config import ChannelConfig, config_secrets, parse_channel, parse_channels
 from airflow_banana.connection_form import UI_FIELD_BEHAVIOUR
 from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.secrets import scrub
 
 
 class BananaChannelHook(BaseHook):

@@ -14,6 +14,7 @@ from airflow_banana.manifests.model import (
     deadline_problem,
     id_problem,
     parse_duration,
+    rendered_none,
     resolve_deadline,
 )
 from airflow_banana.manifests.reader import (
@@ -44,6 +45,7 @@ __all__ = [
     "manifest_schema",
     "parse_duration",
     "read_manifest",
+    "rendered_none",
     "resolve_deadline",
     "validate_defaults",
     "write_manifest",

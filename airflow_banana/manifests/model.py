@@ -52,6 +52,15 @@ def id_problem(item_id: object) -> str | None:
     return None
 
 
+def rendered_none(value: object) -> bool:
+    """True for None and for what a template renders None or nothing as: ``""`` or ``"None"``.
+
+    A templated operator argument arrives as a string: ``{{ ti.xcom_pull(...) }}`` of a None is
+    ``"None"``; an empty template is ``""`` (whitespace around either is ignored).
+    """
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
+
+
 def strictest_policy(*policies: object) -> str:
     """The data policy that applies when several levels set one: ``official_only`` if any does.
 

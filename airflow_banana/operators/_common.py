@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import BananaError, ConfigurationError, ManifestError
+from airflow_banana.manifests.model import rendered_none
 
 if TYPE_CHECKING:
     from airflow_banana.batch.lifecycle import BatchRun
@@ -124,7 +125,7 @@ def skip_without_manifest(manifest: object, *, task_id: str) -> None:
     nothing to do (or a sharded plan: map over ``*_manifests`` then); a lane wired straight after
     it must end skipped, not failed on a manifest called "None".
     """
-    if manifest is None or (isinstance(manifest, str) and manifest.strip() in ("", "None")):
+    if rendered_none(manifest):
         from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException(
@@ -135,7 +136,7 @@ def skip_without_manifest(manifest: object, *, task_id: str) -> None:
 
 def budget_from(value: object, *, task_id: str) -> float | None:
     """A USD budget from an argument that templating may have rendered as a string."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+    if rendered_none(value):
         return None
     try:
         budget = float(value)  # type: ignore[arg-type]
@@ -160,7 +161,7 @@ def run_deadline(
     """
     from airflow_banana.manifests.model import resolve_deadline
 
-    if isinstance(deadline, str) and deadline.strip() in ("", "None"):
+    if rendered_none(deadline):
         deadline = None
     if deadline is None:
         if execution_timeout is None:

@@ -1,76 +1,34 @@
 """``SignatureEditOperator``: multi-turn image editing that survives tasks, retries and days.
 
-Thin by design. It checks everything that can be checked before money is spent (channels that
-drop signatures, the session's model, reference images, the history's signatures), then hands
-each turn to ``editing.EditEngine``, which fails over between signature-capable channels, stores
+Thin by design: it orchestrates. Every check that can be made before money is spent is made
+first: channels that drop signatures (``editing.engine.refuse_signature_droppers``), the session,
+its model and settings, every turn's images (``editing.prepare.prepare_turns``), the data policy
+(``routing.eligibility``). Then ``editing.engine.run_turns`` hands each turn to ``EditEngine``,
+which audits the history's signatures, fails over between signature-capable channels, stores
 each turn's image and commits the session document. XCom gets a small summary — never bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_banana.editing.prepare import EditRequest, parse_instructions, parse_uris
 from airflow_banana.editing.session import DEFAULT_INLINE_MAX_BYTES
-from airflow_banana.exceptions import BananaError, ConfigurationError
+from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.hooks.channel import load_channel_configs
 from airflow_banana.identity import RunIdentity
-from airflow_banana.models import DATA_POLICIES, DEFAULT_DATA_POLICY, MAX_REFERENCE_IMAGES, ReferenceImage
-from airflow_banana.operators._common import budget_from
+from airflow_banana.models import DATA_POLICIES, DEFAULT_DATA_POLICY
+from airflow_banana.operators._common import budget_from, shared_state_for
 from airflow_banana.operators.assets import record_run_event, scalar_fields
 from airflow_banana.operators.publish import add_output_outlet
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_banana.channels.config import ChannelConfig
-    from airflow_banana.editing.engine import TurnSpec
-    from airflow_banana.editing.session import EditSession
-    from airflow_banana.storage.objects import Storage
-
-
-@dataclass(frozen=True)
-class _Instruction:
-    text: str
-    reference_images: tuple[str, ...]
-
-
-def _instructions(value: Any, *, task_id: str) -> list[_Instruction]:
-    """Instructions as given: one string, or a list of strings / ``{"text", "reference_images"}``."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []  # a template that rendered empty: no instruction this run
-    items = [value] if isinstance(value, str | Mapping) else list(value)
-    out: list[_Instruction] = []
-    for n, item in enumerate(items, start=1):
-        if isinstance(item, str):
-            text, refs = item, ()
-        elif isinstance(item, Mapping):
-            text = item.get("text") or item.get("instruction") or ""
-            refs = item.get("reference_images") or ()
-        else:
-            raise ConfigurationError(
-                f"{task_id}: instruction {n} must be a string or {{'text': ..., 'reference_images': [...]}}, "
-                f"got {type(item).__name__}"
-            )
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigurationError(f"{task_id}: instruction {n} is empty")
-        out.append(_Instruction(text, _uris(refs, task_id=task_id, what=f"instruction {n} reference_images")))
-    return out
-
-
-def _uris(value: Any, *, task_id: str, what: str) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    items = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(u, str) and u for u in items):
-        raise ConfigurationError(f"{task_id}: {what} must be a list of URIs, got {value!r}")
-    return tuple(items)
 
 
 class SignatureEditOperator(BaseOperator):
@@ -181,36 +139,37 @@ class SignatureEditOperator(BaseOperator):
     # ------------------------------------------------------------------------------ execute
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_banana.editing.engine import channels_for_model, refuse_signature_droppers
-        from airflow_banana.editing.session import SessionStore, session_uri_for
+        from airflow_banana.editing.engine import channels_for_model, refuse_signature_droppers, run_turns
+        from airflow_banana.editing.prepare import prepare_turns, resolve_session_uri
+        from airflow_banana.editing.session import SessionStore
         from airflow_banana.hooks.storage import storage_for
-        from airflow_banana.manifests.model import id_problem, strictest_policy
+        from airflow_banana.manifests.model import strictest_policy
         from airflow_banana.routing.eligibility import ItemNeeds, allowed, require_servable
 
         task = self.task_id
         identity = RunIdentity.from_context(context)
         budget = budget_from(self.budget_usd, task_id=task)
-        instructions = _instructions(self.instructions, task_id=task)
-        start_refs = _uris(self.reference_images, task_id=task, what="reference_images")
+        request = self._request()
         configs = load_channel_configs(self.channels, task_id=task)
         refuse_signature_droppers(configs, who=task)
-
-        if not self.output_prefix:
-            raise ConfigurationError(f"{task}: output_prefix is required")
-        if self.session_uri:
-            uri = self.session_uri
-        elif self.session_id:
-            problem = id_problem(self.session_id)
-            if problem:
-                raise ConfigurationError(f"{task}: session_id {self.session_id!r}: {problem}")
-            uri = session_uri_for(self.output_prefix, self.session_id)
-        else:
-            raise ConfigurationError(f"{task}: give session_id (a new or existing session) or session_uri")
+        uri = resolve_session_uri(
+            output_prefix=self.output_prefix,
+            session_id=self.session_id,
+            session_uri=self.session_uri,
+            who=task,
+        )
 
         storage = storage_for(uri, self.gcp_conn_id)
         store = SessionStore(storage, inline_max_bytes=self.inline_max_bytes)
-        session = store.load(uri)
-        session, specs = self._plan(session, uri, configs, instructions, start_refs, storage, identity)
+        session, specs = prepare_turns(
+            request,
+            store.load(uri),
+            uri=uri,
+            default_model=configs[0].model,
+            storage=storage,
+            identity=identity,
+            who=task,
+        )
         serving = channels_for_model(configs, session.model, who=task)
         policy = strictest_policy(session.settings.data_policy, self.data_policy)
         if policy != DEFAULT_DATA_POLICY:
@@ -227,7 +186,21 @@ class SignatureEditOperator(BaseOperator):
             ", ".join(c.name for c in serving),
             session.model,
         )
-        summary = asyncio.run(self._run(session, specs, serving, store, budget))
+        run = run_turns(
+            session,
+            specs,
+            serving,
+            store=store,
+            output_prefix=self.output_prefix,
+            budget_usd=budget,
+            max_attempts=self.max_attempts_per_turn,
+            max_wait_s=self.max_wait_s,
+            state_for=lambda: shared_state_for(
+                serving, self.redis_conn_id, task_id=task, rng=random.Random()
+            ),
+            who=task,
+        )
+        summary = asyncio.run(run)
         record_run_event(
             context,
             self.outlets,
@@ -236,234 +209,18 @@ class SignatureEditOperator(BaseOperator):
         )
         return summary
 
-    def _plan(
-        self,
-        session: EditSession | None,
-        uri: str,
-        configs: Sequence[ChannelConfig],
-        instructions: list[_Instruction],
-        start_refs: tuple[str, ...],
-        storage: Storage,
-        identity: RunIdentity,
-    ) -> tuple[EditSession, list[TurnSpec]]:
-        """The session (new or loaded) and every turn to apply, all inputs checked before spend."""
-        from airflow_banana.editing.engine import TurnSpec
-        from airflow_banana.editing.session import EditSession, GenerationSettings
-        from airflow_banana.editing.turns import start_fingerprint, turn_key
-
+    def _request(self) -> EditRequest:
+        """The run's request as rendered: instructions and URIs parsed, nothing read yet."""
         task = self.task_id
-        run = identity.labels()
-        starting = bool(self.prompt or self.base_image)
-        start_text = self.prompt or ""
-        if self.base_image and not start_text:
-            if not instructions:
-                raise ConfigurationError(
-                    f"{task}: base_image needs a prompt or an instruction to apply to it"
-                )
-            first, instructions = instructions[0], instructions[1:]
-            start_text, start_refs = first.text, start_refs + first.reference_images
-        if not starting and start_refs:
-            raise ConfigurationError(
-                f"{task}: reference_images belong to the first turn (prompt/base_image); for later "
-                "turns give them per instruction: {'text': ..., 'reference_images': [...]}"
-            )
-        if not starting and not instructions:
-            raise ConfigurationError(f"{task}: nothing to do: give prompt, base_image or instructions")
-
-        session_id = session.session_id if session else (self.session_id or _id_from_uri(uri))
-        if session is not None and self.session_id and self.session_id != session.session_id:
-            raise ConfigurationError(
-                f"{task}: session_id {self.session_id!r} does not match the session at {uri} "
-                f"({session.session_id!r}); nothing was sent"
-            )
-        start_uris = ((self.base_image,) if self.base_image else ()) + start_refs
-        start_images = self._load(session_id, start_text or "start", start_uris, storage)
-        turn_images = [self._load(session_id, i.text, i.reference_images, storage) for i in instructions]
-
-        requested = {
-            "image_size": self.image_size,
-            "aspect_ratio": self.aspect_ratio,
-            "include_thoughts": self.include_thoughts,
-        }
-        if session is None:
-            if not starting:
-                raise ConfigurationError(
-                    f"{task}: there is no edit session at {uri}; give prompt or base_image to start "
-                    "one (nothing was sent)"
-                )
-            settings = GenerationSettings(
-                image_size=self.image_size or "1K",
-                aspect_ratio=self.aspect_ratio or "1:1",
-                include_thoughts=bool(self.include_thoughts),
-                data_policy=self.data_policy or DEFAULT_DATA_POLICY,
-            )
-            model = self.model or configs[0].model
-        else:
-            settings, model = session.settings, session.model
-            current = settings.as_dict()
-            for name, value in requested.items():
-                if value is not None and value != current[name]:
-                    raise ConfigurationError(
-                        f"{task}: edit session '{session.session_id}' was started with {name}="
-                        f"{current[name]!r}; it cannot continue with {value!r} (start a new session)"
-                    )
-            if self.model and self.model != model:
-                raise ConfigurationError(
-                    f"{task}: edit session '{session.session_id}' uses model {model!r}, not "
-                    f"{self.model!r}: another model cannot continue its thought chain"
-                )
-
-        specs: list[TurnSpec] = []
-        base_sha = start_images[0].sha256 if self.base_image else None
-        ref_shas = [i.sha256 for i in (start_images[1:] if self.base_image else start_images)]
-        fingerprint = (
-            start_fingerprint(
-                prompt=start_text,
-                base_image_sha256=base_sha,
-                reference_sha256=ref_shas,
-                model=model,
-                settings=settings.as_dict(),
-            )
-            if starting
-            else ""
+        return EditRequest(
+            session_id=self.session_id,
+            prompt=self.prompt,
+            base_image=self.base_image,
+            instructions=parse_instructions(self.instructions, who=task),
+            reference_images=parse_uris(self.reference_images, who=task, what="reference_images"),
+            image_size=self.image_size,
+            aspect_ratio=self.aspect_ratio,
+            include_thoughts=self.include_thoughts,
+            model=self.model,
+            data_policy=self.data_policy,
         )
-        if session is None:
-            session = EditSession(
-                session_id=session_id, uri=uri, model=model, settings=settings, start_fingerprint=fingerprint
-            )
-        elif starting and fingerprint != session.start_fingerprint:
-            raise ConfigurationError(
-                f"{task}: edit session '{session.session_id}' at {uri} already exists and was started "
-                "from a different prompt/base image/config. Continue it by giving only instructions, "
-                "or choose another session_id. Nothing was sent"
-            )
-        if starting:
-            specs.append(
-                TurnSpec(
-                    key=turn_key(session_id=session_id, scope="start:" + fingerprint, instruction=start_text),
-                    instruction=start_text,
-                    images=start_images,
-                    reference_uris=start_uris,
-                    parent_sha256=base_sha,
-                    run=run,
-                )
-            )
-        for position, (instruction, images) in enumerate(zip(instructions, turn_images, strict=True)):
-            specs.append(
-                TurnSpec(
-                    key=turn_key(
-                        session_id=session_id,
-                        scope=f"{identity.run_key}#{position}",
-                        instruction=instruction.text,
-                        reference_sha256=[i.sha256 for i in images],
-                    ),
-                    instruction=instruction.text,
-                    images=images,
-                    reference_uris=instruction.reference_images,
-                    run=run,
-                )
-            )
-        return session, specs
-
-    def _load(
-        self, session_id: str, text: str, uris: tuple[str, ...], storage: Storage
-    ) -> tuple[ReferenceImage, ...]:
-        from airflow_banana.manifests.limits import env_name, limits_from_env
-        from airflow_banana.manifests.model import ManifestItem
-        from airflow_banana.manifests.references import load_reference_images
-
-        if len(uris) > MAX_REFERENCE_IMAGES:
-            raise ConfigurationError(
-                f"{self.task_id}: edit session '{session_id}': a turn carries {len(uris)} images; "
-                f"Google takes at most {MAX_REFERENCE_IMAGES} (base image included). Nothing was sent"
-            )
-        limits = limits_from_env()
-        if len(text) > limits.max_prompt_chars(len(uris)):
-            raise ConfigurationError(
-                f"{self.task_id}: edit session '{session_id}': a turn's text is {len(text)} characters, "
-                f"over the {limits.max_prompt_chars(len(uris))} that fit in the model's "
-                f"{limits.max_input_tokens}-token input limit beside {len(uris)} image(s); nothing was "
-                f"sent (limit: {env_name('max_input_tokens')})"
-            )
-        if not uris:
-            return ()
-        item = ManifestItem(id=session_id, prompt=text, reference_images=uris)
-        return load_reference_images(item, storage, limits=limits)
-
-    async def _run(
-        self,
-        session: EditSession,
-        specs: Sequence[TurnSpec],
-        configs: Sequence[ChannelConfig],
-        store: Any,
-        budget: float | None,
-    ) -> dict[str, Any]:
-        from airflow_banana.channels import build_channel
-        from airflow_banana.editing.engine import EditEngine, HistoryChannel
-        from airflow_banana.editing.turns import TurnPolicy
-        from airflow_banana.operators._common import shared_state_for
-        from airflow_banana.routing import RouterConfig, SystemClock, policy_for
-
-        channels: dict[str, HistoryChannel] = {c.name: build_channel(c) for c in configs}  # type: ignore[misc]
-        try:
-            policy = TurnPolicy(
-                tuple(channels),
-                max_attempts=int(self.max_attempts_per_turn),
-                max_wait_s=float(self.max_wait_s),
-            )
-        except (TypeError, ValueError) as err:
-            raise ConfigurationError(f"{self.task_id}: {err}; nothing was sent") from err
-        state = shared_state_for(configs, self.redis_conn_id, task_id=self.task_id, rng=random.Random())
-        if state is not None:
-            router_config = RouterConfig()
-            for config in configs:
-                state.register(config.name, policy_for(config, router_config))
-        engine = EditEngine(
-            channels=channels,
-            store=store,
-            output_prefix=self.output_prefix,
-            policy=policy,
-            budget_usd=budget,
-            state=state,
-            state_clock=SystemClock(shared=True).now,
-        )
-        applied: list[dict[str, Any]] = []
-        try:
-            for spec in specs:
-                session, outcome = await engine.run_turn(session, spec)
-                applied.append(
-                    {
-                        "turn": outcome.record.index,
-                        "skipped": outcome.skipped,
-                        "channel": outcome.record.channel,
-                        "image_uri": outcome.record.image["uri"],
-                        "cost_usd": 0.0 if outcome.skipped else outcome.record.cost_usd,
-                        "metadata_uri": outcome.metadata_uri,
-                    }
-                )
-        finally:
-            for channel in channels.values():
-                try:
-                    await channel.aclose()
-                except BananaError:
-                    self.log.debug("closing channel %s failed", channel.name, exc_info=True)
-        latest = session.turns[-1].image["uri"] if session.turns else None
-        return {
-            "session_id": session.session_id,
-            "session_uri": session.uri,
-            "turns": len(session.turns),
-            "applied": applied,
-            "spent_usd": round(engine.spent_usd, 6),
-            "session_spent_usd": session.spent_usd,
-            "latest_image_uri": latest,
-        }
-
-
-def _id_from_uri(uri: str) -> str:
-    """A session id for a session created at an explicit URI: its folder name, else a hash."""
-    from airflow_banana.manifests.model import id_problem
-
-    parts = [p for p in uri.replace("\\", "/").split("/") if p]
-    if len(parts) >= 2 and parts[-1] == "session.json" and id_problem(parts[-2]) is None:
-        return parts[-2]
-    return "session-" + hashlib.sha256(uri.encode()).hexdigest()[:12]

@@ -54,7 +54,11 @@ class RealtimeImageOperator(ManifestLaneOperator):
     :param objective: ``"cheapest"`` (default): the least expected spend that meets every
         deadline — items wait for a cheaper channel while that still leaves time;
         ``"fastest"``: every image as soon as the channels allow, cheapest free channel first.
-    :param router_options: advanced ``RouterConfig`` fields (e.g. ``max_attempts_per_item``).
+    :param router_options: advanced ``routing.RouterConfig`` fields by name; the ones worth
+        touching: ``max_attempts_per_item`` (10), ``default_deadline_s`` (the soft horizon,
+        3600 s), ``deadline_margin_s`` (10 s), ``default_latency_s`` (the latency prior, 12 s),
+        ``quota_day_length_s`` (the simulator's compressed day). The rest are the router's
+        mechanics (``RouterConfig``'s docstring); an unknown name fails before any call.
     :param redis_conn_id: a ``redis`` connection through which every worker shares breakers,
         rate limits and quotas (also accepted as ``redis_conn_id`` in a channel's extra);
         default: per-process state. If Redis is unreachable the task goes on with local state.

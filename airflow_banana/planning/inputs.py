@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError, StorageError
-from airflow_banana.manifests import ManifestItem, parse_duration
+from airflow_banana.manifests import ManifestItem, parse_duration, rendered_none
 from airflow_banana.models import IMAGE_SIZES
 from airflow_banana.planning.planner import (
     DEFAULT_CONFIDENCE,
@@ -59,7 +59,7 @@ def duration_of(value: str | timedelta | float | int | None, *, what: str) -> ti
 
     None (or an empty rendered template) stays None.
     """
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+    if rendered_none(value):
         return None
     if isinstance(value, timedelta):
         return value

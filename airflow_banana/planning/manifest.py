@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.exceptions import ConfigurationError
-from airflow_banana.manifests import ManifestItem, write_manifest
+from airflow_banana.manifests import ManifestItem, rendered_none, write_manifest
 from airflow_banana.planning.history import BATCH_LANE_PREFIX, batch_lane, batch_lane_name
 from airflow_banana.planning.inputs import (
     duration_of,
@@ -76,7 +76,7 @@ class ComputedPlan:
 
 def parse_now(value: datetime | str | None) -> datetime:
     """``now`` from an aware datetime or an ISO string (tests and dry runs); default: the wall clock."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+    if value is None or rendered_none(value):
         return datetime.now(UTC)
     if isinstance(value, str):
         try:

@@ -39,8 +39,16 @@ from airflow_banana.routing import (
     Wait,
     describe,
 )
-from airflow_banana.storage.outputs import ItemCheck, OutputStore, utcnow_iso
-from airflow_banana.storage.report import FAILED, NOT_ATTEMPTED, SKIPPED, SUCCEEDED, Attempt, ItemOutcome
+from airflow_banana.storage.objects import utcnow_iso
+from airflow_banana.storage.outputs import ItemCheck, OutputStore
+from airflow_banana.storage.report import (
+    FAILED,
+    NOT_ATTEMPTED,
+    SUCCEEDED,
+    Attempt,
+    ItemOutcome,
+    skipped_outcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +163,7 @@ class RealtimeEngine:
         checks = await asyncio.gather(*(asyncio.to_thread(self.store.check, w.request) for w in work))
         for i, (w, check) in enumerate(zip(work, checks, strict=True)):
             if check.done is not None and not self.settings.force:
-                outcomes[i] = ItemOutcome(
-                    w.request.item_id,
-                    SKIPPED,
-                    w.request.image_size,
-                    image_uri=check.done["image"]["uri"],
-                    channel=check.done.get("channel"),
-                    reason="already done with the same request fingerprint",
-                )
+                outcomes[i] = skipped_outcome(w.request.item_id, w.request.image_size, check.done)
                 self._done += 1
                 self._skipped_at_start += 1
             elif check.conflict is not None and not self.settings.force:
@@ -370,14 +371,7 @@ class RealtimeEngine:
 
     def _skipped(self, w: WorkItem, record: Mapping[str, Any], reason: str) -> ItemOutcome:
         self._done += 1
-        return ItemOutcome(
-            w.request.item_id,
-            SKIPPED,
-            w.request.image_size,
-            image_uri=record["image"]["uri"],
-            channel=record.get("channel"),
-            reason=reason,
-        )
+        return skipped_outcome(w.request.item_id, w.request.image_size, record, reason)
 
     def _conflict(self, w: WorkItem, reason: str) -> ItemOutcome:
         """An item whose id holds another request's image: failed before any call, and no

@@ -4,9 +4,8 @@ Every decision in ``airflow_banana.routing`` takes time from an injected clock s
 deterministic under test and never sleeps. Two kinds of time are needed:
 
 * ``Clock.now()``: monotonic-like seconds. Breakers, limiters, leases and deadlines use it.
-  A shared backend (Redis, later) needs a timebase every worker agrees on; there, inject a clock
-  whose ``now()`` is epoch seconds (``SystemClock(shared=True)``) or let the backend read the
-  server's ``TIME``.
+  A shared backend (Redis, ``redis_state.py``) needs a timebase every worker agrees on; there,
+  inject a clock whose ``now()`` is epoch seconds (``SystemClock(shared=True)``).
 * ``WallClock.wall()``: epoch seconds, only to find Google's daily quota reset
   (midnight America/Los_Angeles), which is a calendar fact, not an interval.
 

@@ -1,11 +1,11 @@
 """Bucketed sliding-window counters shared by the breaker and the adaptive throttle.
 
 Exact per-event timestamps would grow with traffic and are awkward to keep in Redis; fixed-size
-buckets are a handful of integers per channel (a Redis hash with a TTL, later). Bucket ``i``
-covers ``[i * bucket_s, (i + 1) * bucket_s)``; the window at time ``t`` is the
-``n = ceil(window_s / bucket_s)`` buckets ending with the one holding ``t``, so it spans between
-``window_s - bucket_s`` and ``window_s`` seconds of history. Pick ``bucket_s`` small against
-``window_s`` for precision.
+buckets are a handful of integers per channel (in Redis, part of the channel's record:
+``redis_state.py``). Bucket ``i`` covers ``[i * bucket_s, (i + 1) * bucket_s)``; the window at
+time ``t`` is the ``n = ceil(window_s / bucket_s)`` buckets ending with the one holding ``t``,
+so it spans between ``window_s - bucket_s`` and ``window_s`` seconds of history. Pick
+``bucket_s`` small against ``window_s`` for precision.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import threading
 import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -77,6 +78,11 @@ class ObjectStat:
     size: int
     generation: int
     content_type: str | None = None
+
+
+def utcnow_iso() -> str:
+    """Now in UTC to the second (``2026-12-04T16:51:17+00:00``): the time stamp of every stored record."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def join_uri(prefix: str, *parts: str) -> str:

@@ -19,13 +19,12 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow_banana.exceptions import PreconditionFailedError
 from airflow_banana.imaging import ImageInfo
 from airflow_banana.models import GenerationResult, ImageRequest, expected_pixels
-from airflow_banana.storage.objects import ObjectStat, Storage, join_uri
+from airflow_banana.storage.objects import ObjectStat, Storage, join_uri, utcnow_iso
 from airflow_banana.storage.report import FAILED, SUCCEEDED, ItemOutcome, attempt_dicts, render_markdown
 
 log = logging.getLogger(__name__)
@@ -39,10 +38,6 @@ class ItemCheck:
 
     done: dict[str, Any] | None = None
     conflict: str | None = None
-
-
-def utcnow_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class OutputStore:

@@ -74,6 +74,24 @@ class ItemOutcome:
         return sum(1 for a, b in itertools.pairwise(channels) if a != b)
 
 
+ALREADY_DONE = "already done with the same request fingerprint"
+
+
+def skipped_outcome(
+    item_id: str, image_size: str, record: Mapping[str, Any], reason: str = ALREADY_DONE
+) -> ItemOutcome:
+    """The outcome of an item a committed success already covers (``record``: its metadata, as
+    ``OutputStore.done_record`` answers it): skipped, nothing spent, the stored image reported."""
+    return ItemOutcome(
+        item_id,
+        SKIPPED,
+        image_size,
+        image_uri=(record.get("image") or {}).get("uri"),
+        channel=record.get("channel"),
+        reason=reason,
+    )
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None

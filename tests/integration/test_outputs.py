@@ -14,12 +14,15 @@ from airflow_banana.models import GenerationResult, ImageRequest
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore
 from airflow_banana.storage.report import (
+    ALREADY_DONE,
     FAILED,
+    SKIPPED,
     SUCCEEDED,
     Attempt,
     ItemOutcome,
     build_report,
     render_markdown,
+    skipped_outcome,
 )
 
 
@@ -72,6 +75,10 @@ def test_commit_then_done_record(store: OutputStore) -> None:
     assert [a["outcome"] for a in record["attempts"]] == ["retryable", "success"]
     # a changed prompt is a different purchase: not done
     assert store.done_record("mug", ImageRequest("mug", "a blue mug").fingerprint()) is None
+    # every lane reports an item a committed success covers the same way
+    skipped = skipped_outcome("mug", "1K", record)
+    assert (skipped.status, skipped.image_uri, skipped.channel) == (SKIPPED, uri, "relay")
+    assert skipped.reason == ALREADY_DONE and skipped.cost_usd == 0.0 and not skipped.attempts
 
 
 def test_failure_never_overwrites_a_success(store: OutputStore) -> None:

@@ -453,3 +453,28 @@ def test_invalid_history_is_refused_before_sending() -> None:
 
     with pytest.raises(ConfigurationError, match="nothing was sent"):
         asyncio.run(main())
+
+
+def test_one_client_construction_for_every_lane() -> None:
+    """``channels.clients`` builds the client the channel and the batch lane both use, without a channel."""
+    import subprocess
+    import sys
+
+    from airflow_banana.channels.clients import close_client, genai_client
+
+    client = genai_client(config("gemini"))
+    try:
+        from google import genai
+
+        assert isinstance(client, genai.Client)
+    finally:
+        close_client(client)
+    with pytest.raises(ConfigurationError, match="serves gemini/vertex"):
+        genai_client(parse_channel("r", host=None, password="k", extra={"protocol": "openai"}))
+    probe = (
+        "import sys, airflow_banana.channels.clients; print('airflow_banana.channels.gemini' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )

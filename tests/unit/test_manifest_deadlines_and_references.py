@@ -16,12 +16,22 @@ from airflow_banana.manifests import (
     deadline_problem,
     load_reference_images,
     parse_duration,
+    rendered_none,
     resolve_deadline,
 )
 from airflow_banana.storage.objects import open_storage
 
 BASE = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 STORAGE = open_storage()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, True), ("", True), (" None ", True), ("none", False), ("0", False), (0, False), ("PT6H", False)],
+)
+def test_rendered_none(value: object, expected: bool) -> None:
+    """What a template renders None or nothing as counts as not given, everywhere it is read."""
+    assert rendered_none(value) is expected
 
 
 @pytest.mark.parametrize(

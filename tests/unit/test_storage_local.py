@@ -22,7 +22,16 @@ from airflow_banana.storage.objects import (
     open_storage,
     parent_uri,
     split_lines,
+    utcnow_iso,
 )
+
+
+def test_utcnow_iso_is_aware_and_to_the_second() -> None:
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromisoformat(utcnow_iso())
+    assert stamp.utcoffset() is not None and stamp.microsecond == 0
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 5
 
 
 def test_join_uri_uses_exactly_one_slash() -> None:
