@@ -7,12 +7,16 @@ demand, so importing this package (hooks, operators, DAG parsing) never imports 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Protocol
 
 from airflow_banana.channels.base import Channel
 from airflow_banana.channels.config import ChannelConfig, parse_channel
-from airflow_banana.exceptions import ConfigurationError
+from airflow_banana.exceptions import BananaError, ConfigurationError
 
-__all__ = ["Channel", "ChannelConfig", "build_channel", "parse_channel"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Channel", "ChannelConfig", "build_channel", "close_channels", "parse_channel"]
 
 
 # The HTTP clients under the SDKs log one INFO line per request ("HTTP Request: POST ..."):
@@ -26,6 +30,25 @@ def quiet_http_loggers() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+
+
+class Closable(Protocol):
+    """What closing needs of a channel: its name (for the log) and ``aclose``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def close_channels(channels: Iterable[Closable]) -> None:
+    """Close every channel of a run; a channel failing to close is logged, never raised (the
+    run's outcome is already decided)."""
+    for channel in channels:
+        try:
+            await channel.aclose()
+        except BananaError:
+            log.debug("closing channel %s failed", channel.name, exc_info=True)
 
 
 def build_channel(config: ChannelConfig) -> Channel:

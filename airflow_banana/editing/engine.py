@@ -468,7 +468,7 @@ async def run_turns(
     limits and 429 closures; that needs the clock every worker agrees on
     (``SystemClock(shared=True)``).
     """
-    from airflow_banana.channels import build_channel
+    from airflow_banana.channels import build_channel, close_channels
     from airflow_banana.routing import RouterConfig, SystemClock, policy_for
 
     channels: dict[str, HistoryChannel] = {c.name: build_channel(c) for c in configs}  # type: ignore[misc]
@@ -505,11 +505,7 @@ async def run_turns(
                 }
             )
     finally:
-        for channel in channels.values():
-            try:
-                await channel.aclose()
-            except BananaError:
-                log.debug("closing channel %s failed", channel.name, exc_info=True)
+        await close_channels(channels.values())
     latest = session.turns[-1].image["uri"] if session.turns else None
     return {
         "session_id": session.session_id,

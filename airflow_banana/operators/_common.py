@@ -54,7 +54,7 @@ async def run_realtime_lane(
     limits and quotas are shared by every worker; that needs a clock all workers agree on.
     Channels whose free preflight call says they cannot work are left out (``realtime.preflight``).
     """
-    from airflow_banana.channels import build_channel
+    from airflow_banana.channels import build_channel, close_channels
     from airflow_banana.realtime.engine import RealtimeEngine
     from airflow_banana.realtime.preflight import unusable_channels
     from airflow_banana.routing import SystemClock, router_for
@@ -85,11 +85,7 @@ async def run_realtime_lane(
         result.channels_left_out = unusable
         return result
     finally:
-        for channel in channels.values():
-            try:
-                await channel.aclose()
-            except BananaError:
-                log.debug("closing channel %s failed", channel.name, exc_info=True)
+        await close_channels(channels.values())
 
 
 def realtime_rescue(
