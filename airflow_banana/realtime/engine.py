@@ -502,23 +502,22 @@ class RealtimeEngine:
         try:
             result = await self._call(channel, item, request, action)
             info = await asyncio.to_thread(self._validate, request, result)
-        except _SilentCut:
-            log.warning(
-                "item '%s': channel '%s' silent for %.1f s, as a hung channel is and a healthy one "
-                "almost never; abandoned before its timeout so a rescue still meets the deadline",
-                request.item_id,
-                action.channel,
-                self.clock.now() - started,
-            )
-            events = self.router.report_timeout(item, action.permit)
-            return None
-        except TimeoutError:
-            log.warning(
-                "item '%s': channel '%s' gave no answer within %.1f s; failing over",
-                request.item_id,
-                action.channel,
-                action.timeout_s,
-            )
+        except TimeoutError as err:
+            if isinstance(err, _SilentCut):
+                log.warning(
+                    "item '%s': channel '%s' silent for %.1f s, as a hung channel is and a healthy one "
+                    "almost never; abandoned before its timeout so a rescue still meets the deadline",
+                    request.item_id,
+                    action.channel,
+                    self.clock.now() - started,
+                )
+            else:
+                log.warning(
+                    "item '%s': channel '%s' gave no answer within %.1f s; failing over",
+                    request.item_id,
+                    action.channel,
+                    action.timeout_s,
+                )
             events = self.router.report_timeout(item, action.permit)
             return None
         except ChannelError as err:
