@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_banana.editing.engine import TurnSpec
 from airflow_banana.editing.prepare import (
     EditRequest,
     Instruction,
@@ -13,11 +14,21 @@ from airflow_banana.editing.prepare import (
     resolve_session_uri,
     session_id_from_uri,
 )
+from airflow_banana.editing.session import EditSession
 from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.identity import RunIdentity
 from airflow_banana.storage.objects import Storage
 
 RUN = RunIdentity("dag", "edit", "run-1")
+URI = "/out/sessions/s1/session.json"
+
+
+def prepare(
+    request: EditRequest, session: EditSession | None, uri: str = URI
+) -> tuple[EditSession, list[TurnSpec]]:
+    return prepare_turns(
+        request, session, uri=uri, default_model="m", storage=Storage(), identity=RUN, who="t"
+    )
 
 
 def test_instructions_in_every_accepted_shape() -> None:
@@ -44,68 +55,19 @@ def test_session_uri_and_id() -> None:
 
 def test_a_new_session_gets_a_start_turn_and_one_turn_per_instruction() -> None:
     request = EditRequest(prompt="a cat", instructions=parse_instructions(["hat", "scarf"], who="t"))
-    session, specs = prepare_turns(
-        request,
-        None,
-        uri="/out/sessions/s1/session.json",
-        default_model="m",
-        storage=Storage(),
-        identity=RUN,
-        who="t",
-    )
+    session, specs = prepare(request, None)
     assert (session.session_id, session.model, session.settings.image_size) == ("s1", "m", "1K")
     assert [s.instruction for s in specs] == ["a cat", "hat", "scarf"]
     assert len({s.key for s in specs}) == 3
-    _, respecs = prepare_turns(
-        request,
-        None,
-        uri="/out/sessions/s1/session.json",
-        default_model="m",
-        storage=Storage(),
-        identity=RUN,
-        who="t",
-    )
+    _, respecs = prepare(request, None)
     assert [s.key for s in respecs] == [s.key for s in specs]  # a retried task skips what it paid for
 
 
 def test_an_existing_session_keeps_its_settings_and_start() -> None:
-    uri = "/out/sessions/s1/session.json"
-    session, _ = prepare_turns(
-        EditRequest(prompt="a cat"),
-        None,
-        uri=uri,
-        default_model="m",
-        storage=Storage(),
-        identity=RUN,
-        who="t",
-    )
+    session, _ = prepare(EditRequest(prompt="a cat"), None)
     with pytest.raises(ConfigurationError, match="cannot continue with '2K'"):
-        prepare_turns(
-            EditRequest(instructions=(Instruction("hat", ()),), image_size="2K"),
-            session,
-            uri=uri,
-            default_model="m",
-            storage=Storage(),
-            identity=RUN,
-            who="t",
-        )
+        prepare(EditRequest(instructions=(Instruction("hat", ()),), image_size="2K"), session)
     with pytest.raises(ConfigurationError, match="different prompt"):
-        prepare_turns(
-            EditRequest(prompt="a dog"),
-            session,
-            uri=uri,
-            default_model="m",
-            storage=Storage(),
-            identity=RUN,
-            who="t",
-        )
+        prepare(EditRequest(prompt="a dog"), session)
     with pytest.raises(ConfigurationError, match="no edit session"):
-        prepare_turns(
-            EditRequest(instructions=(Instruction("hat", ()),)),
-            None,
-            uri=uri,
-            default_model="m",
-            storage=Storage(),
-            identity=RUN,
-            who="t",
-        )
+        prepare(EditRequest(instructions=(Instruction("hat", ()),)), None)
