@@ -5,9 +5,20 @@ alone: a 45 % 503 rate never trips a rate rule, a flapping channel keeps being r
 fixed cadence, and a breaker that auto-closes lets every waiting caller stampede a recovering
 channel. Here:
 
-* CLOSED -> OPEN when, over the sliding window (default 60 s, bucketed), ``calls >=
-  minimum_calls`` (10) and ``failures / calls >= failure_rate_threshold`` (0.5); or after
-  ``consecutive_failures`` (5) failures in a row. With ``in_send_order`` (the tolerant preset:
+* CLOSED -> OPEN when the channel fails far more than it did before. "Before" is ``f``, its
+  failure rate over a span longer than the window (the state's decayed counts, half-life 300 s)
+  without the run of failures under way, half a failure as prior (``base_failure_rate``). Over
+  the sliding window (default 60 s, bucketed): ``calls >= minimum_calls`` (10), ``failures /
+  calls >= failure_rate_threshold`` (0.5), and a channel failing at ``f`` would show that many
+  failures less than ``false_alarm`` (5 %) of the time (binomial tail, divided by the window's
+  calls: the test runs at every failure); or after ``n`` failures in a row, ``n`` at least
+  ``consecutive_failures`` (5) and at least the run a channel failing at ``f`` would make less
+  than ``false_alarm`` of the time over the calls of its history (``run_to_trip``). Why: a
+  channel that fails 57 % of its calls from the start is flaky, not down, and its price per
+  image already ranks it; measured against the window alone it tripped every minute and its
+  capacity was lost to a run that needed it (the virtual bench's s11-73: an OpenRouter at 57 %
+  503, shut for most of an hour, 631 items late). A channel healthy before, or with no history,
+  still trips after 5 in a row. With ``in_send_order`` (the tolerant preset:
   failed calls are free, so waiting for evidence costs nothing), "in a row" is in the order the
   calls were sent: a failure that comes back while a call sent no later is still out counts, but
   cannot trip the breaker until that call has answered. Where each failure is billed, the wait
@@ -31,18 +42,17 @@ channel. Here:
   lease expires the next caller gets a fresh lease and the old one is void.
 * A probe round: any probe's success -> CLOSED (window and consecutive count reset). A failed
   probe ends the round only once ``k`` probes in a row have failed, where ``k`` is the fewest
-  failures the channel, failing at its rate from before the outage, would produce in a row less
-  than ``false_alarm`` (5 %) of the time: ``k = ceil(log(false_alarm) / log(f))``, at most
-  ``max_probes``: 1 by default, for a channel that bills failed calls pays for every probe;
-  12 in the tolerant preset (free failures), as many failures in a row as trip it.
+  failures the channel, failing at its rate from before the outage (``f`` at the trip), would
+  produce in a row less than ``false_alarm`` (5 %) of the time:
+  ``k = ceil(log(false_alarm) / log(f))``, at most ``max_probes``: 1 by default, for a channel
+  that bills failed calls pays for every probe; 12 in the tolerant preset (free failures), as
+  many failures in a row as trip it.
   Then OPEN again for ``d`` with the outage older; until then the lease is handed back and the
   next caller probes at once. Why: a channel that fails half its calls and trips on an unlucky run
   would otherwise fail a single probe half the time, and each failure doubles the next opening, so
   the cheapest channel stayed shut for most of a run (the virtual bench's s11-199: a $0.05 relay
   at 52 % 503 shut for 9 of 13 minutes). A channel that was healthy before the outage (``f`` near
-  0) still gets one probe per round. ``f`` counts the window at the trip without the run of
-  failures that tripped it, with half a failure as prior (a channel with no history reads 0.5). A
-  neutral probe outcome (429, cancelled) only returns the lease.
+  0) still gets one probe per round. A neutral probe outcome (429, cancelled) only returns the lease.
 * Outcomes of ordinary calls that were in flight when the breaker opened are ignored: they say
   nothing about the channel now.
 
@@ -65,6 +75,8 @@ from airflow_banana.exceptions import ConfigurationError
 from airflow_banana.routing.window import WindowCounts, window_add, window_clear, window_totals
 
 CALLS, FAILURES = 0, 1
+# A channel with no history before a run of failures is as likely as not to be failing.
+PRIOR_FAILURES, PRIOR_CALLS = 0.5, 1.0
 
 
 class BreakerState(enum.StrEnum):
@@ -142,7 +154,7 @@ class BreakerRecord:
     open_until: float = 0.0
     reopen_count: int = 0  # failed probe rounds in the current outage
     probe_failures: int = 0  # failed probes in the current round
-    base_failure_rate: float = 0.5  # the channel's failure rate before the outage (set at the trip)
+    base_failure_rate: float = PRIOR_FAILURES / PRIOR_CALLS  # before the outage (set at the trip)
     closed_at: float | None = None
     failing_since: float | None = None  # first failure after the last healthy answer
     probe_id: int = 0  # id of the latest lease granted
@@ -165,10 +177,40 @@ def open_duration(config: BreakerConfig, age_s: float, rng: random.Random) -> fl
     return min(config.max_open_s, raw)
 
 
-def base_failure_rate(calls: int, failures: int, run: int) -> float:
-    """The failure rate before the outage: the window's counts without the run that tripped it."""
-    before_calls, before_failures = max(0, calls - run), max(0, failures - run)
-    return (before_failures + 0.5) / (before_calls + 1.0)
+def base_failure_rate(calls: float, failures: float, run: int) -> float:
+    """The failure rate before the outage: the channel's counts without the run of failures
+    that is under way (half a failure as prior: a channel with no history reads 0.5)."""
+    before_calls, before_failures = max(0.0, calls - run), max(0.0, failures - run)
+    return (before_failures + PRIOR_FAILURES) / (before_calls + PRIOR_CALLS)
+
+
+def failures_at_least(calls: int, failures: int, rate: float) -> float:
+    """P(at least ``failures`` of ``calls`` fail) for calls failing independently at ``rate``."""
+    if not 0.0 < rate < 1.0:
+        return 1.0 if rate >= 1.0 or failures <= 0 else 0.0
+    log_fail, log_ok = math.log(rate), math.log1p(-rate)
+    log_n = math.lgamma(calls + 1)
+    return min(
+        1.0,
+        sum(
+            math.exp(
+                log_n - math.lgamma(k + 1) - math.lgamma(calls - k + 1) + k * log_fail + (calls - k) * log_ok
+            )
+            for k in range(max(0, failures), calls + 1)
+        ),
+    )
+
+
+def run_to_trip(config: BreakerConfig, base_rate: float, chances: float) -> int:
+    """Failures in a row that trip the breaker: at least ``consecutive_failures``, and more on a
+    channel that already failed often -- the fewest that a channel failing at ``base_rate`` would
+    run into less than ``false_alarm`` of the time over ``chances`` calls that could each start
+    such a run (a run of ``n`` starts at a success with probability ``base_rate ** n``)."""
+    if not 0.0 < base_rate < 1.0:  # base_failure_rate() is inside; a hand-set one may not be
+        return config.consecutive_failures
+    starts = max(1.0, chances * (1.0 - base_rate))
+    n = math.ceil(math.log(config.false_alarm / starts) / math.log(base_rate))
+    return max(config.consecutive_failures, n)
 
 
 def probes_per_round(record: BreakerRecord, config: BreakerConfig) -> int:
@@ -212,13 +254,17 @@ def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
         record.probe_lease_until = None
 
 
-def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
+def _open(
+    record: BreakerRecord,
+    config: BreakerConfig,
+    now: float,
+    rng: random.Random,
+    count: int,
+    base_rate: float | None = None,
+) -> None:
     since = record.failing_since if record.failing_since is not None else now
-    if count == 0:  # the trip: what the channel was like before this outage
-        calls, failures = window_totals(
-            record.window, now, bucket_s=config.bucket_s, window_s=config.window_s
-        )
-        record.base_failure_rate = base_failure_rate(calls, failures, record.consecutive_failures)
+    if base_rate is not None:  # the trip: what the channel was like before this outage
+        record.base_failure_rate = base_rate
     record.probe_failures = 0
     record.state = BreakerState.OPEN
     record.open_until = now + open_duration(config, now - since, rng)
@@ -238,11 +284,14 @@ def record_result(
     probe_id: int | None,
     rng: random.Random,
     older_in_flight: bool = False,
+    history: tuple[float, float] | None = None,
 ) -> BreakerEvent | None:
     """Feed one verdict (``failure`` True/False) from a call; returns the transition, if any.
 
     ``probe_id`` is the lease id the call held (None for ordinary calls); ``older_in_flight``:
-    a call sent no later than this one has not answered yet (its verdict may break the run).
+    a call sent no later than this one has not answered yet (its verdict may break the run);
+    ``history``: the channel's (calls, failures) before this one over a span longer than the
+    window (the state's decayed counts), what "as flaky as before" is judged on; None: the window.
     """
     state = refresh(record, now)
     if state is not BreakerState.CLOSED:
@@ -277,8 +326,18 @@ def record_result(
     if older_in_flight and config.in_send_order:
         return None
     calls, failures = window_totals(record.window, now, bucket_s=config.bucket_s, window_s=config.window_s)
-    tripped_by_rate = calls >= config.minimum_calls and failures >= config.failure_rate_threshold * calls
-    if tripped_by_rate or record.consecutive_failures >= config.consecutive_failures:
-        _open(record, config, now, rng, 0)
+    run = record.consecutive_failures
+    # this failure counted in: it may be the first of the run, which is then taken out again
+    base_calls, base_failures = (calls, failures) if history is None else (history[0] + 1, history[1] + 1)
+    base_rate = base_failure_rate(base_calls, base_failures, run)
+    # A channel that failed this often before is not in an outage for failing this often now:
+    # its price per image (price / success rate) already ranks it where it belongs.
+    tripped_by_rate = (
+        calls >= config.minimum_calls
+        and failures >= config.failure_rate_threshold * calls
+        and failures_at_least(calls, failures, base_rate) <= config.false_alarm / calls
+    )
+    if tripped_by_rate or run >= run_to_trip(config, base_rate, base_calls - run):
+        _open(record, config, now, rng, 0, base_rate)
         return BreakerEvent.OPENED
     return None

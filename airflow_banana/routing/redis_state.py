@@ -173,7 +173,7 @@ def record_from_dict(data: dict[str, Any]) -> ChannelRecord:
             open_until=float(b["open_until"]),
             reopen_count=int(b["reopen_count"]),
             probe_failures=int(b.get("probe_failures", 0)),
-            base_failure_rate=float(b.get("base_failure_rate", 0.5)),
+            base_failure_rate=float(b.get("base_failure_rate", BreakerRecord.base_failure_rate)),
             closed_at=b["closed_at"],
             failing_since=b.get("failing_since"),
             probe_id=int(b["probe_id"]),

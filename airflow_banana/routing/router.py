@@ -166,6 +166,8 @@ DEFAULT_DEADLINE_S = 3600.0
 PRIOR_CALL_S = 12.0
 # A billed/configured price ratio learned from successes (EWMA weight of the newest bill).
 _BILLED_ALPHA = 0.2
+# A success rate floor for rates of images (p / T): a channel whose estimate nears 0 still serves.
+_MIN_RATE = 0.05
 
 
 class Objective(enum.StrEnum):
@@ -891,9 +893,11 @@ class Router:
         # ahead; a newcomer goes behind every item with its deadline or an earlier one.
         mine = previous[1] if previous is not None and previous[0] == ranked.channel else math.inf
         ahead = bisect.bisect_left(queue, self._queue_key(item, mine))
-        # One slot per item ahead: one that fails re-queues behind this item (a new place), so its
-        # retry does not delay this one; this item's own failure is what ``finish_need`` covers.
-        return base + ahead * interval, ahead, denial, base
+        # The queue moves at the channel's rate of images, p / T(c): an item ahead that fails
+        # re-queues behind this one, but its retry still takes a slot before the queue is through,
+        # so a queue longer than the channel can serve by the deadline spills its tail now, not
+        # one failure at a time near the end.
+        return base + ahead * interval / max(ranked.success_rate, _MIN_RATE), ahead, denial, base
 
     def _deadline_plan(
         self,
@@ -985,7 +989,7 @@ class Router:
                     # rate; reserve that load so spills start early and spread out instead of
                     # everyone switching at the same latest moment.
                     spill_rate = sum(
-                        max(r.success_rate, 0.05) / max(self.service_interval(r, now), 1e-9)
+                        max(r.success_rate, _MIN_RATE) / max(self.service_interval(r, now), 1e-9)
                         for r, *_ in fallbacks
                     )
                     latest_switch = plain_switch - ahead / spill_rate

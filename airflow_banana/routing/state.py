@@ -28,14 +28,15 @@ How each outcome counts (``OUTCOME_RULES``)::
     NO_IMAGE         failure     yes (a 200)       failure              -
     RETRYABLE        failure     no                failure              -
     TIMEOUT          failure     no                failure              -
-    RATE_LIMITED     -           no                -                    retry hint until t
-    QUOTA_EXHAUSTED  -           no                -                    bench until t
+    RATE_LIMITED     -           no                - (failure if billed) retry hint until t
+    QUOTA_EXHAUSTED  -           no                - (failure if billed) bench until t
     CHANNEL_FATAL    -           no                -                    disabled for the run
     cancelled        -           -                 -                    -
 
-A successful half-open probe also clears the channel's throttle window and its decayed
-success/failure counts: the failures that led to the outage would otherwise keep rejecting
-traffic to the recovered channel for two minutes and rank it as dear for half-lives.
+A successful half-open probe also clears the channel's throttle window and drops the decayed
+failures beyond the channel's rate from before the outage: the failures that led to the outage
+would otherwise keep rejecting traffic to the recovered channel for two minutes and rank it as
+dear for half-lives, while a channel that was flaky before stays ranked as flaky.
 
 NO_IMAGE counts against the breaker so that a relay that strips images from every answer is
 routed around; a prompt that rarely yields no image cannot trip it alone (bounded retries per
@@ -374,6 +375,7 @@ def apply_outcome(
     if rule.breaker_failure is None:
         brk.release_probe(record.breaker, permit.probe_id)
     else:
+        decay_stats(stats, policy.stats_half_life_s, now)
         transition = brk.record_result(
             record.breaker,
             policy.breaker,
@@ -383,6 +385,8 @@ def apply_outcome(
             rng=rng,
             # one channel's permits share a lease length: an expiry no later is a call sent no later
             older_in_flight=any(now < e <= permit.expires_at for e in record.in_flight.values()),
+            # "as flaky as before" over the stats' half-lives, not the breaker's one-minute window
+            history=(stats.recent_successes + stats.recent_failures, stats.recent_failures),
         )
         if transition is not None:
             events.append(ChannelEvent(transition.value))
@@ -390,15 +394,22 @@ def apply_outcome(
             # the probe proved the outage over; its failures must not keep throttling a healthy
             # channel for the rest of the window, nor keep its success rate (and so its rank,
             # price / rate) at the outage's level for half-lives (R14: back on the cheap primary
-            # soon): the channel starts again from the prior, plus the probe's own success
+            # soon): the failures beyond the channel's rate before the outage are dropped (a
+            # channel down from its start starts again from the prior, plus the probe's success)
             window_clear(record.throttle.window)
-            stats.recent_successes = stats.recent_failures = 0.0
+            before = min(record.breaker.base_failure_rate, 0.99)
+            stats.recent_failures = min(stats.recent_failures, stats.recent_successes * before / (1 - before))
     thr.count_request(record.throttle, policy.throttle, now)
     if rule.throttle_accept:
         thr.count_accept(record.throttle, policy.throttle, now)
-    if rule.stats_success is not None:
+    # A billed 429 (or quota answer) is a paid try that failed: the success rate is what the
+    # router divides a billing channel's price by (price per image). An item's own fault
+    # (ITEM_TERMINAL) stays no measure of the channel, billed or not.
+    billed_refusal = rule.stats_success is None and error_class is not ErrorClass.ITEM_TERMINAL
+    stats_success = False if billed_refusal and outcome.cost_usd > 0 else rule.stats_success
+    if stats_success is not None:
         decay_stats(stats, policy.stats_half_life_s, now)
-        if rule.stats_success:
+        if stats_success:
             stats.recent_successes += 1.0
         else:
             stats.recent_failures += 1.0

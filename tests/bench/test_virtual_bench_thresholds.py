@@ -45,10 +45,10 @@ def test_ours_median_cost_per_on_time_image_is_near_the_optimum(result: dict[str
 
 
 # Not met yet (issue 11 stays open): strict xfails, so the day the router meets them this file
-# fails until the mark is removed. Measured on this sample on 2026-12-03 (seed 11, 23 scenarios,
-# the router of that evening): p95 1.20, on time 99.86 % where the optimum is (3 items: silent
-# hangs on the cheap relay within 50 s of a tight deadline), 27.4 % dearer than naive in one
-# 12-item scenario (s11-30: naive got all its relay calls in before a 429 burst that bills).
+# fails until the mark is removed. Measured on this sample on 2026-12-06 (seed 11, 23 scenarios,
+# the router of that evening): p95 1.20, on time 99.5 % where the optimum is (s11-13: items
+# behind a queue that spilled late). "Never more than 2 % dearer than naive" is met since billed
+# 429s count in a channel's price per image (s11-30 was 27.4 % dearer: paid 429s on OpenRouter).
 NOT_MET = pytest.mark.xfail(strict=True, reason="issue 11 threshold not met yet; see docs/benchmarks.md")
 
 
@@ -69,7 +69,7 @@ def _versus(result: dict[str, Any], peer: str) -> dict[str, Any]:
     return result["summary"]["systems"]["ours"][f"vs_{peer}"]
 
 
-@pytest.mark.parametrize("peer", [pytest.param("naive", marks=NOT_MET), "litellm"])
+@pytest.mark.parametrize("peer", ["naive", "litellm"])
 def test_ours_is_never_more_than_2_percent_dearer_than_a_peer(result: dict[str, Any], peer: str) -> None:
     versus = _versus(result, peer)
     assert versus["max_dearer_pct_at_equal_or_better_on_time"] <= 2.0, _show(versus)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -14,11 +15,13 @@ from airflow_banana.routing.breaker import (
     BreakerRecord,
     BreakerState,
     base_failure_rate,
+    failures_at_least,
     gate,
     open_duration,
     probes_per_round,
     record_result,
     release_probe,
+    run_to_trip,
     take_probe,
 )
 
@@ -39,11 +42,23 @@ class FixedRandom(random.Random):
 RNG = FixedRandom()
 
 
-def feed(record: BreakerRecord, pattern: str, now: float, cfg: BreakerConfig = CFG, step: float = 0.1):
-    """Feed 'F'/'S' verdicts starting at ``now``; returns the events and the final time."""
+def feed(
+    record: BreakerRecord,
+    pattern: str,
+    now: float,
+    cfg: BreakerConfig = CFG,
+    step: float = 0.1,
+    history: tuple[float, float] | None = None,
+):
+    """Feed 'F'/'S' verdicts starting at ``now``; returns the events and the final time.
+    ``history``: (calls, failures) the channel had before the first of them (counted on)."""
     events = []
     for verdict in pattern:
-        event = record_result(record, cfg, now, failure=verdict == "F", probe_id=None, rng=RNG)
+        event = record_result(
+            record, cfg, now, failure=verdict == "F", probe_id=None, rng=RNG, history=history
+        )
+        if history is not None:
+            history = (history[0] + 1, history[1] + (verdict == "F"))
         if event:
             events.append(event)
         now += step
@@ -72,19 +87,64 @@ def test_a_success_resets_the_consecutive_count() -> None:
     assert events == [] and record.consecutive_failures == 4
 
 
+HEALTHY_BEFORE = (200.0, 4.0)  # (calls, failures) over the stats' half-lives: 2 % failures
+FLAKY_BEFORE = (200.0, 110.0)  # 55 %
+
+
 def test_failure_rate_trips_at_threshold_with_minimum_volume() -> None:
     record = BreakerRecord()
     # alternate so consecutive failures never reach 5; 10th call is the 5th failure = 50 %
-    events, _ = feed(record, "SFSFSFSFS", 100.0)
+    events, _ = feed(record, "SFSFSFSFS", 100.0, history=HEALTHY_BEFORE)
     assert events == []
-    assert record_result(record, CFG, 101.0, failure=True, probe_id=None, rng=RNG) is BreakerEvent.OPENED
+    later = (HEALTHY_BEFORE[0] + 9, HEALTHY_BEFORE[1] + 4)
+    event = record_result(record, CFG, 101.0, failure=True, probe_id=None, rng=RNG, history=later)
+    assert event is BreakerEvent.OPENED
+    # before: 209 calls and 8 failures, plus this one, less the run of 1 it is; half a failure prior
+    assert record.base_failure_rate == pytest.approx((9 - 1 + 0.5) / (210 - 1 + 1))
+
+
+def test_a_channel_as_flaky_as_before_does_not_trip_on_rate() -> None:
+    """The rate rule asks whether the window is an outage or the channel's usual: at 50 % in
+    the window, a channel that failed 55 % of its calls before is as it always was (its price
+    per image ranks it), and one with no history is as likely as not to fail."""
+    for history in (FLAKY_BEFORE, None):
+        record = BreakerRecord()
+        events, _ = feed(record, "SFSFSFSFSF" * 3, 100.0, history=history)
+        assert events == [] and record.state is BreakerState.CLOSED
 
 
 def test_high_failure_rate_below_minimum_volume_does_not_trip() -> None:
     record = BreakerRecord()
-    events, now = feed(record, "FFSFFSFFS", 100.0)  # 9 calls, 67 % failures
+    events, now = feed(record, "FFSFFSFFS", 100.0, history=HEALTHY_BEFORE)  # 9 calls, 67 % failures
     assert events == [] and record.state is BreakerState.CLOSED
-    assert record_result(record, CFG, now, failure=True, probe_id=None, rng=RNG) is BreakerEvent.OPENED
+    later = (HEALTHY_BEFORE[0] + 9, HEALTHY_BEFORE[1] + 6)
+    event = record_result(record, CFG, now, failure=True, probe_id=None, rng=RNG, history=later)
+    assert event is BreakerEvent.OPENED
+
+
+def test_the_run_that_trips_grows_with_how_flaky_the_channel_was() -> None:
+    """Failures in a row trip at ``consecutive_failures`` (5) on a healthy or new channel; on one
+    that failed often before, only at a run it would make less than 5 % of the time over the
+    calls of its history that could start one."""
+    assert run_to_trip(CFG, base_rate=0.02, chances=200) == 5
+    assert run_to_trip(CFG, base_rate=0.5, chances=0) == 5  # no history: the prior's 0.5
+    starts = 200 * (1 - 0.55)
+    n = run_to_trip(CFG, base_rate=0.55, chances=200)
+    assert n == math.ceil(math.log(0.05 / starts) / math.log(0.55)) == 13
+    assert starts * 0.55**n <= 0.05 < starts * 0.55 ** (n - 1)
+    record = BreakerRecord()
+    events, _ = feed(record, "S" + "F" * 11, 100.0, history=FLAKY_BEFORE)
+    assert events == [] and record.state is BreakerState.CLOSED  # 11 in a row: its usual bad luck
+    record = BreakerRecord()
+    events, _ = feed(record, "S" + "F" * 5, 100.0, history=HEALTHY_BEFORE)
+    assert events == [BreakerEvent.OPENED]
+
+
+def test_failures_at_least_is_the_binomial_tail() -> None:
+    assert failures_at_least(10, 5, 0.5) == pytest.approx(0.623046875)
+    assert failures_at_least(10, 10, 0.05) == pytest.approx(0.05**10)
+    assert failures_at_least(10, 0, 0.3) == pytest.approx(1.0)
+    assert failures_at_least(3, 2, 0.0) == 0.0 and failures_at_least(3, 2, 1.0) == 1.0
 
 
 def test_peak_profile_45_percent_failures_never_trips_the_rate_rule() -> None:

@@ -37,6 +37,9 @@ from airflow_banana.secrets import Secret
 L, MARGIN = 60.0, 10.0
 # Rate-limited channels below bill their failures, so the limiter spaces their calls by
 # 60.5 s / rpm (routing/limiter.py): the queue arithmetic these tests check counts such slots.
+# A queue moves at the channel's rate of images: each item ahead takes slot / P, P = the prior
+# success rate of a fresh channel (its failures re-queue and take slots too).
+P = 4.5 / 5.0
 
 
 def chan(name: str, protocol: str = "gemini", **kwargs: object) -> ChannelConfig:
@@ -203,6 +206,7 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
     t0 = clock.now()
     slot = 60.5 / 6.0
     deadline = t0 + 150.0  # relay fits while start + 60 + 10 <= 150, i.e. start <= 80
+    pace = slot / P  # one item ahead
     first = decide(router, ItemProgress("i0", deadline=deadline))
     assert isinstance(first, Attempt) and first.channel == "relay"
     waits: list[Wait] = []
@@ -214,16 +218,16 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
         else:
             assert isinstance(d, Attempt)
             spilled.append(d.channel)
-    # place k starts at slot + k * slot (one slot per item ahead); it fits while that is <= 80
-    fitting = sum(1 for k in range(11) if t0 + slot + k * slot <= t0 + 80.0)
+    # place k starts at slot + k * pace (k items ahead); it fits while that is <= 80
+    fitting = sum(1 for k in range(11) if t0 + slot + k * pace <= t0 + 80.0)
     assert len(waits) == fitting == 7
     assert spilled == ["direct"] * (11 - fitting)
     # wake-ups at the optimistic place times, or earlier at the place's reserved latest switch
     # (the items ahead may all spill first): all distinct, no thundering herd
     untils = [w.until for w in waits]
     assert len(set(untils)) == len(untils)
-    assert all(u <= t0 + (k + 1) * slot + 1e-9 for k, u in enumerate(untils))
-    assert untils[0] == pytest.approx(t0 + slot) and untils[1] == pytest.approx(t0 + 2 * slot)
+    assert all(u <= t0 + slot + k * pace + 1e-9 for k, u in enumerate(untils))
+    assert untils[0] == pytest.approx(t0 + slot) and untils[1] == pytest.approx(t0 + slot + pace)
     assert router.queued("relay") == 7
 
 
@@ -369,8 +373,8 @@ def test_fifty_waiters_on_a_relay_with_room_for_twenty_spill_thirty_now() -> Non
     router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 60.0
-    # relay fits place k while t0 + slot + k * slot + L + MARGIN <= deadline
-    deadline = t0 + slot + 19 * slot + L + MARGIN + 0.01  # room for places 0..19
+    # relay fits place k while t0 + slot + k * slot / P + L + MARGIN <= deadline
+    deadline = t0 + slot + 19 * slot / P + L + MARGIN + 0.01  # room for places 0..19
     first = decide(router, ItemProgress("busy", deadline=deadline + 100))
     assert isinstance(first, Attempt) and first.channel == "relay"
     items = [ItemProgress(f"i{k:02d}", deadline=deadline) for k in range(50)]
@@ -388,7 +392,7 @@ def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> N
     t0 = clock.now()
     slot = 60.5 / 60.0
     decide(router, ItemProgress("busy"))  # takes the free slot; no deadline, not queued
-    roomy = t0 + slot + 9 * slot + L + MARGIN + 0.01  # room for places 0..9
+    roomy = t0 + slot + 9 * slot / P + L + MARGIN + 0.01  # room for places 0..9
     late = [ItemProgress(f"late{k}", deadline=roomy + 0.001 * k) for k in range(10)]
     assert all(isinstance(decide(router, it), Wait) for it in late)  # alone, they all fit
     urgent = [ItemProgress(f"urgent{k}", deadline=roomy - 1.0) for k in range(5)]
@@ -409,7 +413,7 @@ def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order()
     t0 = clock.now()
     slot = 60.5 / 60.0
     decide(router, ItemProgress("busy"))
-    deadline = t0 + 110.0  # relay place k fits while slot + k * slot <= 40
+    deadline = t0 + 110.0  # relay place k fits while slot + k * slot / P <= 40
     items = [ItemProgress(f"i{k:02d}", deadline=deadline + 0.001 * k) for k in range(30)]
     assert all(isinstance(decide(router, it), Wait) for it in items)  # relay fits every one
     clock.advance(1.1)  # the relay's next rate slot: another item's call draws the 429
@@ -417,7 +421,7 @@ def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order()
     reopen = clock.now() + 20.0
     # they re-plan latest deadline first: the order of wake-ups must not matter
     decisions = {it.item_id: decide(router, it) for it in reversed(items)}
-    fits = sum(1 for k in range(30) if reopen + k * slot + L + MARGIN <= deadline)
+    fits = sum(1 for k in range(30) if reopen + k * slot / P + L + MARGIN <= deadline)
     on_relay = sorted(k for k, d in decisions.items() if isinstance(d, Wait) and "'relay'" in d.reason)
     assert 0 < fits < 30 and on_relay == [f"i{k:02d}" for k in range(fits)]  # EDF prefix stays
     moved = [decisions[f"i{k:02d}"] for k in range(fits, 30)]
@@ -442,8 +446,8 @@ def test_waiters_reserve_the_fallback_for_the_items_ahead_so_spills_spread() -> 
     # the plain latest switch (deadline - margin - L) is the same for all six; place k reserves
     # the fallback for the k items ahead and switches k x (5.04 / 0.9) s earlier, so if the
     # relay stays shut they reach the fallback one by one, not at the same moment
-    plain, slot, gap = deadline - MARGIN - L, 60.5 / 60.0, (60.5 / 12.0) / 0.9
-    expected = [min(t0 + 30.0 + k * slot, plain - k * gap) for k in range(6)]
+    plain, slot, gap = deadline - MARGIN - L, 60.5 / 60.0, (60.5 / 12.0) / P
+    expected = [min(t0 + 30.0 + k * slot / P, plain - k * gap) for k in range(6)]
     assert untils == pytest.approx(expected)
     assert len(set(untils)) == 6 and untils[-1] < untils[0]
 
@@ -660,3 +664,50 @@ def test_no_silence_cut_where_the_timeout_leaves_room_or_nothing_can_rescue() ->
     attempt = decide(alone, only)
     assert isinstance(attempt, Attempt)
     assert alone.silence_cut_at(only, attempt.permit, clock.now() + 140) is None  # its only chance
+
+
+def _fail_on(router: Router, channel: str, n: int, *, billed: bool = True) -> None:
+    """``n`` other calls on ``channel`` fail (503): its measured success rate drops."""
+    for _ in range(n):
+        outcome = Outcome(ErrorClass.RETRYABLE, latency_s=1.0, cost_usd=0.05 if billed else 0.0)
+        router.backend.record(_permit(router, channel), outcome, router.clock.now())
+        router.clock.advance(60.5 / 60.0)  # the next rate slot
+
+
+def test_a_queue_moves_at_the_channels_rate_of_images_not_of_calls() -> None:
+    """Half of a relay's calls failing halves the places that fit: the items behind spill now,
+    at the start of the run, instead of one failed retry at a time near the deadline."""
+    many_tries = BreakerConfig(jitter=0.0, consecutive_failures=1_000, minimum_calls=1_000)
+
+    def fitting(failures: int) -> tuple[int, float]:
+        clock = FakeClock()
+        router = router_for(
+            [FAST_RELAY, WIDE_DIRECT],
+            clock,
+            random.Random(3),
+            config=RouterConfig(default_latency_s=30.0, rate_guard_s=0.5),
+            breaker=many_tries,
+            throttle=ThrottleConfig(enabled=False),
+        )
+        for name in router.channels:
+            teach_latency(router, name, 30.0)
+        _fail_on(router, "relay", failures)
+        decide(router, ItemProgress("busy"))  # takes the free slot
+        ranked = router.rank("1K")
+        relay = next(r for r in ranked if r.channel == "relay")
+        # 60 s of queue before the call and what it needs (a flaky one leaves room for a rescue)
+        deadline = clock.now() + 60.0 + router.finish_need(relay, ranked, clock.now())
+        rate = relay.success_rate
+        decisions = [decide(router, ItemProgress(f"i{k:02d}", deadline=deadline)) for k in range(80)]
+        return sum(isinstance(d, Wait) and "'relay'" in d.reason for d in decisions), rate
+
+    healthy, p_healthy = fitting(0)
+    flaky, p_flaky = fitting(5)
+    slot = 60.5 / 60.0
+    assert p_healthy == pytest.approx(0.9) and p_flaky == pytest.approx(
+        4.5 / 10.0, rel=0.01
+    )  # decayed a little
+    # place k fits while slot + k * slot / p <= 60
+    assert healthy == sum(1 for k in range(80) if slot + k * slot / p_healthy <= 60.0)
+    assert flaky == sum(1 for k in range(80) if slot + k * slot / p_flaky <= 60.0)
+    assert flaky < 0.6 * healthy

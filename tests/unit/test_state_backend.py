@@ -244,13 +244,63 @@ def test_neutral_probe_outcomes_return_the_lease(make: Callable[..., ChannelStat
     assert backend.snapshot("a", T0 + 31).breaker is BreakerState.HALF_OPEN
 
 
-def test_failure_rate_trips_with_minimum_volume(make: Callable[..., ChannelStateBackend]) -> None:
-    backend = make(pol(limits=LimitConfig(max_concurrency=100)))
+def _feed(backend: ChannelStateBackend, pattern: str, start: float) -> list[ChannelEvent]:
     events: list[ChannelEvent] = []
-    for i in range(10):
-        outcome = FAIL if i % 2 else OK
-        events += backend.record(permit(backend.try_acquire("a", T0 + i)), outcome, T0 + i)
-    assert events == [ChannelEvent.BREAKER_OPENED]
+    for i, verdict in enumerate(pattern):
+        outcome = FAIL if verdict == "F" else OK
+        events += backend.record(permit(backend.try_acquire("a", start + i)), outcome, start + i)
+    return events
+
+
+def test_failure_rate_trips_with_minimum_volume(make: Callable[..., ChannelStateBackend]) -> None:
+    """A channel healthy over its stats' half-lives that fails 8 of its next 10 calls (never 5
+    in a row) trips on the rate at the 10th; one that was as flaky before does not."""
+    backend = make(pol(limits=LimitConfig(max_concurrency=100)))
+    assert _feed(backend, "S" * 20, T0 - 100) == []  # before the one-minute window
+    assert _feed(backend, "SFFFFSFFF", T0) == []
+    assert _feed(backend, "F", T0 + 9) == [ChannelEvent.BREAKER_OPENED]
+    flaky = make(pol(limits=LimitConfig(max_concurrency=100)))
+    assert _feed(flaky, "SFFFFSFFFFSSF" * 6, T0 - 100) == []
+    assert _feed(flaky, "SFFFFSFFFF", T0) == []
+
+
+def test_a_closing_probe_drops_only_the_outage_failures(make: Callable[..., ChannelStateBackend]) -> None:
+    """After a probe closes the breaker the success rate is back at the rate from before the
+    outage, not at the outage's level (R14) and not at the prior either: a flaky channel stays
+    ranked as flaky, so its next run of bad luck is judged against what it is."""
+    backend = make(pol(limits=LimitConfig(max_concurrency=100)))
+    _feed(backend, "SSF" * 20, T0 - 200)  # a third of its calls fail
+    before = backend.snapshot("a", T0 - 140)
+    rate = before.recent_failures / (before.recent_failures + before.recent_successes)
+    run = 0
+    while not _feed(backend, "F", T0 + run):  # an outage: failures until it trips
+        run += 1
+    assert 5 <= run + 1 < 30  # the tripping failure included
+    probe = permit(backend.try_acquire("a", T0 + 200))
+    assert probe.probe and backend.record(probe, OK, T0 + 200) == (ChannelEvent.BREAKER_CLOSED,)
+    after = backend.snapshot("a", T0 + 200)
+    share = after.recent_failures / (after.recent_failures + after.recent_successes)
+    assert 0.2 < share < rate + 0.05  # the outage's 30 failures are gone, the usual third is not
+
+
+def test_a_billed_429_counts_as_a_paid_failure_but_not_against_the_breaker(
+    make: Callable[..., ChannelStateBackend],
+) -> None:
+    """Where a 429 is billed, the router's price per image (price / success rate) must count it
+    as a paid try without an image; it still says nothing about the channel's health."""
+    backend = make()
+    now = T0
+    for _ in range(20):
+        p = permit(backend.try_acquire("a", now))
+        backend.record(p, Outcome(ErrorClass.RATE_LIMITED, cost_usd=0.05, closed_until=now + 1), now)
+        now += 1
+    snap = backend.snapshot("a", now)
+    assert snap.breaker is BreakerState.CLOSED
+    assert snap.recent_failures > 15 and snap.recent_successes == 0.0
+    free = make()
+    p = permit(free.try_acquire("a", T0))
+    free.record(p, Outcome(ErrorClass.RATE_LIMITED, closed_until=T0 + 1), T0)
+    assert free.snapshot("a", T0 + 1).recent_failures == 0.0  # a free 429 is no try at all
 
 
 def test_item_terminal_and_success_never_count_against_the_channel(
