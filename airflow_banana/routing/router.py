@@ -78,7 +78,8 @@ blocked, as long as waiting still leaves time to finish on the next channel::
     L(c)      = deadline_latency_factor (2) * latency EWMA of c     (a p95-ish call time;
                 before c's first answer the EWMA is min(default_latency_s (12 s, the seed's
                 median call), prior_latency_timeout_fraction (0.25) * c's attempt timeout))
-    start(c)  = now if c can give a permit now, else next-available(c) + ahead(c) * T(c)
+    start(c)  = now if c can give a permit now, else next-available(c) + ahead(c) * T(c) / p(c)
+                (the queue moves at c's rate of images: the failures ahead are retried too)
     ahead(c)  = items already queued for c in front of this one (earliest deadline first,
                 then arrival: a late newcomer never pushes an urgent item off c)
     need(c)   = learn(c) + max(deadline_margin_s, L of the fastest channel with p >= 0.9 when
