@@ -488,6 +488,9 @@ class Router:
         self._in_flight: dict[str, dict[str, float]] = {name: {} for name in self.channels}
         self._heard_at: dict[str, float] = {}
         self._call_times = {name: CallTimes() for name in self.channels}  # the spread, for cut_at
+        # Calls given up on as silent, (start, end) per channel: their silence stays evidence
+        # for the calls still out until the channel answers again (``silence_cut_at``).
+        self._abandoned: dict[str, list[tuple[float, float]]] = {name: [] for name in self.channels}
 
     # ------------------------------------------------------------ views
 
@@ -753,6 +756,7 @@ class Router:
             return None  # too late for a rescue: the call is the item's best chance
         heard = self._heard_at.get(channel, -math.inf)
         silent = [t for pid, t in self._in_flight[channel].items() if t > heard and pid != permit.permit_id]
+        self._abandoned[channel] = gone = [(s, e) for s, e in self._abandoned[channel] if s > heard]
         cut = cut_at(
             [permit.acquired_at, *silent],
             self._call_times[channel],
@@ -760,6 +764,7 @@ class Router:
             now=now,
             latest=latest,
             false_alarm=self.config.silence_false_alarm,
+            abandoned=[e - s for s, e in gone],
         )
         return math.inf if cut is None else cut  # not silent enough yet: ask again at the next send
 
@@ -1232,6 +1237,7 @@ class Router:
         now = self.clock.now() if now is None else now
         if permit.permit_id in self._open:
             self._timed_out_at[permit.channel] = now
+            self._abandoned[permit.channel].append((permit.acquired_at, now))
         error = ChannelError(
             f"no answer within {now - permit.acquired_at:.1f} s; failing over",
             channel=permit.channel,

@@ -86,17 +86,20 @@ def cut_at(
     now: float,
     latest: float,
     false_alarm: float = DEFAULT_FALSE_ALARM,
+    abandoned: Sequence[float] = (),
 ) -> float | None:
     """The earliest moment in ``[now, latest]`` at which calls sent at ``started`` (all still
     unanswered, nothing heard from their channel since the first) are silent beyond
-    ``false_alarm`` for a healthy channel; None if they are not by ``latest``."""
+    ``false_alarm`` for a healthy channel; None if they are not by ``latest``. ``abandoned``:
+    how long calls given up on since then (timed out or cut) were silent; evidence that stays."""
     starts = list(started)
+    gone = list(abandoned)
     if not starts or latest < now:
         return None
     bound = math.log(false_alarm)
 
     def evidence(t: float) -> float:
-        return times.log_silence([t - s for s in starts], prior_median_s)
+        return times.log_silence([t - s for s in starts] + gone, prior_median_s)
 
     if evidence(latest) > bound:
         return None

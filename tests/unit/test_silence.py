@@ -59,6 +59,19 @@ def test_a_burst_sent_into_an_outage_is_cut_within_a_call_or_two() -> None:
     assert burst - 12.0 < 20.0 < alone - 12.0
 
 
+def test_calls_given_up_on_stay_evidence_for_the_calls_still_out() -> None:
+    """A burst of 12 calls into a hang: once 9 are cut (or time out) and leave the in-flight set,
+    their silence still counts for the 3 still out, so those are cut too instead of running to
+    the deadline (the integration test's race: whoever asked after the others were cut saw 3)."""
+    times = CallTimes()
+    three = [0.0, 0.01, 0.02]
+    alone = cut_at(three, times, 2.0, now=3.1, latest=5.0)
+    with_gone = cut_at(three, times, 2.0, now=3.1, latest=5.0, abandoned=[3.1] * 9)
+    burst = cut_at(three + [0.0] * 9, times, 2.0, now=3.1, latest=5.0)
+    assert alone is None  # three calls 3 s silent: not enough before the rescue's latest start
+    assert with_gone == burst == 3.1  # as if the nine were still out: cut now
+
+
 def test_a_few_fast_first_answers_do_not_make_ordinary_calls_look_hung() -> None:
     """Two quick answers (3 s, on a channel whose median is 10 s) and six calls at one to two
     medians: the median is uncertain and every silent call shares it, so no cut."""
