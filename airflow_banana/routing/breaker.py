@@ -254,17 +254,8 @@ def release_probe(record: BreakerRecord, probe_id: int | None) -> None:
         record.probe_lease_until = None
 
 
-def _open(
-    record: BreakerRecord,
-    config: BreakerConfig,
-    now: float,
-    rng: random.Random,
-    count: int,
-    base_rate: float | None = None,
-) -> None:
+def _open(record: BreakerRecord, config: BreakerConfig, now: float, rng: random.Random, count: int) -> None:
     since = record.failing_since if record.failing_since is not None else now
-    if base_rate is not None:  # the trip: what the channel was like before this outage
-        record.base_failure_rate = base_rate
     record.probe_failures = 0
     record.state = BreakerState.OPEN
     record.open_until = now + open_duration(config, now - since, rng)
@@ -338,6 +329,7 @@ def record_result(
         and failures_at_least(calls, failures, base_rate) <= config.false_alarm / calls
     )
     if tripped_by_rate or run >= run_to_trip(config, base_rate, base_calls - run):
-        _open(record, config, now, rng, 0, base_rate)
+        record.base_failure_rate = base_rate  # what the channel was like before this outage
+        _open(record, config, now, rng, 0)
         return BreakerEvent.OPENED
     return None

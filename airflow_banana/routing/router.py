@@ -756,7 +756,7 @@ class Router:
             return None  # too late for a rescue: the call is the item's best chance
         heard = self._heard_at.get(channel, -math.inf)
         silent = [t for pid, t in self._in_flight[channel].items() if t > heard and pid != permit.permit_id]
-        self._abandoned[channel] = gone = [(s, e) for s, e in self._abandoned[channel] if s > heard]
+        gone = [(s, e) for s, e in self._abandoned[channel] if s > heard]
         cut = cut_at(
             [permit.acquired_at, *silent],
             self._call_times[channel],
@@ -1121,6 +1121,7 @@ class Router:
         self._in_flight[permit.channel].pop(permit.permit_id, None)
         if not outcome.cancelled and outcome.error_class is not ErrorClass.TIMEOUT:
             self._heard_at[permit.channel] = now
+            self._abandoned[permit.channel].clear()  # every call given up on started before this answer
         events = self.backend.record(permit, outcome, now)
         self._wake_head(permit.channel)  # a slot came back, or the channel's state changed
         if outcome.error_class is ErrorClass.RATE_LIMITED and outcome.closed_until is not None:
