@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import itertools
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +52,7 @@ from airflow_banana.channels.config import ChannelConfig
 from airflow_banana.realtime.engine import RealtimeEngine, RealtimeSettings, RunResult, WorkItem
 from airflow_banana.routing import BreakerConfig, RouterConfig, SystemClock, router_for
 from airflow_banana.routing.clock import next_daily_reset
+from airflow_banana.routing.state import ChannelEvent, Denial, InMemoryStateBackend, Outcome, Permit
 from airflow_banana.storage.objects import open_storage
 from airflow_banana.storage.outputs import OutputStore
 from airflow_banana.storage.report import build_report
@@ -110,11 +111,18 @@ def run_engine(
     router: Mapping[str, Any] | None = None,
     settings: RealtimeSettings | None = None,
     breaker: BreakerConfig | None = FAST_BREAKER,
+    backend: InMemoryStateBackend | None = None,
 ) -> Run:
     """One engine run over real channels, then the run report, as the operator writes it."""
     config = RouterConfig(**{**FAST_ROUTER, **dict(router or {})})
     rt = router_for(
-        configs, SystemClock(), random.Random(11), config=config, breaker=breaker, throttle=FAST_THROTTLE
+        configs,
+        SystemClock(),
+        random.Random(11),
+        backend,
+        config=config,
+        breaker=breaker,
+        throttle=FAST_THROTTLE,
     )
     store = OutputStore(open_storage(), str(out))
     channels = {c.name: build_channel(c) for c in configs}
@@ -220,6 +228,24 @@ def test_r1_peak_503s_every_item_done_with_calls_and_cost_per_success(rsim, tmp_
 # ----------------------------------------------------------------------------- R2
 
 
+class PermitLog(InMemoryStateBackend):
+    """The in-memory backend, noting when each permit was granted and handed back."""
+
+    def __init__(self) -> None:
+        super().__init__(random.Random(11))
+        self.permits: dict[str, tuple[Permit, float]] = {}
+
+    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial:
+        granted = super().try_acquire(channel, now, images=images)
+        if isinstance(granted, Permit):
+            self.permits[granted.permit_id] = (granted, math.inf)
+        return granted
+
+    def record(self, permit: Permit, outcome: Outcome, now: float) -> tuple[ChannelEvent, ...]:
+        self.permits[permit.permit_id] = (permit, now)
+        return super().record(permit, outcome, now)
+
+
 def test_r2_breaker_opens_traffic_moves_one_probe_and_the_channel_returns(rsim, tmp_path):
     outage_s = 1.0
     faults(rsim, GEMINI, outage_duration_s=outage_s, latency_ms=(40.0, 60.0))
@@ -230,16 +256,30 @@ def test_r2_breaker_opens_traffic_moves_one_probe_and_the_channel_returns(rsim, 
         consecutive_failures=3, window_s=3.0, bucket_s=0.25, base_open_s=0.25, max_open_s=0.5,
         jitter=0.0, probe_lease_s=2.0,
     )  # fmt: skip
-    run = run_engine(rsim, configs, work_items(60), tmp_path, router={"priority": (GEMINI,)}, breaker=breaker)
+    permits = PermitLog()
+    run = run_engine(
+        rsim,
+        configs,
+        work_items(60),
+        tmp_path,
+        router={"priority": (GEMINI,)},
+        breaker=breaker,
+        backend=permits,
+    )
 
     assert run.result.breaker_openings[GEMINI] >= 1
     outage_503 = requests_of(rsim, GEMINI, fault="outage")
     # the breaker stops the storm: 3 in a row (+ what was already in flight), then one probe
     # per opening — never every waiting caller at once
     assert len(outage_503) <= 3 + 2 + run.result.breaker_openings[GEMINI]
-    probes = [r for r in outage_503 if r["arrived"] > outage_503[0]["arrived"] + 0.2]
-    for a, b in itertools.pairwise(probes):
-        assert b["arrived"] >= a["ts"] - 0.01, "two half-open probes overlapped"
+    on_gemini = [(p, back) for p, back in permits.permits.values() if p.channel == GEMINI]
+    probes = [(p, back) for p, back in on_gemini if p.probe]
+    assert probes, "the open breaker was never probed"
+    for probe, back in probes:
+        overlapping = [
+            p for p, _ in on_gemini if p is not probe and probe.acquired_at <= p.acquired_at < back
+        ]
+        assert not overlapping, "a call went to the channel while its half-open probe was out"
     during = [o for o in run.result.outcomes if o.channel in (RELAY, VERTEX)]
     assert during, "traffic did not move to the other channels"
     # the simulator's outage clock starts at the key's first request

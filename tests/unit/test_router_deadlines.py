@@ -277,6 +277,28 @@ def test_nothing_fits_falls_back_to_best_effort() -> None:
     assert router.queued("relay") == router.queued("direct") == 0
 
 
+def test_items_with_no_plan_line_up_for_the_first_free_slot_and_only_the_first_wakes_for_it() -> None:
+    router, clock = make()
+    t0 = clock.now()
+    hint(router, "relay", 100.0)
+    hint(router, "direct", 50.0)
+    items = [ItemProgress(f"x{k}", deadline=t0 + 80.0) for k in range(4)]
+    waits = [decide(router, item) for item in items]
+    assert all(isinstance(w, Wait) for w in waits)
+    # the k-th in line sleeps until k more images should have come at the summed rate p / T(c)
+    rate = sum(r.success_rate / router.service_interval(r, t0) for r in router.rank("1K", t0))
+    assert [w.until for w in waits] == pytest.approx([t0 + 50.0 + k / rate for k in range(4)])  # type: ignore[union-attr]
+    again = decide(router, items[2])  # waking early changes nothing: same place, same time
+    assert isinstance(again, Wait) and again.until == pytest.approx(t0 + 50.0 + 2 / rate)
+    assert router.wakeups() == []
+    clock.set(t0 + 50.0)
+    first = decide(router, items[0])
+    assert isinstance(first, Attempt) and first.channel == "direct"
+    assert router.wakeups() == ["x1"]  # the next in line goes now, not when its estimate says
+    assert isinstance(decide(router, items[1]), Attempt)
+    assert router.wakeups() == ["x2"]
+
+
 # ---------------------------------------------------------------- whole runs on a FakeClock
 
 
@@ -618,8 +640,17 @@ def test_an_unmeasured_channel_without_a_rate_is_waited_for_whatever_its_queue()
     deadline = clock.now() + 90.0
     first = decide(router, ItemProgress("first", deadline=deadline))
     assert isinstance(first, Attempt) and first.channel == "relay"  # its answer will measure it
-    waits = [decide(router, ItemProgress(f"w{i}", deadline=deadline)) for i in range(30)]
-    assert all(isinstance(w, Wait) and w.on_release for w in waits)  # 30 x 12 s of queue by the prior
+    items = [ItemProgress(f"w{i}", deadline=deadline) for i in range(30)]
+    waits = [decide(router, item) for item in items]
+    assert all(isinstance(w, Wait) for w in waits)  # 30 x 12 s of queue by the prior
+    # only the head wakes on a release; the first answer wakes every one of them, once
+    assert [w.on_release for w in waits] == [True] + [False] * 29  # type: ignore[union-attr]
+    assert router.wakeups() == []
+    clock.advance(0.01)
+    router.report_success(ItemProgress("first", deadline=deadline), first.permit, latency_s=0.01)
+    assert sorted(router.wakeups()) == sorted(item.item_id for item in items)
+    again = decide(router, items[-1])
+    assert isinstance(again, Attempt) and again.channel == "relay"  # measured: 10 ms calls, no queue
 
 
 def test_silent_calls_near_a_hard_deadline_are_cut_in_time_for_a_rescue() -> None:
