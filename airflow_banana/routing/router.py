@@ -992,7 +992,8 @@ class Router:
             latest_switch = math.inf
             # A channel's first success is its first real latency; until then its estimates are
             # the prior's. While such a measurement is in flight (on this channel or a fallback),
-            # wait for it -- waking on every release -- instead of spilling on the prior.
+            # wait for it -- waking when it comes (``_wake_measuring``) -- instead of spilling on
+            # the prior.
             unmeasured = [
                 r.channel
                 for r in (ranked, *(f[0] for f in fallbacks))
@@ -1186,8 +1187,8 @@ class Router:
     def _wake_measuring(self, now: float) -> None:
         """Items holding off on the latency prior decide again once a channel they were waiting
         to hear from has answered (here or, on shared state, in another worker): one wake-up
-        per measurement, not one per release (2,142 items woken by each of the first ~40
-        releases of s11-134 were 70,000 decisions before the first image)."""
+        per measurement, not one per release (on s11-134, 2,142 items woken at every release
+        until the first images came were about 70,000 decisions)."""
         answered = {c for c in self._unmeasured if self.backend.snapshot(c, now).latency_ewma_s is not None}
         if answered:
             self._unmeasured -= answered

@@ -6,8 +6,8 @@ Variables ``x[c, w]``: images delivered by channel ``c`` from calls started in w
 the deadline. With ``q_c`` the share of calls that fail outside outages (503 + 429 + hangs),
 a window needs ``x / (1 - q_c)`` calls, and
 
-- calls in a window <= the provider's cap x the share of the window outside outages and 429
-  bursts (the cap counts every request);
+- calls in a window <= what the provider's cap allows in the window's stretches outside outages
+  and 429 bursts, counted per rolling minute (``window_calls``; the cap counts every request);
 - calls before the Pacific midnight <= the channel's daily quota (and again after it);
 - a window counts only if its start + the channel's median call time is before the deadline
   (no deadline: the product's documented soft horizon, one hour);
@@ -66,18 +66,35 @@ def horizon_s(scenario: Scenario) -> float:
     return scenario.deadline_s if scenario.deadline_s is not None else DEFAULT_DEADLINE_S
 
 
-def _blocked(channel: ChannelTruth, start: float, end: float) -> float:
-    """Seconds of [start, end) inside an outage or a 429 burst (windows may overlap)."""
-    spans = sorted((max(start, w.start), min(end, w.end)) for w in (*channel.outages, *channel.bursts))
-    covered, reach = 0.0, start
-    for lo, hi in spans:
+def _open_spans(channel: ChannelTruth, start: float, end: float) -> list[tuple[float, float]]:
+    """The stretches of [start, end) outside every outage and 429 burst (which may overlap)."""
+    blocked = sorted((max(start, w.start), min(end, w.end)) for w in (*channel.outages, *channel.bursts))
+    spans: list[tuple[float, float]] = []
+    reach = start
+    for lo, hi in blocked:
         if hi <= lo:
             continue
-        lo = max(lo, reach)
-        if hi > lo:
-            covered += hi - lo
-            reach = hi
-    return covered
+        if lo > reach:
+            spans.append((reach, lo))
+        reach = max(reach, hi)
+    if reach < end:
+        spans.append((reach, end))
+    return spans
+
+
+def window_calls(channel: ChannelTruth, start: float, minutes: int) -> float:
+    """The most calls ``channel`` takes from ``start`` over ``minutes`` provider minutes.
+
+    The provider counts calls per rolling minute, so an open stretch of ``s`` seconds takes up
+    to ``cap x (s / 60 + 1)``: a whole minute's cap fits in the seconds before an outage (naive
+    failover sent a 50 rpm relay 33 calls in the 5 s before its outage in s11-91). Scaling the
+    cap by the open share of the window instead made this bound stricter than the providers.
+    """
+    spans = _open_spans(channel, start, start + 60.0 * minutes)
+    if not spans:
+        return 0.0
+    open_minutes = sum(hi - lo for lo, hi in spans) / 60.0
+    return channel.cap_rpm * min(float(minutes), open_minutes + len(spans))
 
 
 def solve(scenario: Scenario) -> Optimum:
@@ -105,12 +122,12 @@ def solve(scenario: Scenario) -> Optimum:
             start = w * length
             if start + ch.latency_median_s > horizon:
                 break
-            open_share = 1.0 - _blocked(ch, start, start + length) / length
-            if open_share <= 1e-9:
+            calls = window_calls(ch, start, per_window)
+            if calls <= 0.0:
                 continue
             index.append((ci, w))
             cost.append(ch.billed + billed_fail)
-            rows_cap.append((len(index) - 1, ch.cap_rpm * per_window * open_share * good))
+            rows_cap.append((len(index) - 1, calls * good))
     n = len(index)
     c = np.array([*cost, UNSERVED_USD])
     # upper bounds per variable carry the cap; quota rows are the only coupling besides the total

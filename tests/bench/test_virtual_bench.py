@@ -303,6 +303,25 @@ def test_optimum_counts_outages_and_expected_attempts() -> None:
     assert opt.by_channel["relay"] == pytest.approx(5) and opt.by_channel["google"] == pytest.approx(10)
 
 
+def test_optimum_fits_a_whole_minutes_cap_in_the_seconds_before_an_outage() -> None:
+    """s11-91: naive sent a 50 rpm relay 33 calls in the 5 s before its outage, and the
+    providers count per rolling minute; a bound scaled by the window's open share (4.2 calls
+    there) was beaten by naive failover."""
+    from bench.virtual.optimum import solve, window_calls
+
+    cheap = truth("relay", cap_rpm=50, outages=(Outage(5.0, 65.0),))
+    dear = truth("google", price=0.134, billed=0.134, cap_rpm=100)
+    assert window_calls(cheap, 0.0, 1) == pytest.approx(50)
+    assert window_calls(truth("relay", cap_rpm=50, outages=(Outage(0.0, 120.0),)), 0.0, 1) == 0.0
+    # [0, 180): open 5 s and 115 s, two stretches: at most 2 minutes' worth + one per stretch, <= 3
+    assert window_calls(cheap, 0.0, 3) == pytest.approx(150)
+    # a long window mostly in outage: its open minute and the one it can borrow, not all ten
+    mostly_out = truth("relay", cap_rpm=50, outages=(Outage(0.0, 540.0),))
+    assert window_calls(mostly_out, 0.0, 10) == pytest.approx(100)
+    opt = solve(scenario((cheap, dear), 33, 57.0))
+    assert opt.by_channel["relay"] == pytest.approx(33) and opt.spend == pytest.approx(33 * 0.05)
+
+
 def test_optimum_reports_what_no_plan_can_deliver_in_time() -> None:
     from bench.virtual.optimum import solve
 
