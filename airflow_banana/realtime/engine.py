@@ -437,7 +437,11 @@ class RealtimeEngine:
                 # than the TTL, and a claim lost before the first call is one paid twice.
                 await self._renew_if_due(claim)
             if isinstance(action, Wait):
-                await self._wait(item.item_id, action, self._renewal_due_in(claim))
+                # Woken only to renew the claim: the same wait goes on. Deciding again at every
+                # renewal made a long queue cost a router decision per item per half TTL.
+                while await self._wait(item.item_id, action, self._renewal_due_in(claim)):
+                    assert claim is not None  # only a claim's renewal bounds a wait
+                    await self._renew_if_due(claim)
                 continue
             first_start = first_start if first_start is not None else self.clock.now()
             answer = await self._attempt(item, request, action)
@@ -465,22 +469,25 @@ class RealtimeEngine:
             return None
         return max(0.0, claim.expires_at - self.settings.claim_ttl_s / 2 - self.claims.now())
 
-    async def _wait(self, item_id: str, action: Wait, at_most: float | None = None) -> None:
-        delay = max(0.0, action.until - self.clock.now())
-        if at_most is not None:
-            delay = min(delay, at_most)
+    async def _wait(self, item_id: str, action: Wait, at_most: float | None = None) -> bool:
+        """Sleep until ``action.until``, a wake-up, or ``at_most`` seconds; True when only
+        ``at_most`` ended it (the wait itself is not over and nothing woke the item)."""
+        remaining = max(0.0, action.until - self.clock.now())
+        delay = remaining if at_most is None else min(remaining, at_most)
         if delay <= 0:
             await asyncio.sleep(0)  # let the others run; then decide again
-            return
+            return False
         event = self._wakers.setdefault(item_id, asyncio.Event())
         event.clear()
         if action.on_release:
             self._on_release.add(item_id)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=delay)
+            await asyncio.wait_for(event.wait(), timeout=delay)
+        except TimeoutError:
+            return delay < remaining
         finally:
             self._on_release.discard(item_id)
+        return False
 
     def _wake(self, item_ids: Iterable[str]) -> None:
         for item_id in item_ids:
