@@ -439,8 +439,9 @@ class RealtimeEngine:
             if isinstance(action, Wait):
                 # Woken only to renew the claim: the same wait goes on. Deciding again at every
                 # renewal made a long queue cost a router decision per item per half TTL.
-                while await self._wait(item.item_id, action, self._renewal_due_in(claim)):
-                    assert claim is not None  # only a claim's renewal bounds a wait
+                while (
+                    await self._wait(item.item_id, action, self._renewal_due_in(claim)) and claim is not None
+                ):
                     await self._renew_if_due(claim)
                 continue
             first_start = first_start if first_start is not None else self.clock.now()

@@ -806,6 +806,12 @@ class Router:
         paced = ranked.latency_s / concurrency / self._hints[ranked.channel].open_share(now)
         return max(self._rate_interval(ranked, now), paced)
 
+    def _image_rate(self, channels: Sequence[RankedChannel], now: float) -> float:
+        """Images per second ``channels`` deliver together: the sum of ``p / T(c)``."""
+        return sum(
+            max(r.success_rate, _MIN_RATE) / max(self.service_interval(r, now), 1e-9) for r in channels
+        )
+
     def _rate_interval(self, ranked: RankedChannel, now: float) -> float:
         """Seconds per call the channel's configured rate allows, stretched by its retry hints:
         the part of ``service_interval`` that does not rest on its latency (0 without a rate)."""
@@ -1009,10 +1015,7 @@ class Router:
                     # before it if ``ranked`` stalls, onto the fitting fallbacks at their success
                     # rate; reserve that load so spills start early and spread out instead of
                     # everyone switching at the same latest moment.
-                    spill_rate = sum(
-                        max(r.success_rate, _MIN_RATE) / max(self.service_interval(r, now), 1e-9)
-                        for r, *_ in fallbacks
-                    )
+                    spill_rate = self._image_rate([r for r, *_ in fallbacks], now)
                     latest_switch = plain_switch - ahead / spill_rate
                     if fits and min(start, latest_start, latest_switch) <= now < plain_switch:
                         # The fallbacks could not absorb everyone ahead anyway and this item still
@@ -1125,14 +1128,11 @@ class Router:
         # it. Only the first in line wakes for it; the k-th sleeps until k more images should
         # have come at the candidates' summed rate p / T(c), and is woken sooner when the item
         # ahead of it leaves the line. Waking all of them for every slot made a backlog of N
-        # items cost N decisions per slot (s11-134: 2,142 items, 350,000 decisions).
+        # items cost N decisions per slot (s11-134: 2,142 items, 354,000 decisions).
         place = self._join_queue(item, _FIRST_FREE, previous)
         ahead = bisect.bisect_left(self._queues[_FIRST_FREE], self._queue_key(item, place))
         if ahead:
-            rate = sum(
-                max(r.success_rate, _MIN_RATE) / max(self.service_interval(r, now), 1e-9) for r in candidates
-            )
-            until += ahead / rate
+            until += ahead / self._image_rate(candidates, now)
             on_release = False
         if hard_deadline is not None:
             until = min(until, hard_deadline)
