@@ -61,8 +61,10 @@ class RecordingBackend:
     def register(self, channel: str, policy: ChannelPolicy) -> None:
         self.inner.register(channel, policy)
 
-    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial:
-        result = self.inner.try_acquire(channel, now, images=images)
+    def try_acquire(
+        self, channel: str, now: float, *, images: int = 1, urgent: bool = False
+    ) -> Permit | Denial:
+        result = self.inner.try_acquire(channel, now, images=images, urgent=urgent)
         if isinstance(result, Permit):
             self.permits.append(
                 {

@@ -19,7 +19,9 @@ is known before many more calls go out, so the first 429 or 503 of an incident c
 provider would take. The router (``policy_for``) spaces where a failed call is billed (a call
 sent into an incident is money) and bursts where failures are free (a call sent into an
 incident costs nothing, holding it back costs its deadline: 14 items on a 15 rpm channel with
-spacing take 52 s to start, bursting they all start at once).
+spacing take 52 s to start, bursting they all start at once). A request may also ask for the
+whole window (``state.acquire(..., urgent=True)``): the router does so on a spaced channel for an
+item that would otherwise leave for a dearer one.
 
 Catch-up: a request sent late for its slot (a worker's event loop woke late, a Redis round
 trip, a busy CPU) keeps the schedule instead of pushing every later slot back by its lateness.

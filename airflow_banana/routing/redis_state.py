@@ -280,11 +280,13 @@ class RedisStateBackend:
     def key(self, channel: str) -> str:
         return f"{self.namespace}:channel:{channel}"
 
-    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial:
+    def try_acquire(
+        self, channel: str, now: float, *, images: int = 1, urgent: bool = False
+    ) -> Permit | Denial:
         policy = self._policy(channel)
 
         def step(record: ChannelRecord) -> Permit | Denial:
-            return acquire(channel, record, policy, now, self._rng, images)
+            return acquire(channel, record, policy, now, self._rng, images, urgent=urgent)
 
         return self._transact(channel, now, step)
 

@@ -68,7 +68,7 @@ from airflow_banana.exceptions import ConfigurationError, ErrorClass
 from airflow_banana.routing import breaker as brk
 from airflow_banana.routing import throttle as thr
 from airflow_banana.routing.breaker import BreakerConfig, BreakerRecord, BreakerState
-from airflow_banana.routing.limiter import GcraRecord, LimitConfig, gcra_commit, gcra_earliest
+from airflow_banana.routing.limiter import GcraRecord, LimitConfig, gcra_commit, gcra_earliest, window_units
 from airflow_banana.routing.throttle import ThrottleConfig, ThrottleRecord
 from airflow_banana.routing.window import window_clear
 
@@ -266,19 +266,27 @@ def _forget_old_permits(record: ChannelRecord, now: float) -> None:
         del record.in_flight[permit_id]
 
 
-def _next_rate_slot(record: ChannelRecord, limits: LimitConfig, now: float, images: int) -> float:
+def _next_rate_slot(
+    record: ChannelRecord, limits: LimitConfig, now: float, images: int, urgent: bool = False
+) -> float:
     earliest = now
     if limits.rpm is not None:
-        earliest = max(earliest, gcra_earliest(record.rpm, limits.rpm, limits.burst, now, 1, limits.window_s))
+        burst = window_units(limits.rpm) if urgent else limits.burst
+        earliest = max(earliest, gcra_earliest(record.rpm, limits.rpm, burst, now, 1, limits.window_s))
     if limits.ipm is not None:
-        earliest = max(
-            earliest, gcra_earliest(record.ipm, limits.ipm, limits.burst, now, images, limits.window_s)
-        )
+        burst = window_units(limits.ipm) if urgent else limits.burst
+        earliest = max(earliest, gcra_earliest(record.ipm, limits.ipm, burst, now, images, limits.window_s))
     return earliest
 
 
 def evaluate(
-    channel: str, record: ChannelRecord, policy: ChannelPolicy, now: float, images: int = 1
+    channel: str,
+    record: ChannelRecord,
+    policy: ChannelPolicy,
+    now: float,
+    images: int = 1,
+    *,
+    urgent: bool = False,
 ) -> Denial | brk.BreakerGate:
     """Every deterministic gate, in order; commits nothing (bar the OPEN -> HALF_OPEN refresh)."""
     if record.disabled_reason is not None:
@@ -295,7 +303,7 @@ def evaluate(
     in_flight = _live_permits(record, now)
     if in_flight >= policy.limits.max_concurrency:
         return Denial(channel, DenialReason.CONCURRENCY, None, f"{in_flight} in flight")
-    slot = _next_rate_slot(record, policy.limits, now, images)
+    slot = _next_rate_slot(record, policy.limits, now, images, urgent)
     if slot > now:
         return Denial(channel, DenialReason.RATE_LIMIT, slot, "client-side rate limit")
     return gate
@@ -308,10 +316,14 @@ def acquire(
     now: float,
     rng: random.Random,
     images: int = 1,
+    *,
+    urgent: bool = False,
 ) -> Permit | Denial:
-    """The ``try_acquire`` transition on one record."""
+    """The ``try_acquire`` transition on one record; ``urgent`` may spend the rest of the window's
+    rate at once, whatever the channel's burst (the router's call: spacing is for learning, and
+    this item would otherwise leave for a dearer channel)."""
     _forget_old_permits(record, now)
-    verdict = evaluate(channel, record, policy, now, images)
+    verdict = evaluate(channel, record, policy, now, images, urgent=urgent)
     if isinstance(verdict, Denial):
         return verdict
     if not verdict.probe and not thr.admit(record.throttle, policy.throttle, now, rng):
@@ -480,7 +492,9 @@ class ChannelStateBackend(Protocol):
     def register(self, channel: str, policy: ChannelPolicy) -> None:
         """Declare a channel and its policy (idempotent; a new policy replaces the old one)."""
 
-    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial: ...
+    def try_acquire(
+        self, channel: str, now: float, *, images: int = 1, urgent: bool = False
+    ) -> Permit | Denial: ...
 
     def record(self, permit: Permit, outcome: Outcome, now: float) -> tuple[ChannelEvent, ...]: ...
 
@@ -510,9 +524,11 @@ class InMemoryStateBackend:
                 f"known channels: {sorted(self._records)}"
             ) from err
 
-    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial:
+    def try_acquire(
+        self, channel: str, now: float, *, images: int = 1, urgent: bool = False
+    ) -> Permit | Denial:
         record, policy = self._get(channel)
-        return acquire(channel, record, policy, now, self._rng, images)
+        return acquire(channel, record, policy, now, self._rng, images, urgent=urgent)
 
     def record(self, permit: Permit, outcome: Outcome, now: float) -> tuple[ChannelEvent, ...]:
         record, policy = self._get(permit.channel)

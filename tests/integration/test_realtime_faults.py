@@ -235,8 +235,10 @@ class PermitLog(InMemoryStateBackend):
         super().__init__(random.Random(11))
         self.permits: dict[str, tuple[Permit, float]] = {}
 
-    def try_acquire(self, channel: str, now: float, *, images: int = 1) -> Permit | Denial:
-        granted = super().try_acquire(channel, now, images=images)
+    def try_acquire(
+        self, channel: str, now: float, *, images: int = 1, urgent: bool = False
+    ) -> Permit | Denial:
+        granted = super().try_acquire(channel, now, images=images, urgent=urgent)
         if isinstance(granted, Permit):
             self.permits[granted.permit_id] = (granted, math.inf)
         return granted

@@ -221,7 +221,10 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
     # place k starts at slot + k * pace (k items ahead); it fits while that is <= 80
     fitting = sum(1 for k in range(11) if t0 + slot + k * pace <= t0 + 80.0)
     assert len(waits) == fitting == 7
-    assert spilled == ["direct"] * (11 - fitting)
+    # the rest would spill; the relay's spacing is all that blocks them, so they take the rest of
+    # its minute at once, as far as its concurrency allows, and only then go to direct
+    urgent = relay.max_concurrency - 1
+    assert spilled == ["relay"] * urgent + ["direct"] * (11 - fitting - urgent)
     # wake-ups at the optimistic place times, or earlier at the place's reserved latest switch
     # (the items ahead may all spill first): all distinct, no thundering herd
     untils = [w.until for w in waits]
@@ -229,6 +232,31 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
     assert all(u <= t0 + slot + k * pace + 1e-9 for k, u in enumerate(untils))
     assert untils[0] == pytest.approx(t0 + slot) and untils[1] == pytest.approx(t0 + slot + pace)
     assert router.queued("relay") == 7
+
+
+def _spaced_relay_for_an_item_that_cannot_wait(failures: float) -> tuple[Router, Attempt | Wait | GiveUp]:
+    """A billed relay at 6 rpm (spaced: one call per 10.08 s) that just sent a call, then an item
+    whose deadline leaves no time to wait for the next spaced slot but enough to start now."""
+    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)
+    router, clock = make([relay, DIRECT], rate_guard_s=0.5)
+    router.backend._records["relay"].stats.recent_failures = failures  # type: ignore[attr-defined]
+    assert isinstance(decide(router, ItemProgress("first", deadline=clock.now() + 500.0)), Attempt)
+    return router, decide(router, ItemProgress("tight", deadline=clock.now() + 75.0))  # 60 + 10 <= 75
+
+
+def test_an_item_that_would_spill_takes_a_reliable_channels_burst_instead_of_its_spaced_slot() -> None:
+    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=0.0)
+    assert isinstance(action, Attempt) and action.channel == "relay"
+    snapshot = router.states()["relay"]
+    assert snapshot.in_flight == 2 and snapshot.recent_failures == 0.0
+
+
+def test_a_flaky_spaced_channel_keeps_its_spacing_and_the_item_spills() -> None:
+    # p = 4.5 / (5 + 5) = 0.45 < reliable_success_rate: each answer must be heard before the next
+    # call, and a burst of a flaky channel's fast failures would trip its breaker on arrival order
+    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=5.0)
+    assert isinstance(action, Attempt) and action.channel == "direct"
+    assert router.states()["relay"].in_flight == 1
 
 
 def test_a_waiting_item_keeps_its_place_and_forget_frees_it() -> None:
@@ -391,7 +419,7 @@ def test_the_latency_prior_comes_from_the_attempt_timeout() -> None:
         RouterConfig(prior_latency_timeout_fraction=0.0)
 
 
-def test_fifty_waiters_on_a_relay_with_room_for_twenty_spill_thirty_now() -> None:
+def test_fifty_waiters_on_a_relay_with_room_for_twenty_burst_the_rest_of_its_minute_then_spill() -> None:
     router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 60.0
@@ -405,11 +433,20 @@ def test_fifty_waiters_on_a_relay_with_room_for_twenty_spill_thirty_now() -> Non
     spilled = [it.item_id for it, d in zip(items, decisions, strict=True) if isinstance(d, Attempt)]
     assert waiting == [f"i{k:02d}" for k in range(20)]  # the first 20 in deadline (then arrival) order
     assert spilled == [f"i{k:02d}" for k in range(20, 50)]
-    assert all(d.channel == "direct" for d in decisions if isinstance(d, Attempt))
+    # the 30 the spaced queue cannot serve in time take the rest of the relay's minute at once
+    # (only its spacing blocked them); once the minute is spent, newcomers spill to direct
+    assert all(d.channel == "relay" for d in decisions if isinstance(d, Attempt))
+    more = [decide(router, ItemProgress(f"j{k:02d}", deadline=deadline)) for k in range(40)]
+    channels = [d.channel for d in more if isinstance(d, Attempt)]
+    assert len(channels) == 40 and "direct" in channels
+    cut = channels.index("direct")
+    assert set(channels[cut:]) == {"direct"}
+    assert 1 + 30 + cut <= 60  # never more than the provider's 60 per minute
+    assert router.states()["relay"].in_flight == 1 + 30 + cut >= 55
     assert router.queued("relay") == 20
 
 
-def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> None:
+def test_queues_are_earliest_deadline_first_and_pushed_out_items_take_the_unspent_minute() -> None:
     router, clock = make([FAST_RELAY, WIDE_DIRECT], rate_guard_s=0.5)
     t0 = clock.now()
     slot = 60.5 / 60.0
@@ -419,12 +456,16 @@ def test_queues_are_earliest_deadline_first_and_late_items_are_pushed_out() -> N
     assert all(isinstance(decide(router, it), Wait) for it in late)  # alone, they all fit
     urgent = [ItemProgress(f"urgent{k}", deadline=roomy - 1.0) for k in range(5)]
     assert all(isinstance(decide(router, it), Wait) for it in urgent)  # EDF: they jump the queue
-    # the late items re-plan (in any order): the 5 with the latest deadlines no longer fit
-    outcomes = {it.item_id: decide(router, it) for it in reversed(late)}
-    stay = sorted(k for k, d in outcomes.items() if isinstance(d, Wait))
-    gone = sorted(k for k, d in outcomes.items() if isinstance(d, Attempt))
-    assert stay == [f"late{k}" for k in range(5)] and gone == [f"late{k}" for k in range(5, 10)]
-    assert router.queued("relay") == 10
+    # the late items re-plan, latest deadline first: late9 is pushed out of the spaced queue and
+    # takes a call of the relay's unspent minute instead of going to direct; that call takes a
+    # slot of the spaced schedule, so the next one no longer fits either, and so on
+    outcomes = [decide(router, it) for it in reversed(late)]
+    assert all(isinstance(d, Attempt) and d.channel == "relay" for d in outcomes)
+    assert router.queued("relay") == 5  # the urgent ones, in front
+    # every item is on the cheap channel now, within the provider's 60 a minute
+    again = [decide(router, it) for it in urgent]
+    assert all(isinstance(d, Attempt) and d.channel == "relay" for d in again)
+    assert router.states()["relay"].in_flight == 16 <= 60
 
 
 def test_a_relay_closing_makes_the_newly_infeasible_waiters_spill_in_edf_order() -> None:
@@ -621,13 +662,17 @@ def test_a_channel_with_two_overdue_calls_and_no_answer_since_is_planned_as_one_
 
 
 def test_an_unmeasured_channel_is_not_waited_for_by_an_item_its_queue_alone_makes_late() -> None:
-    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)  # one call per 10.08 s
+    # one call per 10.08 s, 6 per minute; concurrency to spare, so only the rate binds
+    relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0, max_concurrency=20)
     router, clock = make([relay, DIRECT], answered=False, rate_guard_s=0.5)
     t0 = clock.now()
     deadline = t0 + 150.0  # relay opens at once, a call and a rescue fit: 60 + 60 <= 150
     assert decide(router, ItemProgress("first", deadline=deadline)).channel == "relay"  # type: ignore[union-attr]
     waiting = [decide(router, ItemProgress(f"w{i}", deadline=deadline)) for i in range(13)]
-    assert all(isinstance(w, Wait) for w in waiting)  # 13 x 10.08 + 10 <= 150: worth the wait
+    # places 0-6 fit by the prior and wait for their spaced slots; 7-11 do not, and take the 5
+    # calls left of the relay's minute at once; 12 is worth the wait (13 x 10.08 + 10 <= 150)
+    kinds = [w.channel if isinstance(w, Attempt) else type(w).__name__ for w in waiting]
+    assert kinds == ["Wait"] * 7 + ["relay"] * 5 + ["Wait"]
     far_back = decide(router, ItemProgress("far", deadline=deadline))  # 13 ahead: 151 s to its slot
     assert isinstance(far_back, Attempt) and far_back.channel == "direct"
 

@@ -129,6 +129,20 @@ def test_rate_limit_says_exactly_when_the_next_slot_frees(make: Callable[..., Ch
     assert backend.snapshot("a", T0 + 10).next_request_at == pytest.approx(T0 + 20.0)
 
 
+def test_an_urgent_request_may_spend_the_rest_of_the_window_at_once(
+    make: Callable[..., ChannelStateBackend],
+) -> None:
+    backend = make(pol(limits=LimitConfig(rpm=6, burst=1, max_concurrency=10)))  # spaced: 10 s
+    permit(backend.try_acquire("a", T0))
+    denial(backend.try_acquire("a", T0 + 1), DenialReason.RATE_LIMIT)
+    for _ in range(5):  # the window holds 6: the spacing, not the provider's cap, blocked it
+        permit(backend.try_acquire("a", T0 + 1, urgent=True))
+    full = denial(backend.try_acquire("a", T0 + 1, urgent=True), DenialReason.RATE_LIMIT)
+    assert full.retry_at == pytest.approx(T0 + 60.0)  # the window's first send must leave it
+    spaced = denial(backend.try_acquire("a", T0 + 30), DenialReason.RATE_LIMIT)
+    assert spaced.retry_at == pytest.approx(T0 + 60.0)  # the burst used the slots spacing had left
+
+
 def test_a_denial_commits_nothing(make: Callable[..., ChannelStateBackend]) -> None:
     backend = make(pol(limits=LimitConfig(rpm=60, max_concurrency=10)))
     for i in range(5):
