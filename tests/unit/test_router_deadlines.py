@@ -234,18 +234,20 @@ def test_queue_places_spread_wakeups_and_spill_the_items_that_cannot_fit() -> No
     assert router.queued("relay") == 7
 
 
-def _spaced_relay_for_an_item_that_cannot_wait(failures: float) -> tuple[Router, Attempt | Wait | GiveUp]:
+def _spaced_relay_for_an_item_that_cannot_wait(
+    failures: float, due_in: float
+) -> tuple[Router, Attempt | Wait | GiveUp]:
     """A billed relay at 6 rpm (spaced: one call per 10.08 s) that just sent a call, then an item
-    whose deadline leaves no time to wait for the next spaced slot but enough to start now."""
+    due in ``due_in``: no time to wait for the next spaced slot, but enough to start now."""
     relay = chan("relay", "openai", billed_on_failure=True, rpm=6.0)
     router, clock = make([relay, DIRECT], rate_guard_s=0.5)
     router.backend._records["relay"].stats.recent_failures = failures  # type: ignore[attr-defined]
     assert isinstance(decide(router, ItemProgress("first", deadline=clock.now() + 500.0)), Attempt)
-    return router, decide(router, ItemProgress("tight", deadline=clock.now() + 75.0))  # 60 + 10 <= 75
+    return router, decide(router, ItemProgress("tight", deadline=clock.now() + due_in))
 
 
 def test_an_item_that_would_spill_takes_a_reliable_channels_burst_instead_of_its_spaced_slot() -> None:
-    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=0.0)
+    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=0.0, due_in=75.0)  # 60 + 10
     assert isinstance(action, Attempt) and action.channel == "relay"
     snapshot = router.states()["relay"]
     assert snapshot.in_flight == 2 and snapshot.recent_failures == 0.0
@@ -253,8 +255,9 @@ def test_an_item_that_would_spill_takes_a_reliable_channels_burst_instead_of_its
 
 def test_a_flaky_spaced_channel_keeps_its_spacing_and_the_item_spills() -> None:
     # p = 4.5 / (5 + 5) = 0.45 < reliable_success_rate: each answer must be heard before the next
-    # call, and a burst of a flaky channel's fast failures would trip its breaker on arrival order
-    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=5.0)
+    # call, and a burst of a flaky channel's fast failures would trip its breaker on arrival order.
+    # Starting now would still fit (a call and a rescue: 60 + 60 <= 125), the spaced slot not.
+    router, action = _spaced_relay_for_an_item_that_cannot_wait(failures=5.0, due_in=125.0)
     assert isinstance(action, Attempt) and action.channel == "direct"
     assert router.states()["relay"].in_flight == 1
 
